@@ -1,0 +1,53 @@
+"""`nas-train`: train one cell as a character-level language model and score it in bits/char.
+
+    nas-train cell=lstm
+    nas-train cell=path/to/cell.json data.path=corpus.txt trainer.steps=300 hydra.run.dir=runs/x
+
+Writes result.json, cell.json, weights.pt and sample.txt into the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from nas.cli import CONF_DIR, check_overrides, load_cell, run_task
+from nas.config import TrainApp
+
+ConfigStore.instance().store(name="train_schema", node=TrainApp)
+
+
+def train(cfg: TrainApp) -> None:
+    from nas.config import TrainConfig
+    from nas.data import load_corpus
+    from nas.train import evaluate
+
+    spec = load_cell(cfg.cell)
+    trainer = TrainConfig(**OmegaConf.to_container(cfg.trainer))
+    corpus = load_corpus(cfg.data.path, cfg.data.cache_dir)
+    out = HydraConfig.get().runtime.output_dir
+    result = evaluate(spec, trainer, cfg.seed, corpus, out_dir=out, desc=spec.name or cfg.cell)
+    shown = {k: getattr(result, k) for k in ("cell_hash", "params", "hidden_size", "steps", "tokens",
+                                             "seconds", "chars_per_sec", "train_bpc", "val_bpc",
+                                             "test_bpc", "diverged")}
+    print(json.dumps(shown, indent=2))
+    print(f"run saved in {out}")
+
+
+@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
+def _main(cfg: TrainApp) -> None:
+    run_task("nas-train", lambda: train(cfg))
+
+
+def main() -> None:
+    check_overrides("nas-train", "train", sys.argv[1:])
+    _main()
+
+
+if __name__ == "__main__":
+    main()

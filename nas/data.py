@@ -1,0 +1,357 @@
+"""Corpora for the character-level language-model evaluator.
+
+A corpus is read once, encoded to a compact integer array and cached under a
+content hash, so that many worker processes can memory-map the same encoding
+instead of each decoding 100 MB of text. Batching follows the usual char-RNN /
+truncated-BPTT layout: B parallel contiguous streams, consumed in time-major
+chunks of `seq_len` steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+import torch
+
+# Bump when the cached encoding changes meaning, so stale caches are ignored.
+FORMAT_VERSION = 1
+UNK = "<unk>"
+SPLITS = ("train", "val", "test")
+DEFAULT_CORPUS = "tinyshakespeare.txt"
+DEFAULT_CACHE_DIR = "runs/cache"
+_CHUNK = 1 << 22  # symbols per vectorised step when encoding
+
+# Folder layouts, most specific first: the real PTB folder also holds the word-level
+# ptb.train.txt, so a generic "contains 'train'" match alone would be ambiguous there.
+_NAMED_LAYOUTS = (
+    {"train": ("train.txt",), "val": ("valid.txt", "val.txt"), "test": ("test.txt",)},
+    {
+        "train": ("ptb.char.train.txt",),
+        "val": ("ptb.char.valid.txt",),
+        "test": ("ptb.char.test.txt",),
+    },
+)
+
+
+class DataError(ValueError):
+    """A corpus that cannot be used; the message names the path and the problem."""
+
+
+# eq=False: comparing arrays element-wise has no single truth value.
+@dataclass(frozen=True, eq=False)
+class Corpus:
+    """An encoded corpus.
+
+    `symbols[i]` is the symbol with id i; id 0 is `"<unk>"`, the rest are the train
+    split's symbols sorted by code point. Byte-level corpora (enwik8) spell byte b as
+    `chr(b)`, so `decode(ids).encode("latin-1")` gives the bytes back. `train`, `val`
+    and `test` are read-only integer arrays (memory-mapped from the cache).
+    `unknown` maps "val" and "test" to how many positions of that split hold a symbol
+    unseen in train (occurrences, not distinct symbols); it is a read-only mapping.
+    A pickled Corpus carries its arrays in memory: send workers the path instead.
+    `source_hash` is the sha256 of the file bytes (for a folder: of its three files'
+    hashes).
+    """
+
+    name: str
+    symbols: tuple[str, ...]
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    unknown: Mapping[str, int]
+    source_hash: str
+
+    def __post_init__(self):
+        # Freeze the counts too; any mapping given is copied.
+        object.__setattr__(self, "unknown", MappingProxyType(dict(self.unknown)))
+
+    def __reduce__(self):
+        # A mappingproxy cannot be pickled; rebuild from a plain dict.
+        values = (self.name, self.symbols, self.train, self.val, self.test)
+        return Corpus, (*values, dict(self.unknown), self.source_hash)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, including the unknown symbol."""
+        return len(self.symbols)
+
+    @cached_property
+    def _codepoints(self) -> np.ndarray:
+        return np.array([ord(s) for s in self.symbols[1:]], dtype=np.int64)
+
+    def encode(self, text: str) -> np.ndarray:
+        """Ids of the characters of `text`; characters outside the vocabulary map to 0."""
+        return _lookup(_codepoints(text), self._codepoints, self.train.dtype)
+
+    def decode(self, ids) -> str:
+        """The text of `ids`; id 0 decodes to `"<unk>"`."""
+        return "".join(self.symbols[i] for i in np.asarray(ids).ravel().tolist())
+
+    def split(self, name: str) -> np.ndarray:
+        """The array of split `name`, one of "train", "val", "test"."""
+        if name not in SPLITS:
+            raise ValueError(f"Corpus.split: expected one of {SPLITS}, got {name!r}")
+        return getattr(self, name)
+
+
+def load_corpus(
+    path: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None
+) -> Corpus:
+    """Load a corpus, encoding it on first use and memory-mapping the cached encoding after.
+
+    `path` is a UTF-8 text file (split contiguously 90/5/5 by characters), a file named
+    `enwik8` (read as bytes, split 90/5/5 by bytes: 90M/5M/5M for the standard file), or
+    a folder holding one train, one validation and one test file. None loads the
+    packaged Tiny Shakespeare. The cache lives in `cache_dir`, else `$NAS_CACHE_DIR`,
+    else `runs/cache`. Raises DataError for missing, empty, undecodable or incomplete input.
+    """
+    path = Path(path) if path is not None else default_corpus_path()
+    files = _split_files(path)
+    byte_level = path.is_file() and path.name == "enwik8"
+    source_hash = _combined_hash(files)
+    cache = Path(cache_dir or os.environ.get("NAS_CACHE_DIR") or DEFAULT_CACHE_DIR)
+    key = f"v{FORMAT_VERSION}|bytes={byte_level}|{source_hash}"
+    stem = cache / hashlib.sha256(key.encode()).hexdigest()
+    if not stem.with_suffix(".json").exists():
+        _write_cache(stem, files, byte_level, source_hash)
+    return _read_cache(stem, name=path.stem if path.is_file() else path.name)
+
+
+def default_corpus_path() -> Path:
+    """Path of the packaged Tiny Shakespeare text."""
+    try:
+        return Path(str(resources.files("nas.corpora") / DEFAULT_CORPUS))
+    except (ModuleNotFoundError, TypeError):
+        return Path(__file__).parent / "corpora" / DEFAULT_CORPUS
+
+
+def _split_files(path: Path) -> dict[str, Path] | Path:
+    """The file to split 90/5/5, or the folder's file for each split."""
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or folder")
+    names = sorted(
+        p.name for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+    )
+    for layout in _NAMED_LAYOUTS:
+        found = {s: [n for n in layout[s] if n in names] for s in SPLITS}
+        if all(found.values()):
+            if len(found["val"]) > 1:
+                raise DataError(f"{path}: ambiguous val split, files {found['val']}")
+            return {s: path / found[s][0] for s in SPLITS}
+    return _match_split_names(path, names)
+
+
+def _match_split_names(path: Path, names: list[str]) -> dict[str, Path]:
+    """The one file whose name contains each split's name ("val" also matches "valid")."""
+    chosen = {}
+    for split in SPLITS:
+        matches = [n for n in names if split in n.lower()]
+        if not matches:
+            problem = f"no file name contains {split!r}"
+            raise DataError(f"{path}: folder is missing a {split} split ({problem})")
+        if len(matches) > 1:
+            raise DataError(f"{path}: ambiguous {split} split, files {matches}")
+        chosen[split] = matches[0]
+    if len(set(chosen.values())) < len(SPLITS):
+        raise DataError(f"{path}: one file matches several splits: {chosen}")
+    return {s: path / n for s, n in chosen.items()}
+
+
+def _combined_hash(files: dict[str, Path] | Path) -> str:
+    if isinstance(files, Path):
+        return _sha256(files)
+    return hashlib.sha256(
+        "".join(f"{s}:{_sha256(files[s])}\n" for s in SPLITS).encode()
+    ).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _read_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    if not data:
+        raise DataError(f"{path}: file is empty")
+    return data
+
+
+def _codepoints(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+
+
+def _file_codepoints(path: Path, byte_level: bool) -> np.ndarray:
+    """One integer per symbol of the file: byte values, or Unicode code points."""
+    data = _read_bytes(path)
+    if byte_level or data.isascii():  # ASCII is valid UTF-8 with one byte per character
+        return np.frombuffer(data, dtype=np.uint8)
+    try:
+        return _codepoints(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 at byte offset {e.start}") from None
+
+
+def _id_dtype(n_ids: int) -> np.dtype:
+    for dtype in (np.uint8, np.uint16):
+        if n_ids <= np.iinfo(dtype).max + 1:
+            return np.dtype(dtype)
+    return np.dtype(np.int32)
+
+
+def _present(cps: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of `cps`."""
+    seen = np.zeros(int(cps.max(initial=0)) + 1, dtype=bool)
+    for i in range(0, len(cps), _CHUNK):
+        seen[cps[i : i + _CHUNK]] = True
+    return np.flatnonzero(seen)
+
+
+def _lookup(
+    cps: np.ndarray, keys: np.ndarray, dtype: np.dtype, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Map code points to 1 + their index in sorted `keys`, or to 0 when absent.
+
+    A dense table over code points (at most 0x110000 entries) makes this a vectorised
+    gather, linear in the text length; chunks bound the int64 index copies numpy makes.
+    """
+    size = max(int(cps.max(initial=0)), int(keys.max(initial=0))) + 1
+    table = np.zeros(size, dtype=dtype)
+    table[keys] = np.arange(1, len(keys) + 1)
+    out = np.empty(len(cps), dtype=dtype) if out is None else out
+    for i in range(0, len(cps), _CHUNK):
+        out[i : i + _CHUNK] = table[cps[i : i + _CHUNK]]
+    return out
+
+
+def _read_splits(
+    files: dict[str, Path] | Path, byte_level: bool
+) -> dict[str, np.ndarray]:
+    """Code points of each split; a single file is cut contiguously 90/5/5.
+
+    For the 100,000,000-byte enwik8 file the 90/5/5 cut by bytes is exactly the
+    customary 90M/5M/5M split.
+    """
+    if isinstance(files, dict):
+        return {s: _file_codepoints(files[s], byte_level) for s in SPLITS}
+    cps = _file_codepoints(files, byte_level)
+    n = len(cps)
+    return dict(zip(SPLITS, np.split(cps, [n * 90 // 100, n * 95 // 100])))
+
+
+def _write_cache(
+    stem: Path, files: dict[str, Path] | Path, byte_level: bool, source_hash: str
+) -> None:
+    """Encode the corpus into one id array (train, val, test back to back) plus a JSON record."""
+    parts = _read_splits(files, byte_level)
+    keys = _present(parts["train"])
+    dtype = _id_dtype(len(keys) + 1)
+    sizes = [len(parts[s]) for s in SPLITS]
+    ids = np.empty(sum(sizes), dtype=dtype)
+    views = dict(zip(SPLITS, np.split(ids, np.cumsum(sizes)[:-1])))
+    for s in SPLITS:
+        _lookup(parts[s], keys, dtype, out=views[s])
+    meta = {
+        "format": FORMAT_VERSION,
+        "symbols": [UNK] + [chr(k) for k in keys],
+        "sizes": sizes,
+        "unknown": {s: int(np.count_nonzero(views[s] == 0)) for s in ("val", "test")},
+        "source_hash": source_hash,
+    }
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    # The .json is written last: its presence marks a complete entry for other processes.
+    _atomic_write(stem.with_suffix(".npy"), lambda f: np.save(f, ids))
+    record = json.dumps(meta).encode()
+    _atomic_write(stem.with_suffix(".json"), lambda f: f.write(record))
+
+
+def _atomic_write(target: Path, write) -> None:
+    """Write via a temp file and os.replace, so concurrent readers never see a partial file."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_cache(stem: Path, name: str) -> Corpus:
+    meta = json.loads(stem.with_suffix(".json").read_text())
+    ids = np.load(stem.with_suffix(".npy"), mmap_mode="r")
+    bounds = np.cumsum(meta["sizes"])[:-1]
+    train, val, test = np.split(ids, bounds)
+    return Corpus(
+        name=name,
+        symbols=tuple(meta["symbols"]),
+        train=train,
+        val=val,
+        test=test,
+        unknown=MappingProxyType(meta["unknown"]),
+        source_hash=meta["source_hash"],
+    )
+
+
+def batchify(
+    ids: np.ndarray, batch_size: int, seq_len: int, *, name: str = "split"
+) -> torch.Tensor:
+    """Cut a split into `batch_size` equal contiguous streams, dropping the remainder.
+
+    Returns a (B, N) int64 tensor whose row b is `ids[b*N:(b+1)*N]`, N = len(ids) // B.
+    Raises DataError when the split has fewer than B * (seq_len + 1) symbols, the least
+    that gives every stream one full chunk of inputs plus its shifted targets; `name`
+    labels the split in that message.
+    """
+    if batch_size < 1 or seq_len < 1:
+        got = f"batch_size={batch_size}, seq_len={seq_len}"
+        raise ValueError(f"batchify: expected positive sizes, got {got}")
+    needed = batch_size * (seq_len + 1)
+    if len(ids) < needed:
+        raise DataError(
+            f"{name}: corpus too small: batch_size={batch_size} x (seq_len={seq_len} + 1) "
+            f"needs {needed} characters, it has {len(ids)}"
+        )
+    n = len(ids) // batch_size
+    # A copy: torch wants int64, and memory-mapped splits are read-only.
+    streams = np.asarray(ids[: batch_size * n], dtype=np.int64)
+    return torch.from_numpy(streams).view(batch_size, n)
+
+
+def iterate_chunks(
+    streams: torch.Tensor, seq_len: int, start: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield time-major (inputs, targets) chunks of shape (T, B) over (B, N) `streams`.
+
+    Inputs cover time steps start .. N-2 in chunks of `seq_len` (the last may be
+    shorter); targets are the same steps shifted by one. `start` is the time step to
+    resume from, e.g. k * seq_len after k chunks.
+    """
+    n = streams.shape[1]
+    for i in range(start, n - 1, seq_len):
+        t = min(seq_len, n - 1 - i)
+        yield (
+            streams[:, i : i + t].t().contiguous(),
+            streams[:, i + 1 : i + 1 + t].t().contiguous(),
+        )
+
+
+def unigram_entropy_bits(ids) -> float:
+    """Entropy in bits per symbol of the empirical unigram distribution of `ids`."""
+    counts = np.bincount(np.asarray(ids).ravel())
+    if counts.sum() == 0:
+        raise ValueError("unigram_entropy_bits: expected a non-empty array")
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())

@@ -1,0 +1,530 @@
+"""Exporting a cell as a standalone folder: readable torch code, the spec, a model card, weights.
+
+`export_cell(spec, out_dir)` writes
+
+    <name>.py    a module that needs only torch (and Python >= 3.10): `<Name>Cell`, one step shaped
+                 like torch.nn.LSTMCell, and `<Name>RNN`, sequences shaped like torch.nn.LSTM
+                 (`num_layers`, `dropout`, `batch_first`). One line of code per node, named after the
+                 node; the equations in the docstring; the state_dict names and shapes of
+                 nas.cell.CellRNN, so a CellRNN state dict loads into `<Name>RNN` as it is.
+    cell.json    the spec (`CellSpec.to_json`).
+    README.md    a model card: equations, canonical hash, origin, metrics, usage.
+    weights.pt   the state dict of `<Name>RNN`, when `weights` is given.
+    cell.png     the picture, when nas.cell.draw is available.
+
+Both classes compile with `torch.jit.script` (deprecated in torch 2.13 with a DeprecationWarning, but
+working) and the sequence layer exports with `torch.export.export`; tests/test_export.py checks both.
+
+Safety: the code is built from the op registry's templates (`render`), from names of our own and from
+spec names that match `_SAFE_NAME`, renamed (a trailing _) away from keywords, builtins and the
+module's own names. Option values reach the code only as `repr(float)` / `repr(bool)`. Anything else
+raises `ExportError` before a file is written.
+"""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+import math
+import re
+import string
+import sys
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nas.cell.lower import Plan, lower
+from nas.cell.ops import OPERANDS, OPS, Op, render
+from nas.cell.spec import INPUT, CellSpec, Node
+
+_SAFE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+# Names the generated step code uses itself, or that ruff flags as ambiguous (E741).
+_TAKEN = {"self", "torch", "nn", "F", "Tensor", "State", "math", "H", "state", "x", "l", "O", "I"}
+_RESERVED = _TAKEN | set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins))
+
+
+class ExportError(ValueError):
+    """The cell, the weights or the output folder cannot be exported; the message says why."""
+
+
+def export_cell(spec: CellSpec, out_dir: str | Path, name: str | None = None,
+                weights: Mapping[str, torch.Tensor] | None = None, metrics: Mapping[str, Any] | None = None,
+                origin: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Write the export folder of `spec` (see the module docstring) and return its path.
+
+    name:    the module name (default: the spec's name, else "cell").
+    weights: a CellRNN state dict; its `layers.<n>.` keys give the number of layers.
+    metrics: {metric: value} for this cell, or {model: {metric: value}} for it and its baselines.
+    origin:  where the cell comes from, e.g. {"study": ..., "trial": ..., "search space": ...}.
+    """
+    name = _module_name(spec, name)
+    source = generate_module(spec, name)
+    plan = lower(spec)
+    state_dict, sizes = _check_weights(plan, weights) if weights is not None else (None, None)
+    for what, value in (("metrics", metrics), ("origin", origin)):
+        if value is not None and not isinstance(value, Mapping):
+            raise ExportError(f"export: {what} must be a dict, got {type(value).__name__}")
+    card = _readme(spec, name, sizes, metrics or {}, origin or {})
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
+        raise ExportError(f"export: {out} exists and is not an empty folder (overwrite=True replaces it)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.py").write_text(source, encoding="utf-8")
+    (out / "cell.json").write_text(spec.to_json() + "\n", encoding="utf-8")
+    for stale in ("weights.pt", "cell.png"):
+        (out / stale).unlink(missing_ok=True)
+    if state_dict is not None:
+        torch.save(state_dict, out / "weights.pt")
+    try:
+        from nas.cell.draw import draw_cell
+    except ImportError:  # the picture is optional
+        pass
+    else:
+        draw_cell(spec, out / "cell.png")
+        card = card.replace("\n## Equations", f"\n![the {name} cell](cell.png)\n\n## Equations", 1)
+    (out / "README.md").write_text(card, encoding="utf-8")
+    return out
+
+
+# -- checks: everything that reaches the code ---------------------------------------------------
+def _safe(value: object, what: str) -> str:
+    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value):
+        raise ExportError(f"export: {what} {value!r} is not an identifier ([A-Za-z_][A-Za-z0-9_]*, <= 64)")
+    return value
+
+
+def _module_name(spec: CellSpec, name: str | None) -> str:
+    if name is None:
+        name = re.sub(r"\W", "_", getattr(spec, "name", "") or "").lstrip("0123456789") or "cell"
+        name = f"{name}_cell" if name in sys.stdlib_module_names or name == "torch" else name
+    if keyword.iskeyword(_safe(name, "module name")) or name in sys.stdlib_module_names or name == "torch":
+        raise ExportError(f"export: module name {name!r} is a keyword or shadows a module torch needs")
+    return name
+
+
+def _options(node: Node, op: Op) -> dict[str, float | bool]:
+    """The node's options as plain floats and bools: the only option values that reach the code."""
+    try:
+        given = dict(node.options)
+    except (TypeError, ValueError):
+        raise ExportError(f"export: node {node.name!r}: options must be (key, value) pairs") from None
+    out: dict[str, float | bool] = {}
+    for key, default in op.options.items():
+        value = given.pop(key, default)
+        if isinstance(default, bool) and isinstance(value, bool):
+            out[key] = value
+        elif not isinstance(default, bool) and type(value) in (int, float) and math.isfinite(value):
+            out[key] = float(value)
+        else:
+            raise ExportError(f"export: node {node.name!r}: option {key!r} has a bad value {value!r}")
+    if given:
+        raise ExportError(f"export: node {node.name!r}: op {op.name!r} has no option {next(iter(given))!r}")
+    return out
+
+
+def check_spec(spec: CellSpec) -> None:
+    """Re-check what reaches the generated code (CellSpec checks it too: this is defence in depth)."""
+    if not isinstance(spec, CellSpec):
+        raise ExportError(f"export: expected a CellSpec, got {type(spec).__name__}")
+    known = {INPUT}
+    for s in spec.state:
+        if _safe(s, "state") in known:
+            raise ExportError(f"export: state {s!r} is defined twice or named {INPUT!r}")
+        known.add(s)
+    for node in spec.nodes:
+        if not isinstance(node, Node) or _safe(node.name, "node") in known:
+            raise ExportError(f"export: node {getattr(node, 'name', node)!r} is not a new Node")
+        op = OPS.get(node.op) if isinstance(node.op, str) else None
+        if op is None or not op.accepts(len(node.inputs)):
+            raise ExportError(f"export: node {node.name!r}: unknown op or wrong arity {node.op!r}")
+        for i in node.inputs:
+            if _safe(i, f"node {node.name!r}: operand") not in known:
+                raise ExportError(f"export: node {node.name!r} reads {i!r} before it is defined")
+        _options(node, op)
+        known.add(node.name)
+    if len(spec.outputs) != len(spec.state) or not all(_safe(o, "output") in known for o in spec.outputs):
+        raise ExportError(f"export: outputs {spec.outputs!r} must name one defined value per state vector")
+    if not re.fullmatch(r"[\w-]+", spec.canonical_hash()):
+        raise ExportError("export: unexpected canonical hash")
+
+
+def _param_shapes(plan: Plan, input_size: int, hidden_size: int, num_layers: int) -> dict[str, tuple]:
+    """State dict names and shapes of CellRNN(spec, input_size, hidden_size, num_layers)."""
+    n_bias = sum(1 for n in plan.spec.nodes if OPS[n.op].has_weights and n.option("bias"))
+    shapes = {}
+    for k in range(num_layers):
+        for g in plan.groups:
+            cols = input_size if g.source == INPUT and k == 0 else hidden_size
+            shapes[f"layers.{k}.weight_{g.source}"] = (len(g.bias_rows) * hidden_size, cols)
+        if n_bias:
+            shapes[f"layers.{k}.bias"] = (n_bias * hidden_size,)
+    return shapes
+
+
+def _check_weights(plan: Plan, weights: Mapping[str, Any]) -> tuple[dict, tuple[int, int, int] | None]:
+    """(the state dict to save, (num_layers, input_size, hidden_size)) if `weights` fit the cell; sizes
+    are None for a cell without parameters."""
+    if not isinstance(weights, Mapping) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ExportError("export: weights must be a CellRNN state dict of tensors")
+    if not weights and not _param_shapes(plan, 1, 1, 1):
+        return {}, None
+    layers = [re.match(r"layers\.(\d+)\.", k) for k in weights]
+    if not layers or not all(layers):
+        raise ExportError("export: weights must be a CellRNN state dict (keys 'layers.<n>.<param>')")
+    num_layers = 1 + max(int(m.group(1)) for m in layers)
+    expected = _param_shapes(plan, 1, 1, num_layers)
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    if missing or unexpected:
+        raise ExportError(f"export: weights do not fit the cell: missing keys {missing}, unexpected keys {unexpected}")
+    first = next(iter(expected))
+    hidden = weights[first].shape[0] // expected[first][0]
+    inputs = weights["layers.0.weight_x"].shape[1] if plan.group(INPUT) else hidden
+    for key, shape in _param_shapes(plan, inputs, hidden, num_layers).items():
+        if tuple(weights[key].shape) != shape:
+            raise ExportError(f"export: weights {key!r}: expected shape {shape} (hidden_size {hidden} from "
+                              f"{first!r}), got {tuple(weights[key].shape)}")
+    if plan.needs_raw_x and inputs != hidden:
+        raise ExportError(f"export: the cell reads x elementwise, which needs input_size == hidden_size, "
+                          f"got {inputs} and {hidden}")
+    return {k: weights[k].detach().cpu().clone() for k in expected}, (num_layers, inputs, hidden)
+
+
+# -- names and equations ------------------------------------------------------------------------
+def _variables(spec: CellSpec, plan: Plan) -> tuple[dict[str, str], dict[str, str]]:
+    """The step's variable for each input, state and node, and for each source's product: the
+    spec's names where free, else with a trailing _ until they clash with nothing."""
+    taken = set(_RESERVED)
+
+    def fresh(base: str) -> str:
+        name = "v" + base if base.startswith("__") else base  # no class-private name mangling
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        return name
+
+    var = {INPUT: INPUT} | {raw: fresh(raw) for raw in spec.state + tuple(n.name for n in spec.nodes)}
+    return var, {g.source: fresh(f"{var[g.source]}_w") for g in plan.groups}
+
+
+class _Placeholder(str):
+    """An option shown by its name in the legend (`{negative_slope!r}` -> negative_slope)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _infix(op: Op) -> bool:
+    return op.arity == (2, 2) and len(op.symbol) == 1
+
+
+def _math(node: Node) -> str:
+    op, options = OPS[node.op], _options(node, OPS[node.op])
+    if op.has_weights:
+        bias = [f"b[{node.name}]"] if options["bias"] else []
+        return " + ".join([f"W_{s}[{node.name}]·{s}" for s in node.inputs] + bias)
+    if op.expr == "{a}" or _infix(op):
+        return f" {op.symbol} ".join(node.inputs)
+    return f"{op.symbol}({', '.join([*node.inputs, *(f'{k}={v!r}' for k, v in options.items())])})"
+
+
+def _equations(spec: CellSpec) -> list[str]:
+    """One equation per node, the new state, and the meaning of the op symbols (from the registry)."""
+    left = [n.name for n in spec.nodes] + [f"{s}'" for s in spec.state]
+    right = [_math(n) for n in spec.nodes] + list(spec.outputs)
+    lines = [f"{a:<{max(map(len, left))}} = {b}" for a, b in zip(left, right)]
+    legend = []
+    for op in (OPS[name] for name in dict.fromkeys(n.op for n in spec.nodes)):
+        if not (op.has_weights or op.expr == "{a}" or _infix(op)):
+            operands = list(OPERANDS[:op.arity[1] or 2])
+            call = f"{op.symbol}({', '.join(operands + list(op.options))})"
+            text = render(op.expr, operands, {k: _Placeholder(k) for k in op.options})
+            text = text.replace("torch.nn.functional.", "").replace("torch.", "")
+            legend += [f"{call} = {text}"] if text != call else []
+    return lines + textwrap.wrap(f"where {', '.join(legend)}", 100, subsequent_indent="      ")
+
+
+# -- the module ---------------------------------------------------------------------------------
+def _rows(k: int) -> str:
+    """The slice of row block k, in units of H."""
+    return ":".join("" if i == 0 else "H" if i == 1 else f"{i} * H" for i in (k, k + 1))
+
+
+def _step_body(spec: CellSpec, plan: Plan, var: dict[str, str], prod: dict[str, str]) -> list[str]:
+    """Unpack the state, one line per node (and one per product several nodes share), return."""
+    biased = [n.name for n in spec.nodes if OPS[n.op].has_weights and n.option("bias")]
+    read = {i for n in spec.nodes for i in n.inputs} | set(spec.outputs)
+    names = [var[s] if s in read else "_" for s in spec.state]
+    lines = [f"{names[0]} = state[0]" if len(names) == 1 else f"{', '.join(names)} = state"]
+
+    def product(source: str) -> None:
+        group = plan.group(source)
+        if group and source != INPUT and len(group.bias_rows) > 1:
+            rows = ", ".join(m for m, _ in group.bias_rows)
+            lines.append(f"{prod[source]} = F.linear({var[source]}, self.weight_{source})  # {rows}")
+
+    for s in spec.state:
+        product(s)
+    for node in spec.nodes:
+        op = OPS[node.op]
+        if op.has_weights:
+            terms = []
+            for src in node.inputs:
+                rows = [m for m, _ in plan.group(src).bias_rows]
+                if len(rows) > 1:
+                    terms.append(f"{prod[src]}[:, {_rows(rows.index(node.name))}]")
+                else:
+                    terms.append(prod[src] if src == INPUT else f"F.linear({var[src]}, self.weight_{src})")
+            if node.name in biased:
+                terms.append("self.bias" if len(biased) == 1 else f"self.bias[{_rows(biased.index(node.name))}]")
+            lines += _sum(var[node.name], terms)
+        else:
+            lines.append(f"{var[node.name]} = {render(op.expr, [var[a] for a in node.inputs], _options(node, op))}")
+        product(node.name)
+    lines.append(f"return ({', '.join(var[o] for o in spec.outputs)}{',' * (len(spec.state) == 1)})")
+    if any(re.search(r"\bH\b", line.split("#")[0]) for line in lines):
+        lines.insert(0, "H = self.hidden_size")
+    return lines
+
+
+def _sum(target: str, terms: list[str], width: int = 100) -> list[str]:
+    """`target = t1 + t2 + ...`, wrapped in parentheses if it is long."""
+    lines = [f"{target} = ({terms[0]}"]
+    for term in terms[1:]:
+        if len(lines[-1]) + len(term) + 3 > width:
+            lines.append(" " * (len(target) + 4) + "+ " + term)
+        else:
+            lines[-1] += " + " + term
+    return [f"{target} = {' + '.join(terms)}"] if len(lines) == 1 else lines[:-1] + [lines[-1] + ")"]
+
+
+def _class_names(name: str) -> tuple[str, str]:
+    camel = "".join(p[:1].upper() + p[1:] for p in name.split("_"))
+    base = camel.removesuffix("Cell")
+    return f"{base}Cell", f"{base}RNN"
+
+
+def generate_module(spec: CellSpec, name: str) -> str:
+    """The source of `<name>.py`; ExportError for a spec or name that is not safe to turn into code."""
+    check_spec(spec)
+    name, plan = _module_name(spec, name), lower(spec)
+    var, prod = _variables(spec, plan)
+    K, one = len(spec.state), "," * (len(spec.state) == 1)
+    biased = [n for n in spec.nodes if OPS[n.op].has_weights and n.option("bias")]
+    param_doc, param_init, param_reset = [], [], []
+    for g in plan.groups:
+        rows = f"{len(g.bias_rows)} * hidden_size" if len(g.bias_rows) > 1 else "hidden_size"
+        cols = "input_size" if g.source == INPUT else "hidden_size"
+        param_doc.append(f"weight_{g.source}: ({rows}, {cols}), blocks of {', '.join(m for m, _ in g.bias_rows)}")
+        param_init.append(f"self.weight_{g.source} = nn.Parameter(torch.empty({rows}, {cols}))")
+        param_reset.append(f"self.weight_{g.source}.uniform_(-bound, bound)")
+    if biased:
+        inits = ", ".join(repr(_options(n, OPS[n.op])["bias_init"]) for n in biased)
+        rows = f"{len(biased)} * hidden_size" if len(biased) > 1 else "hidden_size"
+        param_doc.append(f"bias: ({rows},), blocks of {', '.join(n.name for n in biased)}, initialised to {inits}")
+        param_init.append(f"self.bias = nn.Parameter(torch.empty({rows}))")
+        param_reset.append(f"self.bias.copy_(self.bias.new_tensor([{inits}]).repeat_interleave(self.hidden_size))")
+    if param_reset:
+        param_reset = ["bound = 1.0 / math.sqrt(self.hidden_size)", "with torch.no_grad():",
+                       *("    " + line for line in param_reset)]
+
+    # The step takes the raw input if an elementwise op reads it, and the input-side products
+    # x_w = F.linear(x, weight_x) if linear nodes read x: the sequence layer computes those for all
+    # steps at once.
+    raw, has_x = plan.needs_raw_x, plan.group(INPUT) is not None
+    step_in = [("x", "x", "x[t]", "x (B, input_size)")] if raw else []
+    step_in += [(prod[INPUT], "F.linear(x, self.weight_x)", "x_w[t]", f"{prod[INPUT]} = F.linear(x, weight_x)")
+                ] if has_x else []
+    text = _MODULE.substitute(
+        name=name, hash=spec.canonical_hash(), Cell=_class_names(name)[0], RNN=_class_names(name)[1], K=K,
+        state_doc=f"({', '.join(spec.state)}{one})", equations=_indent(_equations(spec), 4),
+        imports="import math\n\nimport torch" if param_reset else "import torch",
+        state_type=f"tuple[{', '.join(['Tensor'] * K)}]",
+        param_doc=_indent([w for line in param_doc or ["none"] for w in textwrap.wrap(line, 96, subsequent_indent="    ")], 8), param_init=_indent(param_init, 8),
+        param_reset=_indent(param_reset, 8), zeros=f"({', '.join(['zeros'] * K)}{one})",
+        cell_args=", ".join([a[1] for a in step_in] + ["state"]),
+        step_params=", ".join([f"{a[0]}: Tensor" for a in step_in] + ["state: State"]),
+        step_doc=f"One step from {', '.join(a[3] for a in step_in)}{',' * (len(step_in) > 1)} and the state.",
+        step_body=_indent(_step_body(spec, plan, var, prod), 8),
+        layer_state=f"({', '.join(f'state[{k}][i]' for k in range(K))}{one})",
+        seq_products="            x_w = F.linear(x, layer.weight_x)  # for all steps at once" if has_x else "",
+        seq_args=", ".join([a[2] for a in step_in] + ["s"]),
+        finals="(" + (",\n" + " " * 24).join(f"torch.stack([f[{k}] for f in finals])" for k in range(K)) + one + ")")
+    # Placeholder lines left empty (indented, blank) go; the blank lines between definitions stay.
+    return "\n".join(line for line in text.split("\n") if line == "" or line.strip()) + "\n"
+
+
+def _indent(lines: list[str], n: int) -> str:
+    return "\n".join(" " * n + line for line in lines)
+
+
+_MODULE = string.Template('''\
+"""$name: a recurrent cell exported by nas-rnn (canonical hash $hash).
+
+Standalone, needs only torch; both classes compile with torch.jit.script.
+    $Cell: one step, shaped like torch.nn.LSTMCell.
+    $RNN: sequences through `num_layers` stacked cells, shaped like torch.nn.LSTM, with the
+        state_dict names and shapes of nas.cell.CellRNN (`layers.0.weight_x`, ...).
+
+The state is $state_doc; the first vector is the output.
+One step, where W_s[n] is the block of rows of `weight_s` that node n applies to source s, and b[n]
+its block of `bias`:
+
+$equations
+"""
+
+$imports
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+State = $state_type
+
+
+class $Cell(nn.Module):
+    """One step of the $name cell: forward(x: (B, input_size), state=None) -> new state $state_doc.
+
+    Each state tensor is (B, hidden_size); a missing state is zeros. Parameters:
+$param_doc
+    """
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+$param_init
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Weights uniform in ±1/sqrt(hidden_size), as in torch.nn.LSTM; biases to their node's init."""
+$param_reset
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}"
+
+    def forward(self, x: Tensor, state: State | None = None) -> State:
+        if x.dim() != 2 or x.shape[1] != self.input_size:
+            raise ValueError(f"$Cell: expected input of shape (B, {self.input_size}), "
+                             f"got {list(x.shape)}")
+        if state is None:
+            zeros = x.new_zeros(x.shape[0], self.hidden_size)
+            state = $zeros
+        if len(state) != $K:
+            raise ValueError(f"$Cell: expected the state $state_doc, got {len(state)} tensors")
+        for v in state:
+            if list(v.shape) != [x.shape[0], self.hidden_size]:
+                raise ValueError(f"$Cell: expected state tensors of shape ({x.shape[0]}, "
+                                 f"{self.hidden_size}), got {list(v.shape)}")
+        return self.step($cell_args)
+
+    def step(self, $step_params) -> State:
+        """$step_doc"""
+$step_body
+
+
+class $RNN(nn.Module):
+    """The $name cell over sequences, shaped like torch.nn.LSTM.
+
+    forward(input: (T, B, input_size), or (B, T, input_size) if batch_first, state=None)
+        -> (output: (T, B, hidden_size), or (B, T, hidden_size) if batch_first,
+            state: $state_doc, each (num_layers, B, hidden_size)).
+    Dropout (if > 0) is applied to the outputs of every layer but the last, as in torch.nn.LSTM.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
+                 batch_first: bool = False) -> None:
+        super().__init__()
+        if num_layers < 1 or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"$RNN: expected num_layers >= 1 and 0 <= dropout < 1, "
+                             f"got num_layers={num_layers}, dropout={dropout}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.dropout = dropout
+        self.batch_first = batch_first
+        self.layers = nn.ModuleList(
+            [$Cell(input_size if i == 0 else hidden_size, hidden_size) for i in range(num_layers)])
+
+    def reset_parameters(self) -> None:
+        for layer in self.layers:
+            layer.reset_parameters()
+
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+                f"dropout={self.dropout}, batch_first={self.batch_first}")
+
+    def forward(self, input: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        x = input.transpose(0, 1) if self.batch_first else input
+        if x.dim() != 3 or x.shape[2] != self.input_size:
+            raise ValueError(f"$RNN: expected input with {self.input_size} features in 3 dimensions, "
+                             f"got {list(input.shape)}")
+        if state is None:
+            zeros = x.new_zeros(self.num_layers, x.shape[1], self.hidden_size)
+            state = $zeros
+        if len(state) != $K:
+            raise ValueError(f"$RNN: expected the state $state_doc, got {len(state)} tensors")
+        for v in state:
+            if list(v.shape) != [self.num_layers, x.shape[1], self.hidden_size]:
+                raise ValueError(f"$RNN: expected state tensors of shape ({self.num_layers}, "
+                                 f"{x.shape[1]}, {self.hidden_size}), got {list(v.shape)}")
+        finals: list[State] = []
+        for i, layer in enumerate(self.layers):
+            s = $layer_state
+$seq_products
+            outputs: list[Tensor] = []
+            for t in range(x.shape[0]):
+                s = layer.step($seq_args)
+                outputs.append(s[0])
+            x = torch.stack(outputs)
+            finals.append(s)
+            if self.dropout > 0.0 and self.training and i < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, True)
+        output = x.transpose(0, 1) if self.batch_first else x
+        return output, $finals
+''')
+
+
+# -- the model card -----------------------------------------------------------------------------
+def _text(value: Any) -> str:
+    """A value as one line of markdown table text."""
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _metrics_table(metrics: Mapping[str, Any], name: str) -> list[str]:
+    """{metric: value} (this cell) or {model: {metric: value}} (this cell and baselines) as a table."""
+    nested = [isinstance(v, Mapping) for v in metrics.values()]
+    if any(nested) and not all(nested):
+        raise ExportError("export: metrics must be {metric: value} or {model: {metric: value}}, not a mix")
+    rows = dict(metrics) if all(nested) else {name: metrics}
+    columns = list(dict.fromkeys(k for row in rows.values() for k in row))
+    lines = ["| model | " + " | ".join(map(_text, columns)) + " |", "|---" * (len(columns) + 1) + "|"]
+    for model, row in rows.items():
+        lines.append(f"| {_text(model)} | " + " | ".join(_text(row[c]) if c in row else "" for c in columns) + " |")
+    return lines
+
+
+def _readme(spec: CellSpec, name: str, sizes: tuple[int, int, int] | None, metrics: Mapping[str, Any],
+            origin: Mapping[str, Any]) -> str:
+    rnn = _class_names(name)[1]
+    layers, inputs, hidden = sizes or (1, 128, 128)
+    weights = f"`weights.pt`: the state dict of `{rnn}(input_size={inputs}, hidden_size={hidden}, " \
+              f"num_layers={layers})`"
+    lines = [f"# {name}", "", "A recurrent cell from nas-rnn, exported as standalone PyTorch code.", "",
+             f"- canonical hash: `{spec.canonical_hash()}`",
+             f"- state: ({', '.join(spec.state)}); the first vector is the output",
+             f"- `{name}.py`: the cell and the sequence layer `{rnn}`; needs only torch",
+             "- `cell.json`: the cell spec (nas-rnn's CellSpec JSON)", *([f"- {weights}"] if sizes else []), "",
+             "## Equations", "", "```text", *_equations(spec), "```", ""]
+    if origin:
+        lines += ["## Origin", "", *(f"- {_text(k)}: {_text(v)}" for k, v in origin.items()), ""]
+    if metrics:
+        lines += ["## Metrics", "", *_metrics_table(metrics, name), ""]
+    load = ['model.load_state_dict(torch.load("weights.pt", weights_only=True))'] if sizes else []
+    return "\n".join(lines + [
+        "## Usage", "", "With this folder on the Python path:", "", "```python", "import torch", "",
+        f"from {name} import {rnn}", "", f"model = {rnn}({inputs}, {hidden}, num_layers={layers})", *load, f"output, state = model(torch.randn(35, 8, {inputs}))  # (T, B, input_size)",
+        f"# output: (35, 8, {hidden}); state: ({', '.join(spec.state)}), each ({layers}, 8, {hidden})", "```", "",
+        "A state dict saved from nas.cell.CellRNN with the same sizes loads as it is.", ""])

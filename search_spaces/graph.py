@@ -1,0 +1,149 @@
+"""graph: a free DAG of linear and elementwise nodes (NAS-Bench-NLP style, Klyuchnikov et al. 2020).
+
+The cell has 1 to 3 state vectors (h, c, m) and `n_nodes` nodes n0, n1, ... in order. Node i applies
+one op to operands drawn from x, the previous state vectors and the nodes before it; a `linear` node
+sums 1 to 3 distinct operands (W_1 a_1 + ... + W_k a_k + b) with its bias initialised to 0.0 or 1.0.
+h' is the last node; every further state vector takes its new value from a node of its choice. Nodes
+that no output reads are dead and pruned by `CellSpec`, so a cell of m live nodes is expressible with
+any n_nodes >= m (rnn_tanh needs 2, gru 10, lstm 13).
+
+Options (keyword arguments of `sample`, e.g. from conf/search_space/graph.yaml):
+    min_nodes: int = 4, max_nodes: int = 16   range of `n_nodes` (fix it with min_nodes = max_nodes).
+    ops: sequence of op names = DEFAULT_OPS   the node ops; `linear` or any registered op of fixed
+                                              arity (so not `mean`).
+
+Parameters (define-by-run; each name has one choice set for given options):
+    n_state                 1, 2 or 3
+    n_nodes                 min_nodes .. max_nodes
+    node{i}.op              ops
+    node{i}.n_in            1 .. 3, for a linear node
+    node{i}.bias_init       0.0 or 1.0, for a linear node
+    s{S}.node{i}.in{j}      operand j of node i when there are S state vectors: x, the S state
+                            names, n0 .. n{i-1}. S is in the name because it changes the choices.
+    nodes{N}.out.{s}        the node giving state vector s (c, m) its new value: n0 .. n{N-1}.
+
+Departures from NAS-Bench-NLP, and the op set: NAS-Bench-NLP uses linear, blend, elementwise sum and
+product, tanh, sigmoid and leaky_relu; DEFAULT_OPS adds relu. `identity` is left out because it
+computes nothing: it only gives one function several spellings (and hashes), so a search would pay
+to evaluate each. `sub` is left out because a - b is covered where it matters: a linear learns the
+sign of each term and blend(z, a, b) = b + z (a - b) is the gated difference; it would mostly add
+near-duplicates of add. Either can be put back with the `ops` option. A repeated operand of a linear
+(W_1 a + W_2 a) is one term and is merged deterministically (in0 order kept) rather than rejected.
+
+Invalid cells: a cell whose h' does not depend on both x and the previous state is rejected by
+`CellSpec` with `CellError` (a failed trial). With the defaults about 12% of uniformly random samples
+are invalid (tests/test_search_spaces.py measures it), low enough that the space needs no bias
+towards valid cells; biasing choices would also skew what the samplers see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from optuna.trial import BaseTrial
+
+from nas.cell import OPS, CellSpec
+
+NAME = "graph"
+STATE_NAMES = ("h", "c", "m")
+DEFAULT_OPS = ("linear", "blend", "add", "mul", "tanh", "sigmoid", "relu", "leaky_relu")
+MAX_LINEAR_IN = 3
+BIAS_INITS = (0.0, 1.0)
+
+
+def sample(trial: BaseTrial, *, min_nodes: int = 4, max_nodes: int = 16,
+           ops: Sequence[str] = DEFAULT_OPS) -> CellSpec:
+    """A cell from the trial's decisions (see the module docstring for the parameters)."""
+    ops = check_options(min_nodes, max_nodes, ops)
+    n_state = trial.suggest_categorical("n_state", [1, 2, 3])
+    state = STATE_NAMES[:n_state]
+    n_nodes = trial.suggest_int("n_nodes", min_nodes, max_nodes)
+    bias_init = trial.suggest_categorical("node0.bias_init", BIAS_INITS)
+    nodes: dict[str, dict[str, Any]] = {"n0": {"op": "linear", "in": ["x", "h"], "bias_init": bias_init}}
+    # What each value depends on, to find h' (the last node that reads x and the state).
+    reads = {"x": {"x"}, **{s: {"state"} for s in state}, "n0": {"x", "state"}}
+    for i in range(1, n_nodes):
+        pool = ["x", *state, *nodes]
+        name = f"n{i}"
+        nodes[name] = _node(trial, i, pool, n_state, ops)
+        reads[name] = set().union(*(reads[a] for a in nodes[name]["in"]))
+    names = list(nodes)
+    outputs = {"h": [n for n in names if reads[n] == {"x", "state"}][-1]}
+    for s in state[1:]:
+        outputs[s] = trial.suggest_categorical(f"nodes{n_nodes}.out.{s}", names)
+    return CellSpec.from_dict({"name": NAME, "state": list(state), "nodes": nodes, "outputs": outputs})
+
+
+def _node(trial: BaseTrial, i: int, pool: list[str], n_state: int, ops: list[str]) -> dict[str, Any]:
+    op = trial.suggest_categorical(f"node{i}.op", ops)
+
+    def operand(j: int) -> str:
+        return trial.suggest_categorical(f"s{n_state}.node{i}.in{j}", pool)
+
+    if op == "linear":
+        k = trial.suggest_int(f"node{i}.n_in", 1, MAX_LINEAR_IN)
+        operands = list(dict.fromkeys(operand(j) for j in range(k)))  # W a + W' a is one term
+        bias_init = trial.suggest_categorical(f"node{i}.bias_init", BIAS_INITS)
+        return {"op": op, "in": operands, "bias_init": bias_init}
+    return {"op": op, "in": [operand(j) for j in range(OPS[op].arity[0])]}
+
+
+def check_options(min_nodes: int, max_nodes: int, ops: Sequence[str]) -> list[str]:
+    """Validate the options (ValueError, never CellError: a bad option is not a bad cell) and
+    return the op list."""
+    if not (isinstance(min_nodes, int) and isinstance(max_nodes, int) and 1 <= min_nodes <= max_nodes):
+        raise ValueError(f"graph: expected integers 1 <= min_nodes <= max_nodes, got "
+                         f"min_nodes={min_nodes!r}, max_nodes={max_nodes!r}")
+    if isinstance(ops, str):
+        raise ValueError(f"graph: ops must be a list of op names, got the string {ops!r}")
+    ops = [str(o) for o in ops]
+    usable = [name for name, op in OPS.items()
+              if name == "linear" or (not op.has_weights and op.arity[0] == op.arity[1])]
+    bad = [o for o in ops if o not in usable]
+    if bad or not ops or len(set(ops)) != len(ops):
+        raise ValueError(f"graph: ops must be distinct names among {usable}, got {ops}")
+    return ops
+
+
+def params_of(spec: CellSpec, *, min_nodes: int = 4, max_nodes: int = 16,
+              ops: Sequence[str] = DEFAULT_OPS) -> dict[str, Any] | None:
+    """The parameters with which `sample` rebuilds `spec` (same canonical hash), or None when the
+    space cannot express it. Dead filler nodes pad the cell to min_nodes: they go first, so the node
+    giving h' stays last."""
+    ops = check_options(min_nodes, max_nodes, ops)
+    if len(spec.state) > len(STATE_NAMES) or any(o not in {n.name for n in spec.nodes} for o in spec.outputs):
+        return None
+    # h's node last: possible only when no other node reads it.
+    h_node = spec.outputs[0]
+    if any(h_node in n.inputs for n in spec.nodes):
+        return None
+    order = [n for n in spec.nodes if n.name != h_node] + [spec.node(h_node)]
+    pad = max(min_nodes - len(order), 0)
+    n_nodes, n_state = pad + len(order), len(spec.state)
+    if n_nodes > max_nodes:
+        return None
+    rename = dict(zip(("x", *spec.state), ("x", *STATE_NAMES)))
+    rename.update({n.name: f"n{pad + i}" for i, n in enumerate(order)})
+    params: dict[str, Any] = {"n_state": n_state, "n_nodes": n_nodes}
+    filler = ops[0]
+    for i in range(pad):  # read x only: nothing reads them, so CellSpec prunes them
+        params.update(_node_params(i, n_state, filler, ["x"] * (1 if filler == "linear" else OPS[filler].arity[0]),
+                                   0.0))
+    for i, n in enumerate(order, start=pad):
+        opts = dict(n.options)
+        if n.op not in ops or (n.op == "linear" and (not opts["bias"] or opts["bias_init"] not in BIAS_INITS
+                                                    or len(n.inputs) > MAX_LINEAR_IN)):
+            return None
+        params.update(_node_params(i, n_state, n.op, [rename[a] for a in n.inputs], opts.get("bias_init")))
+    for s, out in zip(STATE_NAMES[1:], spec.outputs[1:]):
+        params[f"nodes{n_nodes}.out.{s}"] = rename[out]
+    return params
+
+
+def _node_params(i: int, n_state: int, op: str, operands: list[str], bias_init: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {f"node{i}.op": op}
+    params.update({f"s{n_state}.node{i}.in{j}": a for j, a in enumerate(operands)})
+    if op == "linear":
+        params.update({f"node{i}.n_in": len(operands), f"node{i}.bias_init": bias_init})
+    return params

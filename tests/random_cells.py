@@ -1,0 +1,74 @@
+"""Random valid cells and random relabellings of them, shared by the hash and compiler tests.
+
+A random cell is a random DAG of linear / elementwise nodes over x and 1-3 state vectors, redrawn
+until `CellSpec` accepts it (h' must depend on x and on the state). A relabelling renames nodes
+and state vectors, shuffles the node list and the operands of commutative ops: it describes the
+same computation, so it must keep the canonical hash.
+"""
+
+from __future__ import annotations
+
+import random
+
+from nas.cell import OPS, CellError, CellSpec, Node
+
+ELEMENTWISE = ("add", "mul", "sub", "blend", "tanh", "sigmoid", "relu")
+STATE_NAMES = ("h", "c", "m")
+
+
+def random_cell(rng: random.Random, max_nodes: int = 12, raw_x: bool = True) -> CellSpec:
+    """A random valid cell. raw_x=False keeps x away from elementwise ops (so input_size may
+    differ from hidden_size when compiling)."""
+    while True:
+        state = STATE_NAMES[:rng.randint(1, 3)]
+        available = ["x", *state]
+        nodes = []
+
+        def pick(pool: list[str]) -> str:  # favour recent nodes, so that cells are deep
+            return rng.choice(pool[-3:] if rng.random() < 0.6 else pool)
+
+        for i in range(rng.randint(2, max_nodes)):
+            name = f"n{i}"
+            if rng.random() < 0.4:
+                inputs = tuple(dict.fromkeys(pick(available) for _ in range(rng.randint(1, 3))))
+                options = (("bias", rng.random() < 0.8), ("bias_init", rng.choice([0.0, 0.0, 1.0])))
+                nodes.append(Node(name, "linear", inputs, options))
+            else:
+                op = rng.choice(ELEMENTWISE)
+                pool = available if raw_x else [a for a in available if a != "x"]
+                if not pool:
+                    continue
+                arity = OPS[op].arity[0]
+                nodes.append(Node(name, op, tuple(pick(pool) for _ in range(arity))))
+            available.append(name)
+        made = [n.name for n in nodes]
+        if not made:
+            continue
+        outputs = (made[-1],) + tuple(rng.choice(made + list(state)) for _ in state[1:])
+        try:
+            return CellSpec(state, tuple(nodes), outputs)
+        except CellError:
+            continue
+
+
+def relabel(spec: CellSpec, rng: random.Random) -> CellSpec:
+    """The same cell under fresh node and state names, shuffled node order and shuffled operands
+    of commutative ops."""
+    fresh = rng.sample(range(10_000), len(spec.nodes) + len(spec.state))
+    rename = {"x": "x"}
+    for old, k in zip([n.name for n in spec.nodes] + list(spec.state), fresh):
+        rename[old] = f"q{k}"
+    nodes = []
+    for n in spec.nodes:
+        inputs = [rename[i] for i in n.inputs]
+        if OPS[n.op].commutative:
+            rng.shuffle(inputs)
+        nodes.append(Node(rename[n.name], n.op, tuple(inputs), n.options))
+    rng.shuffle(nodes)
+    return CellSpec(tuple(rename[s] for s in spec.state), tuple(nodes),
+                    tuple(rename[o] for o in spec.outputs))
+
+
+def random_cells(seed: int, count: int, **kw: object) -> list[CellSpec]:
+    rng = random.Random(seed)
+    return [random_cell(rng, **kw) for _ in range(count)]
