@@ -113,6 +113,36 @@ class StorageConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """MLflow. uri None: a local SQLite store, runs/mlflow/mlflow.db (artifacts in runs/mlflow/artifacts);
+    or any MLflow tracking URI (http://host:5000 for a team server). One experiment per study."""
+
+    enabled: bool = True
+    uri: Optional[str] = None
+    experiment: Optional[str] = None   # None: "nas/<study>"
+    retries: int = 3                   # per call, before buffering and moving on
+    timeout: float = 10.0              # seconds per HTTP request to a tracking server
+
+
+@dataclass
+class ReportConfig:
+    """The final comparison: the top_k cells and the baselines retrained with `seeds` seeds and scored
+    on the test split (mean +- std), as a table (markdown, CSV) and plots on the parent run."""
+
+    enabled: bool = True
+    top_k: int = 3
+    seeds: int = 3
+
+
+@dataclass
+class ExportConfig:
+    """Export the best cell of the search as a standalone PyTorch module (runs/exports/<name>/)."""
+
+    enabled: bool = True
+    dir: str = "runs/exports"
+
+
+@dataclass
 class SearchApp:
     """`nas-search`: one study, n_trials trials over `workers` local worker processes."""
 
@@ -124,13 +154,15 @@ class SearchApp:
     threads: Optional[int] = None  # torch threads per CPU worker; None: 1 when workers > 1
     out_dir: str = "runs/search/${study}"
     baselines: List[str] = field(default_factory=lambda: ["lstm", "gru", "mut1", "mut2", "mut3"])
-    top_k: int = 3
     search_space: SpaceConfig = field(default_factory=SpaceConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 @dataclass

@@ -98,7 +98,8 @@ def _safe(value: object, what: str) -> str:
 
 def _module_name(spec: CellSpec, name: str | None) -> str:
     if name is None:
-        name = re.sub(r"\W", "_", getattr(spec, "name", "") or "").lstrip("0123456789") or "cell"
+        name = re.sub(r"[^A-Za-z0-9_]", "_", getattr(spec, "name", "") or "").lstrip("0123456789")
+        name = name[:59] or "cell"
         name = f"{name}_cell" if name in sys.stdlib_module_names or name == "torch" else name
     if keyword.iskeyword(_safe(name, "module name")) or name in sys.stdlib_module_names or name == "torch":
         raise ExportError(f"export: module name {name!r} is a keyword or shadows a module torch needs")
@@ -179,7 +180,8 @@ def _check_weights(plan: Plan, weights: Mapping[str, Any]) -> tuple[dict, tuple[
     missing = [k for k in expected if k not in weights]
     unexpected = [k for k in weights if k not in expected]
     if missing or unexpected:
-        raise ExportError(f"export: weights do not fit the cell: missing keys {missing}, unexpected keys {unexpected}")
+        raise ExportError(f"export: weights do not fit the cell: missing keys {missing}, "
+                          f"unexpected keys {unexpected}")
     first = next(iter(expected))
     hidden = weights[first].shape[0] // expected[first][0]
     inputs = weights["layers.0.weight_x"].shape[1] if plan.group(INPUT) else hidden
@@ -210,13 +212,6 @@ def _variables(spec: CellSpec, plan: Plan) -> tuple[dict[str, str], dict[str, st
     return var, {g.source: fresh(f"{var[g.source]}_w") for g in plan.groups}
 
 
-class _Placeholder(str):
-    """An option shown by its name in the legend (`{negative_slope!r}` -> negative_slope)."""
-
-    def __repr__(self) -> str:
-        return str(self)
-
-
 def _infix(op: Op) -> bool:
     return op.arity == (2, 2) and len(op.symbol) == 1
 
@@ -232,18 +227,17 @@ def _math(node: Node) -> str:
 
 
 def _equations(spec: CellSpec) -> list[str]:
-    """One equation per node, the new state, and the meaning of the op symbols (from the registry)."""
+    """One equation per node, the new state, and what the op symbols mean (from the registry; ops with
+    options show them by name in their equation)."""
     left = [n.name for n in spec.nodes] + [f"{s}'" for s in spec.state]
     right = [_math(n) for n in spec.nodes] + list(spec.outputs)
     lines = [f"{a:<{max(map(len, left))}} = {b}" for a, b in zip(left, right)]
     legend = []
     for op in (OPS[name] for name in dict.fromkeys(n.op for n in spec.nodes)):
-        if not (op.has_weights or op.expr == "{a}" or _infix(op)):
+        if not (op.has_weights or op.options or op.expr == "{a}" or _infix(op)):
             operands = list(OPERANDS[:op.arity[1] or 2])
-            call = f"{op.symbol}({', '.join(operands + list(op.options))})"
-            text = render(op.expr, operands, {k: _Placeholder(k) for k in op.options})
-            text = text.replace("torch.nn.functional.", "").replace("torch.", "")
-            legend += [f"{call} = {text}"] if text != call else []
+            call, text = f"{op.symbol}({', '.join(operands)})", render(op.expr, operands, {})
+            legend += [f"{call} = {text.replace('torch.', '')}"] if text != f"torch.{call}" else []
     return lines + textwrap.wrap(f"where {', '.join(legend)}", 100, subsequent_indent="      ")
 
 
@@ -279,10 +273,12 @@ def _step_body(spec: CellSpec, plan: Plan, var: dict[str, str], prod: dict[str, 
                 else:
                     terms.append(prod[src] if src == INPUT else f"F.linear({var[src]}, self.weight_{src})")
             if node.name in biased:
-                terms.append("self.bias" if len(biased) == 1 else f"self.bias[{_rows(biased.index(node.name))}]")
+                k = biased.index(node.name)
+                terms.append("self.bias" if len(biased) == 1 else f"self.bias[{_rows(k)}]")
             lines += _sum(var[node.name], terms)
         else:
-            lines.append(f"{var[node.name]} = {render(op.expr, [var[a] for a in node.inputs], _options(node, op))}")
+            expr = render(op.expr, [var[a] for a in node.inputs], _options(node, op))
+            lines.append(f"{var[node.name]} = {expr}")
         product(node.name)
     lines.append(f"return ({', '.join(var[o] for o in spec.outputs)}{',' * (len(spec.state) == 1)})")
     if any(re.search(r"\bH\b", line.split("#")[0]) for line in lines):
@@ -307,52 +303,62 @@ def _class_names(name: str) -> tuple[str, str]:
     return f"{base}Cell", f"{base}RNN"
 
 
+def _parameters(spec: CellSpec, plan: Plan) -> tuple[list[str], list[str], list[str]]:
+    """(docstring lines, __init__ lines, reset_parameters lines) of the cell's parameters, in the
+    order and layout of CompiledCell, so that the same seed gives the same initial weights."""
+    doc, init, reset = [], [], []
+    for g in plan.groups:
+        rows = f"{len(g.bias_rows)} * hidden_size" if len(g.bias_rows) > 1 else "hidden_size"
+        cols = "input_size" if g.source == INPUT else "hidden_size"
+        doc.append(f"weight_{g.source}: ({rows}, {cols}), blocks of {', '.join(m for m, _ in g.bias_rows)}")
+        init.append(f"self.weight_{g.source} = nn.Parameter(torch.empty({rows}, {cols}))")
+        reset.append(f"self.weight_{g.source}.uniform_(-bound, bound)")
+    biased = [n for n in spec.nodes if OPS[n.op].has_weights and n.option("bias")]
+    if biased:
+        inits = ", ".join(repr(_options(n, OPS[n.op])["bias_init"]) for n in biased)
+        rows = f"{len(biased)} * hidden_size" if len(biased) > 1 else "hidden_size"
+        doc += [f"bias: ({rows},), blocks of {', '.join(n.name for n in biased)}", f"    initially {inits}"]
+        init.append(f"self.bias = nn.Parameter(torch.empty({rows}))")
+        reset.append(f"self.bias.copy_(self.bias.new_tensor([{inits}]).repeat_interleave(self.hidden_size))")
+    if reset:
+        reset = ["bound = 1.0 / math.sqrt(self.hidden_size)", "with torch.no_grad():",
+                 *("    " + line for line in reset)]
+    doc = [line for d in doc or ["none"] for line in textwrap.wrap(d, 96, subsequent_indent="    ")]
+    return doc, init, reset
+
+
 def generate_module(spec: CellSpec, name: str) -> str:
     """The source of `<name>.py`; ExportError for a spec or name that is not safe to turn into code."""
     check_spec(spec)
     name, plan = _module_name(spec, name), lower(spec)
     var, prod = _variables(spec, plan)
+    cell, rnn = _class_names(name)
+    doc, init, reset = _parameters(spec, plan)
     K, one = len(spec.state), "," * (len(spec.state) == 1)
-    biased = [n for n in spec.nodes if OPS[n.op].has_weights and n.option("bias")]
-    param_doc, param_init, param_reset = [], [], []
-    for g in plan.groups:
-        rows = f"{len(g.bias_rows)} * hidden_size" if len(g.bias_rows) > 1 else "hidden_size"
-        cols = "input_size" if g.source == INPUT else "hidden_size"
-        param_doc.append(f"weight_{g.source}: ({rows}, {cols}), blocks of {', '.join(m for m, _ in g.bias_rows)}")
-        param_init.append(f"self.weight_{g.source} = nn.Parameter(torch.empty({rows}, {cols}))")
-        param_reset.append(f"self.weight_{g.source}.uniform_(-bound, bound)")
-    if biased:
-        inits = ", ".join(repr(_options(n, OPS[n.op])["bias_init"]) for n in biased)
-        rows = f"{len(biased)} * hidden_size" if len(biased) > 1 else "hidden_size"
-        param_doc.append(f"bias: ({rows},), blocks of {', '.join(n.name for n in biased)}, initialised to {inits}")
-        param_init.append(f"self.bias = nn.Parameter(torch.empty({rows}))")
-        param_reset.append(f"self.bias.copy_(self.bias.new_tensor([{inits}]).repeat_interleave(self.hidden_size))")
-    if param_reset:
-        param_reset = ["bound = 1.0 / math.sqrt(self.hidden_size)", "with torch.no_grad():",
-                       *("    " + line for line in param_reset)]
-
-    # The step takes the raw input if an elementwise op reads it, and the input-side products
+    # The step reads the raw input if an elementwise op does, and the input-side products
     # x_w = F.linear(x, weight_x) if linear nodes read x: the sequence layer computes those for all
-    # steps at once.
-    raw, has_x = plan.needs_raw_x, plan.group(INPUT) is not None
-    step_in = [("x", "x", "x[t]", "x (B, input_size)")] if raw else []
-    step_in += [(prod[INPUT], "F.linear(x, self.weight_x)", "x_w[t]", f"{prod[INPUT]} = F.linear(x, weight_x)")
-                ] if has_x else []
+    # steps in one product. Per input: (step parameter, cell's argument, sequence's argument, doc).
+    step_in = [("x", "x", "x[t]", "x (B, input_size)")] if plan.needs_raw_x else []
+    has_x = plan.group(INPUT) is not None
+    if has_x:
+        x_w = prod[INPUT]
+        step_in.append((x_w, "F.linear(x, self.weight_x)", "x_w[t]", f"{x_w} = F.linear(x, weight_x)"))
+    products = ["x_w = F.linear(x, layer.weight_x)  # all steps in one product"] if has_x else []
+    stacks = (",\n" + " " * 24).join(f"torch.stack([f[{k}] for f in finals])" for k in range(K))
     text = _MODULE.substitute(
-        name=name, hash=spec.canonical_hash(), Cell=_class_names(name)[0], RNN=_class_names(name)[1], K=K,
+        name=name, hash=spec.canonical_hash(), Cell=cell, RNN=rnn, K=K,
         state_doc=f"({', '.join(spec.state)}{one})", equations=_indent(_equations(spec), 4),
-        imports="import math\n\nimport torch" if param_reset else "import torch",
-        state_type=f"tuple[{', '.join(['Tensor'] * K)}]",
-        param_doc=_indent([w for line in param_doc or ["none"] for w in textwrap.wrap(line, 96, subsequent_indent="    ")], 8), param_init=_indent(param_init, 8),
-        param_reset=_indent(param_reset, 8), zeros=f"({', '.join(['zeros'] * K)}{one})",
+        imports="import math\n\nimport torch" if reset else "import torch",
+        state_type=f"tuple[{', '.join(['Tensor'] * K)}]", param_doc=_indent(doc, 8),
+        param_init=_indent(init, 8), param_reset=_indent(reset, 8),
+        zeros=f"({', '.join(['zeros'] * K)}{one})",
         cell_args=", ".join([a[1] for a in step_in] + ["state"]),
         step_params=", ".join([f"{a[0]}: Tensor" for a in step_in] + ["state: State"]),
         step_doc=f"One step from {', '.join(a[3] for a in step_in)}{',' * (len(step_in) > 1)} and the state.",
         step_body=_indent(_step_body(spec, plan, var, prod), 8),
         layer_state=f"({', '.join(f'state[{k}][i]' for k in range(K))}{one})",
-        seq_products="            x_w = F.linear(x, layer.weight_x)  # for all steps at once" if has_x else "",
-        seq_args=", ".join([a[2] for a in step_in] + ["s"]),
-        finals="(" + (",\n" + " " * 24).join(f"torch.stack([f[{k}] for f in finals])" for k in range(K)) + one + ")")
+        seq_products=_indent(products, 12),
+        seq_args=", ".join([a[2] for a in step_in] + ["s"]), finals=f"({stacks}{one})")
     # Placeholder lines left empty (indented, blank) go; the blank lines between definitions stay.
     return "\n".join(line for line in text.split("\n") if line == "" or line.strip()) + "\n"
 
@@ -502,7 +508,8 @@ def _metrics_table(metrics: Mapping[str, Any], name: str) -> list[str]:
     columns = list(dict.fromkeys(k for row in rows.values() for k in row))
     lines = ["| model | " + " | ".join(map(_text, columns)) + " |", "|---" * (len(columns) + 1) + "|"]
     for model, row in rows.items():
-        lines.append(f"| {_text(model)} | " + " | ".join(_text(row[c]) if c in row else "" for c in columns) + " |")
+        cells = [_text(row[c]) if c in row else "" for c in columns]
+        lines.append(f"| {_text(model)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -510,21 +517,21 @@ def _readme(spec: CellSpec, name: str, sizes: tuple[int, int, int] | None, metri
             origin: Mapping[str, Any]) -> str:
     rnn = _class_names(name)[1]
     layers, inputs, hidden = sizes or (1, 128, 128)
-    weights = f"`weights.pt`: the state dict of `{rnn}(input_size={inputs}, hidden_size={hidden}, " \
-              f"num_layers={layers})`"
+    model = f"{rnn}(input_size={inputs}, hidden_size={hidden}, num_layers={layers})"
     lines = [f"# {name}", "", "A recurrent cell from nas-rnn, exported as standalone PyTorch code.", "",
              f"- canonical hash: `{spec.canonical_hash()}`",
-             f"- state: ({', '.join(spec.state)}); the first vector is the output",
              f"- `{name}.py`: the cell and the sequence layer `{rnn}`; needs only torch",
-             "- `cell.json`: the cell spec (nas-rnn's CellSpec JSON)", *([f"- {weights}"] if sizes else []), "",
+             "- `cell.json`: the cell spec (nas-rnn's CellSpec JSON)",
+             *([f"- `weights.pt`: the state dict of `{model}`"] if sizes else []), "",
              "## Equations", "", "```text", *_equations(spec), "```", ""]
     if origin:
         lines += ["## Origin", "", *(f"- {_text(k)}: {_text(v)}" for k, v in origin.items()), ""]
     if metrics:
         lines += ["## Metrics", "", *_metrics_table(metrics, name), ""]
-    load = ['model.load_state_dict(torch.load("weights.pt", weights_only=True))'] if sizes else []
-    return "\n".join(lines + [
-        "## Usage", "", "With this folder on the Python path:", "", "```python", "import torch", "",
-        f"from {name} import {rnn}", "", f"model = {rnn}({inputs}, {hidden}, num_layers={layers})", *load, f"output, state = model(torch.randn(35, 8, {inputs}))  # (T, B, input_size)",
-        f"# output: (35, 8, {hidden}); state: ({', '.join(spec.state)}), each ({layers}, 8, {hidden})", "```", "",
-        "A state dict saved from nas.cell.CellRNN with the same sizes loads as it is.", ""])
+    lines += ["## Usage", "", "With this folder on the Python path:", "", "```python", "import torch", "",
+              f"from {name} import {rnn}", "", f"model = {model}",
+              *(['model.load_state_dict(torch.load("weights.pt", weights_only=True))'] if sizes else []),
+              f"output, state = model(torch.randn(35, 8, {inputs}))  # input: (T, B, input_size)",
+              f"# output: (35, 8, {hidden}); state: ({', '.join(spec.state)}), each ({layers}, 8, {hidden})",
+              "```", "", "A state dict saved from nas.cell.CellRNN with the same sizes loads as it is.", ""]
+    return "\n".join(lines)

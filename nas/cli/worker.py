@@ -20,14 +20,15 @@ ConfigStore.instance().store(name="worker_schema", node=WorkerApp)
 
 def run(cfg: WorkerApp) -> None:
     from nas.search.study import join_study
-    from nas.search.worker import _pruner, build_objective, pin_device, run_trials
+    from nas.search.worker import _pruner, build_objective, pin_device, run_trials, trial_logger
 
     device = pin_device(cfg.device, cfg.threads)
     study, stored = join_study(cfg.study, cfg.storage.url, cfg.out_dir)
     objective, sampler = build_objective(stored, device)
     study.sampler, study.pruner = sampler, _pruner(stored)
     summary = run_trials(study, objective, {"heartbeat_interval": cfg.storage.heartbeat_interval,
-                                            "grace_period": cfg.storage.grace_period})
+                                            "grace_period": cfg.storage.grace_period},
+                         trial_logger(study, stored))
     print(f"nas-worker: {summary.trials} trials of study {cfg.study} in {summary.seconds:.0f} s")
 
 

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from nas.search.study import open_study
-from nas.search.worker import _pruner, build_objective, pin_device, run_trials
+from nas.search.worker import _pruner, build_objective, pin_device, run_trials, trial_logger
 
 log = logging.getLogger("nas.search")
 
@@ -52,18 +53,30 @@ class SearchOutcome:
 
 
 def search(cfg: dict[str, Any], progress: bool | None = None) -> SearchOutcome:
+    """Run (or resume) the search described by `cfg` (a resolved SearchApp as a plain dict)."""
     from nas.search.controllers import is_multi_objective
+    from nas.tracking import Tracker
 
     start = time.perf_counter()
     multi = is_multi_objective(cfg["controller"]["name"])
     study = open_study(cfg, multi)
+    tracker = Tracker.from_config(cfg)
+    tracker.start_search(study, cfg)  # before the workers: they attach their runs to its parent run
     show = sys.stderr.isatty() if progress is None else progress
     if cfg["workers"] <= 1:
         _run_in_process(study, cfg, show)
     else:
         _run_processes(study, cfg, show)
-    baselines = run_baselines(study, cfg)
-    return summarise(study, cfg, baselines, time.perf_counter() - start)
+    baselines = run_baselines(study, cfg, tracker)
+    outcome = summarise(study, cfg, baselines, time.perf_counter() - start)
+    if cfg["report"]["enabled"]:
+        from nas.report import final_comparison
+
+        comparison = final_comparison(study, cfg, tracker, progress=show)
+        tracker.log_comparison(study, comparison)
+        outcome = SearchOutcome(**{**outcome.__dict__, "extra": {"comparison": comparison}})
+    tracker.end_search(study, outcome)
+    return outcome
 
 
 def _run_in_process(study: optuna.Study, cfg: dict[str, Any], show: bool) -> None:
@@ -71,7 +84,13 @@ def _run_in_process(study: optuna.Study, cfg: dict[str, Any], show: bool) -> Non
     objective, sampler = build_objective(cfg, device)
     study.sampler, study.pruner = sampler, _pruner(cfg)
     bar = _bar(study, cfg, show)
-    run_trials(study, objective, cfg["storage"], on_trial=lambda t: _tick(bar, study, cfg))
+    log_trial = trial_logger(study, cfg)
+
+    def on_trial(t) -> None:
+        log_trial(t)
+        _tick(bar, study, cfg)
+
+    run_trials(study, objective, cfg["storage"], on_trial=on_trial)
     if bar is not None:
         bar.close()
 
@@ -124,7 +143,7 @@ def _tick(bar, study: optuna.Study, cfg: dict[str, Any]) -> None:
         bar.set_postfix(best_bpc=f"{min(best):.4f}")
 
 
-def run_baselines(study: optuna.Study, cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def run_baselines(study: optuna.Study, cfg: dict[str, Any], tracker=None) -> dict[str, dict[str, Any]]:
     """Train each baseline cell once per budget (same trainer, data and seed as the trials); the
     results are kept in the study, so a rerun or a second search at the same budget reuses them."""
     from nas.cell import known_cell
@@ -139,11 +158,16 @@ def run_baselines(study: optuna.Study, cfg: dict[str, Any]) -> dict[str, dict[st
     out = {}
     for name in cfg["baselines"]:
         attr = f"baseline:{name}:{key}"
-        if attr not in study.user_attrs:
-            r = evaluate(known_cell(name), trainer, cfg["seed"], corpus, desc=f"baseline {name}")
-            data = r.to_dict()
+        data = study.user_attrs.get(attr)
+        if data is None:
+            run_dir = Path(cfg["out_dir"]) / "baselines" / f"{name}-{key}"
+            r = evaluate(known_cell(name), trainer, cfg["seed"], corpus, desc=f"baseline {name}",
+                         out_dir=run_dir)
+            data = {**r.to_dict(), "run_dir": str(run_dir.resolve()), "budget": key}
             study.set_user_attr(attr, data)
-        out[name] = study.user_attrs.get(attr) or data
+        if tracker is not None:
+            tracker.log_baseline(study, name, data, cfg)  # once per budget: it skips logged ones
+        out[name] = data
     return out
 
 
@@ -158,7 +182,7 @@ def summarise(study: optuna.Study, cfg: dict[str, Any], baselines: dict[str, dic
     done.sort(key=lambda t: t.values[0])
     best = tuple(Row(f"trial {t.number}", t.user_attrs.get("cell_hash", "?"), t.values[0],
                      t.user_attrs.get("params"), t.user_attrs.get("hidden_size"),
-                     t.user_attrs.get("chars_per_sec"), "trial", t.number) for t in done[:cfg["top_k"]])
+                     t.user_attrs.get("chars_per_sec"), "trial", t.number) for t in done[:cfg["report"]["top_k"]])
     base = tuple(Row(name, r["cell_hash"], r["val_bpc"], r["params"], r["hidden_size"], r["chars_per_sec"],
                      "baseline") for name, r in baselines.items())
     counted = sum(v for k, v in states.items() if k != "lost")

@@ -49,8 +49,10 @@ def make_storage(url: str | None, study_dir: Path, heartbeat_interval: int = 30)
 
     study_dir.mkdir(parents=True, exist_ok=True)
     path = str(study_dir / "journal.log")
-    # The open-lock (O_EXCL lock file) works on every filesystem, symlinks do not on some mounts.
-    return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+    # The open-lock (O_EXCL lock file) works on every filesystem, symlinks do not on some mounts. A
+    # writer holds it for milliseconds; one killed while holding it leaves the file behind, so take it
+    # over after 5 s rather than Optuna's default 30 s (a killed worker must not stall the others).
+    return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path, grace_period=5)))
 
 
 def _redact(url: str) -> str:
@@ -86,8 +88,9 @@ def pop_trial(study: optuna.Study) -> optuna.Trial | None:
     trial_id = study._pop_waiting_trial_id()
     if trial_id is None:
         return None
-    study._storage.set_trial_system_attr(trial_id, WORKER_ATTR, this_worker())
+    # Heartbeat before owner: a reaper that sees the owner also sees a fresh beat.
     study._storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+    study._storage.set_trial_system_attr(trial_id, WORKER_ATTR, this_worker())
     return optuna.Trial(study, trial_id)
 
 
@@ -132,8 +135,10 @@ def _is_lost(t: FrozenTrial, grace_period: float, now: float) -> bool:
     if host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid():
         if not _alive(int(pid)):
             return True
-    beat = float(t.system_attrs.get(HEARTBEAT_ATTR, 0.0))
-    return now - beat > grace_period
+    beat = t.system_attrs.get(HEARTBEAT_ATTR)
+    if beat is None:  # not yet written: fall back on when the trial started
+        beat = t.datetime_start.timestamp() if t.datetime_start else now
+    return now - float(beat) > grace_period
 
 
 def reap_lost(study: optuna.Study, grace_period: float) -> list[int]:
@@ -142,14 +147,16 @@ def reap_lost(study: optuna.Study, grace_period: float) -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not _is_lost(t, grace_period, now):
             continue
+        # Attributes first: a finished trial can no longer be annotated. If another reaper wins the
+        # state change below, it wrote the same attributes and it alone enqueues the retry.
         try:
+            study._storage.set_trial_user_attr(t._trial_id, "nas_state", LOST)
+            study._storage.set_trial_user_attr(t._trial_id, "reason",
+                                               f"worker {t.system_attrs.get(WORKER_ATTR)} stopped")
             if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker reaped it first
-        study._storage.set_trial_user_attr(t._trial_id, "nas_state", LOST)
-        study._storage.set_trial_user_attr(t._trial_id, "reason",
-                                           f"worker {t.system_attrs.get(WORKER_ATTR)} stopped")
         retry_of = t.user_attrs.get("retry_of", t.number)
         study.enqueue_trial(dict(t.params), user_attrs={"retry_of": retry_of}, skip_if_exists=False)
         reaped.append(t.number)

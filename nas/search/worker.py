@@ -64,6 +64,14 @@ def build_objective(cfg: dict[str, Any], device: str) -> tuple[Objective, Any]:
                      trials_dir=trials_dir), sampler
 
 
+def trial_logger(study: optuna.Study, cfg: dict[str, Any]):
+    """The on_trial hook that logs each finished trial to MLflow (a no-op when tracking is off)."""
+    from nas.tracking import Tracker
+
+    tracker = Tracker.from_config(cfg)
+    return lambda t: tracker.log_trial(study, t, cfg)
+
+
 def run_trials(study: optuna.Study, objective: Objective, storage_cfg: dict[str, Any],
                on_trial=None) -> WorkerSummary:
     """The worker loop. `on_trial(frozen_trial)` is called after each finished trial."""
@@ -117,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         objective, sampler = build_objective(cfg, device)
         study.sampler = sampler
         study.pruner = _pruner(cfg)
-        run_trials(study, objective, {**cfg["storage"], "url": args.storage})
+        run_trials(study, objective, {**cfg["storage"], "url": args.storage}, trial_logger(study, cfg))
     except KeyboardInterrupt:
         sys.exit(130)
     except ValueError as e:

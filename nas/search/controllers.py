@@ -1,0 +1,160 @@
+"""Controllers: every search strategy is an Optuna sampler, built by name with `make_sampler`.
+
+    random     optuna RandomSampler
+    tpe        optuna TPESampler, multivariate and grouped (the spaces are conditional), constant liar
+    nsga2      optuna NSGAIISampler; the only multi-objective one: minimise (val bpc, parameter count)
+    evolution  nas.search.evolution.AgingEvolutionSampler (Real et al., 2019)
+    reinforce  nas.search.reinforce.ReinforceSampler (Zoph & Le, 2017)
+
+The driver loop cannot tell them apart: it builds one with `make_sampler(name, seed, **options)` and
+hands it to the study.
+
+This module also holds the trial conventions the two home-made controllers share, i.e. how the
+objective (nas.search.objective) records outcomes and how a controller reads them:
+
+    COMPLETE  value = val bpc, lower is better (also when user_attrs["duplicate_of"] is set: a
+              duplicate cell reuses an earlier result and counts as a normal result)
+    PRUNED    stopped early; its last intermediate value is a real but early score
+    FAIL      user_attrs["nas_state"] in {"invalid", "diverged", "error", "lost"}; missing = "error".
+              "lost" means the worker died: not the cell's fault, the cell is retried as a new
+              trial, so controllers ignore lost trials entirely.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+import optuna
+from optuna._transform import _SearchSpaceTransform
+from optuna.distributions import BaseDistribution
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+CONTROLLERS = ("random", "tpe", "nsga2", "evolution", "reinforce")
+
+NAS_STATE = "nas_state"
+LOST = "lost"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def make_sampler(name: str, seed: int | None = None, **options: Any) -> optuna.samplers.BaseSampler:
+    """The controller called `name` (one of CONTROLLERS), seeded with `seed`.
+
+    Options, by controller (defaults in brackets):
+        random     none
+        tpe        n_startup_trials [10], multivariate [True], group [True], constant_liar [True]
+        nsga2      population_size [20]
+        evolution  population_size [20], sample_size [5], seed_params [()]
+        reinforce  hidden_size [64], lr [2e-3], baseline_decay [0.95], entropy_weight [1e-3],
+                   fail_value [10.0]
+
+    Raises ValueError for an unknown name or an option the controller does not take.
+    """
+    build = _builder(name)
+    accepted = [p for p in inspect.signature(build).parameters if p != "seed"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"make_sampler: controller {name!r} takes no option(s) {', '.join(unknown)}; "
+                         f"it accepts: {', '.join(accepted) or 'none'}")
+    return build(seed=seed, **options)
+
+
+def is_multi_objective(name: str) -> bool:
+    """True when the controller searches (val bpc, parameter count) rather than val bpc alone."""
+    _builder(name)
+    return name == "nsga2"
+
+
+def _builder(name: str) -> Callable[..., optuna.samplers.BaseSampler]:
+    # evolution and reinforce are imported here, not at the top: they import this module's
+    # conventions, and `random`/`tpe` users need not import torch.
+    if name == "random":
+        return optuna.samplers.RandomSampler
+    if name == "tpe":
+        return _tpe
+    if name == "nsga2":
+        return _nsga2
+    if name == "evolution":
+        from nas.search.evolution import AgingEvolutionSampler
+        return AgingEvolutionSampler
+    if name == "reinforce":
+        from nas.search.reinforce import ReinforceSampler
+        return ReinforceSampler
+    raise ValueError(f"make_sampler: unknown controller {name!r}; expected one of {', '.join(CONTROLLERS)}")
+
+
+def _tpe(*, seed: int | None = None, n_startup_trials: int = 10, multivariate: bool = True,
+         group: bool = True, constant_liar: bool = True) -> optuna.samplers.TPESampler:
+    # group=True is deliberate (define-by-run spaces: each branch gets its own multivariate model), so
+    # Optuna's "experimental argument" warning is noise here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials,
+                                          multivariate=multivariate, group=group,
+                                          constant_liar=constant_liar)
+
+
+def _nsga2(*, seed: int | None = None, population_size: int = 20) -> optuna.samplers.NSGAIISampler:
+    # 20, not Optuna's 50: the same population as aging evolution, and more generations within the
+    # few hundred trials a cell search affords.
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
+
+
+# ---- conventions shared by the home-made controllers ------------------------------------------------
+
+def is_lost(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.FAIL and trial.user_attrs.get(NAS_STATE) == LOST
+
+
+def is_informative(trial: FrozenTrial) -> bool:
+    """A finished trial that says something about its cell: COMPLETE, PRUNED, or FAIL but not lost."""
+    return trial.state in FINISHED and not is_lost(trial)
+
+
+def score(trial: FrozenTrial) -> float:
+    """The cell's score in the study's units, lower is better, of an informative trial.
+
+    COMPLETE: its value. PRUNED: its last intermediate value (inf if it reported none). FAIL: inf.
+    """
+    if trial.state == TrialState.COMPLETE:
+        return float(trial.value)
+    if trial.state == TrialState.PRUNED and trial.intermediate_values:
+        return float(trial.intermediate_values[max(trial.intermediate_values)])
+    return math.inf
+
+
+def require_single_objective_minimise(study: optuna.Study, who: str) -> None:
+    if study._is_multi_objective():
+        raise ValueError(f"{who} is single-objective (it minimises val bpc) but study "
+                         f"{study.study_name!r} has {len(study.directions)} objectives; "
+                         "use the 'nsga2' controller for a multi-objective search")
+    if study.direction != StudyDirection.MINIMIZE:
+        raise ValueError(f"{who} minimises val bpc but study {study.study_name!r} maximises")
+
+
+def fresh_seed() -> int:
+    """A seed from OS entropy, for samplers built with seed=None."""
+    return int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
+
+
+def trial_rng(seed: int, trial_number: int) -> np.random.Generator:
+    """The random stream of one trial: a function of (seed, trial number) only, so that a trial's draws do
+    not depend on which worker runs it or on what the worker did before."""
+    return np.random.default_rng([seed, trial_number])
+
+
+def random_value(distribution: BaseDistribution, rng: np.random.Generator) -> Any:
+    """A draw from `distribution` as RandomSampler makes it (uniform; log-uniform where log=True)."""
+    transform = _SearchSpaceTransform({"x": distribution})
+    return transform.untransform(rng.uniform(transform.bounds[:, 0], transform.bounds[:, 1]))["x"]
+
+
+def contains(distribution: BaseDistribution, value: Any) -> bool:
+    try:
+        return bool(distribution._contains(distribution.to_internal_repr(value)))
+    except (ValueError, TypeError):
+        return False
