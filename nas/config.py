@@ -148,7 +148,7 @@ class SearchApp:
 
     study: str = "${search_space.name}-${controller.name}"
     n_trials: int = 30
-    workers: int = 1
+    workers: int = 1           # local worker processes; 0: only create the study and wait for nas-worker
     seed: int = 0
     device: str = "auto"       # per worker: auto = GPU (worker i on GPU i mod n_gpus) if any, else CPU
     threads: Optional[int] = None  # torch threads per CPU worker; None: 1 when workers > 1
@@ -174,3 +174,23 @@ class WorkerApp:
     out_dir: str = "runs/search/${study}"
     device: str = "auto"
     threads: Optional[int] = None
+    replica: int = 0           # this worker's index in a multirun sweep: GPU = replica mod n_gpus
+
+
+@dataclass
+class ExportApp:
+    """`nas-export`: write a cell as a standalone PyTorch module. The cell comes from (first given wins):
+    `cell` (a reference cell name or a cell JSON file), `run_id` (an MLflow run of a trial), or the
+    study `study`: trial `trial`, the trial with `cell_hash`, or else its best trial."""
+
+    study: Optional[str] = None
+    trial: Optional[int] = None
+    cell_hash: Optional[str] = None
+    run_id: Optional[str] = None
+    cell: Optional[str] = None
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    study_dir: str = "runs/search/${study}"
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    name: Optional[str] = None         # module name; default from the study/trial or the cell
+    dest: Optional[str] = None         # folder; default runs/exports/<name>
+    overwrite: bool = False

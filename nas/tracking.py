@@ -1,29 +1,585 @@
-"""Every MLflow call of the project (placeholder: tracking is being written; this no-op keeps the API)."""
+"""Every MLflow call of the project: searches, trials, baselines and the final comparison as runs.
+
+What a search looks like in the MLflow dashboard (one experiment per study, "nas/<study>"):
+
+    <study>                       parent run, role=search: the search config as params; at the end
+    |                             best_val_bpc (history: best so far per trial number), trial counts
+    |                             by state, and report/ (comparison table .md/.csv, plots .png); the
+    |                             run's description is the comparison table
+    +- trial 0000 ... trial N     role=trial, state=complete|pruned|failed|diverged|duplicate (and
+    |                             nas_state, the finer reason: invalid, error, lost), reason; params:
+    |                             cell hash, space, controller, hidden size, parameter count, budget,
+    |                             seed, trainer.*; metrics: curve/val_bpc and curve/train_bpc per step,
+    |                             final val_bpc, train_bpc, params, chars_per_sec, seconds;
+    |                             artifacts: cell.json, cell.png, sample.txt, result.json
+    +- baseline lstm, gru, ...    role=baseline, once per budget (tags cell, budget)
+    +- final <cell> seed S        role=final: the top cells and baselines retrained with S seeds,
+                                  with test_bpc
+
+Failed, diverged and pruned trials are runs too: status FAILED (or KILLED when pruned) and a
+`reason` tag. Runs are written with MlflowClient and explicit run ids (no active-run state: several
+workers and threads log at once), metrics in batches (log_batch).
+
+Robustness: every MLflow call goes through `_Connection.call`, which retries `retries` times with a
+short backoff. When the tracking store stays unreachable, the tracker warns once (TrackingWarning
+and the log) and goes offline: calls are skipped, and a probe every PROBE_INTERVAL s brings it
+back. Nothing is buffered in memory because the Optuna study already holds every result durably:
+`start_search` and `end_search` log the finished trials that are missing from MLflow, so a later
+run (or `nas-report`) fills the gaps, even after this process died. No method raises into the search.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
+import logging
+import math
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("nas.tracking")
+
+PARENT_ATTR = "mlflow:parent_run_id"
+PROBE_INTERVAL = 60.0          # seconds offline before the store is tried again
+_BACKOFF = (0.5, 1.0, 2.0, 4.0)
+# The issue's state vocabulary, from the objective's finer `nas_state`.
+STATES = {"complete": "complete", "duplicate": "duplicate", "pruned": "pruned", "diverged": "diverged",
+          "invalid": "failed", "error": "failed", "lost": "failed"}
+_STATUS = {"complete": "FINISHED", "duplicate": "FINISHED", "pruned": "KILLED"}  # else FAILED
+# MLflow error codes that mean "this request is wrong", not "the store is unreachable".
+_REQUEST_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
+                   "BAD_REQUEST", "INVALID_STATE", "NOT_FOUND"}
+# Processes we start or import must never phone home (this machine has no network).
+QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+             "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+
+
+class TrackingWarning(UserWarning):
+    """MLflow tracking is unavailable; the search goes on and its results are in the Optuna study."""
+
+
+def default_store() -> tuple[str, str]:
+    """The project's tracking store: (SQLite URI, artifact root URI), under ./runs/mlflow/."""
+    root = Path("runs/mlflow").resolve()
+    return f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri()
+
+
+def server_command(uri: str, port: int, host: str = "127.0.0.1", artifacts: str | None = None) -> list[str]:
+    """`mlflow server` with light settings: one worker (the default starts ~15 processes, 3 GB)."""
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+           "--workers", "1"]
+    return cmd + (["--artifacts-destination", artifacts] if artifacts else [])
+
+
+def server_env() -> dict[str, str]:
+    """The environment for `mlflow server`: no job-execution workers (2 processes, ~0.5 GB), quiet."""
+    return {**os.environ, **QUIET_ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+@functools.cache
+def _mlflow():
+    """Import MLflow on first use (2-3 s: the CLIs must start fast without it)."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(mlflow|sqlalchemy|alembic)\.")
+    import mlflow
+    from mlflow.entities import Metric, Param, RunTag
+
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return mlflow, Metric, Param, RunTag
+
+
+class _Unavailable(Exception):
+    """The tracking store cannot be reached; the caller skips its work (already warned)."""
+
+
+class _Connection:
+    """One tracking URI in this process: the client, and whether the store answers.
+
+    Shared by the trackers of a process (the driver's and its trial logger), so an outage costs one
+    round of retries and one warning, not one per tracker."""
+
+    def __init__(self, uri: str, retries: int, timeout: float):
+        self.uri, self.retries, self.timeout = uri, retries, timeout
+        self.offline_until: float | None = None
+        self.warned = False
+        self._client = None
+        self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        """A new search tries the store again and warns again."""
+        self.offline_until, self.warned = None, False
+
+    def client(self):
+        if self._client is None:
+            if self.uri.startswith(("http://", "https://")):
+                # MLflow's own retries back off for ~4 minutes; ours are short. Set per process.
+                os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(self.timeout)))
+                os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+            self._client = _mlflow()[0].MlflowClient(self.uri)
+        return self._client
+
+    def call(self, method: str, *args, **kwargs):
+        """`MlflowClient.<method>(*args, **kwargs)`, retried; raises _Unavailable when the store is down."""
+        probing = self.offline_until is not None
+        if probing and time.monotonic() < self.offline_until:
+            raise _Unavailable
+        attempts = 1 if probing else self.retries + 1
+        for i in range(attempts):
+            try:
+                out = getattr(self.client(), method)(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - MLflow, requests and SQLAlchemy errors alike
+                if _request_error(e):
+                    raise
+                error = e
+                if i + 1 < attempts:
+                    time.sleep(_BACKOFF[min(i, len(_BACKOFF) - 1)])
+                continue
+            if probing:
+                self.offline_until = None
+                log.warning("nas: MLflow tracking at %s answers again; missing runs are logged at the "
+                            "end of the search", _redact(self.uri))
+            return out
+        self._go_offline(method, error)
+        raise _Unavailable
+
+    def _go_offline(self, method: str, error: Exception) -> None:
+        with self._lock:
+            self.offline_until = time.monotonic() + PROBE_INTERVAL
+            first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+            msg = (f"nas: MLflow tracking at {_redact(self.uri)} unreachable ({method}: {first}); the search "
+                   "goes on, results are in the Optuna study (missing runs are logged when it answers again)")
+            log.warning(msg)
+            if not self.warned:
+                self.warned = True
+                warnings.warn(msg, TrackingWarning, stacklevel=4)
+
+
+_connections: dict[str, _Connection] = {}
+
+
+def _connection(uri: str, retries: int, timeout: float) -> _Connection:
+    conn = _connections.get(uri)
+    if conn is None:
+        conn = _connections[uri] = _Connection(uri, retries, timeout)
+    conn.retries, conn.timeout = retries, timeout
+    return conn
+
+
+def _request_error(e: Exception) -> bool:
+    return getattr(e, "error_code", None) in _REQUEST_ERRORS
+
+
+def _redact(uri: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", uri)
+
+
+def _safe(method):
+    """Public Tracker methods never raise into the search: an outage was already warned about;
+    anything else (a bad value, a bug) is logged and skipped."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if not self.enabled:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except _Unavailable:
+            return None
+        except Exception as e:  # noqa: BLE001 - tracking must not end a search
+            log.warning("nas: MLflow %s failed: %s: %s", method.__name__, type(e).__name__, e)
+            return None
+
+    return wrapper
+
+
+@dataclass(frozen=True)
+class _RunRecord:
+    """One MLflow run to write: everything but the ids, built from a trial or a result (no I/O)."""
+
+    name: str
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: tuple[tuple[str, float, int], ...]   # (key, value, step)
+    status: str                                     # FINISHED | KILLED | FAILED
+    start_ms: int
+    end_ms: int
+    cell_json: str | None = None
+    run_dir: str | None = None
 
 
 class Tracker:
-    """No-op tracker with the final API: from_config, start_search, log_trial, log_baseline,
-    log_comparison, end_search."""
+    """Logs a study to MLflow; a disabled tracker (tracking.enabled=false) does nothing."""
+
+    def __init__(self, uri: str | None = None, experiment: str | None = None, retries: int = 3,
+                 timeout: float = 10.0, enabled: bool = True):
+        self.enabled = enabled
+        self.artifact_root = None
+        if uri is None:
+            uri, self.artifact_root = default_store()
+        elif uri.startswith("sqlite:///"):
+            self.artifact_root = (Path(uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
+        self.uri, self.experiment = uri, experiment
+        self._conn = _connection(uri, retries, timeout) if enabled else None
+        self._experiment_ids: dict[str, str] = {}
+        self._parents: dict[str, str] = {}
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> "Tracker":
-        return cls()
+    def from_config(cls, cfg: dict[str, Any]) -> Tracker:
+        t = cfg.get("tracking") or {}
+        return cls(t.get("uri"), t.get("experiment"), t.get("retries", 3), t.get("timeout", 10.0),
+                   t.get("enabled", True))
 
+    # -- the search ----------------------------------------------------------------------------------
+
+    @_safe
     def start_search(self, study, cfg: dict[str, Any]) -> None:
-        pass
+        """Get or create the study's experiment and its parent run (reused on resume), log the
+        config, and log the finished trials that are missing (an earlier outage, a dead process)."""
+        self._conn.reset()
+        if self.uri.startswith("sqlite:///"):
+            Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        exp = self._experiment_id(study.study_name)
+        parent = self._parent_id(study)
+        params = _flatten(_search_params(cfg))
+        if parent is None:
+            run = self._do("create_run", exp, run_name=study.study_name,
+                           tags={"role": "search", "study": study.study_name})
+            parent = run.info.run_id
+            study.set_user_attr(PARENT_ATTR, parent)
+            self._parents[study.study_name] = parent
+        else:
+            self._do("update_run", parent, status="RUNNING")
+            old = self._do("get_run", parent).data.params
+            params = {k: v for k, v in params.items() if k not in old}  # params are write-once
+        self._batch(parent, params=params)
+        self._sync_trials(study, cfg)
 
+    @_safe
     def log_trial(self, study, trial, cfg: dict[str, Any]) -> None:
-        pass
+        """A finished trial as a child run of the search (once: a logged trial is skipped)."""
+        exp = self._experiment_id(study.study_name)
+        found = self._find(exp, "trial", study.study_name, trial=str(trial.number))
+        if any(r.info.status != "RUNNING" for r in found):
+            return
+        for r in found:  # a run left half-written by an outage: write it again
+            self._do("delete_run", r.info.run_id)
+        self._write(exp, _trial_record(study.study_name, trial, cfg), self._parent_id(study))
 
+    @_safe
     def log_baseline(self, study, name: str, result: dict[str, Any], cfg: dict[str, Any]) -> None:
-        pass
+        """A baseline's result (EvalResult.to_dict() + run_dir + budget), once per budget."""
+        exp = self._experiment_id(study.study_name)
+        if self._find(exp, "baseline", None, cell=name, budget=result["budget"]):
+            return
+        record = _result_record(f"baseline {name}", result, cfg,
+                                {"role": "baseline", "cell": name, "study": study.study_name})
+        self._write(exp, record, self._parent_id(study))
 
+    @_safe
+    def log_final(self, study, label: str, subject: str, result: dict[str, Any], cfg: dict[str, Any]) -> None:
+        """One retrain of the final comparison (role=final; subject trial or baseline), once per
+        cell, seed and budget."""
+        exp = self._experiment_id(study.study_name)
+        if self._find(exp, "final", None, cell_hash=result["cell_hash"], seed=str(result["seed"]),
+                      budget=result["budget"]):
+            return
+        tags = {"role": "final", "cell": label, "subject": subject, "study": study.study_name}
+        cfg = {**cfg, "trainer": {**cfg["trainer"], "test": True}}  # as retrained
+        self._write(exp, _result_record(f"final {label} seed {result['seed']}", result, cfg, tags),
+                    self._parent_id(study))
+
+    @_safe
     def log_comparison(self, study, comparison) -> None:
-        pass
+        """The comparison on the parent run: its files under report/, test bpc per cell as metrics,
+        and the markdown table as the run's description."""
+        parent = self._parent_id(study)
+        if parent is None:
+            return
+        metrics = []
+        for row in comparison.rows:
+            key = _safe_name(row.label, keep=" /")
+            if row.test_bpc is not None:
+                metrics.append((f"test_bpc/{key}", row.test_bpc, 0))
+                metrics.append((f"test_bpc_std/{key}", row.test_std or 0.0, 0))
+        best = comparison.best()
+        tags = {"mlflow.note.content": comparison.markdown()}
+        if best is not None:
+            tags.update(best_cell=best.label, best_cell_hash=best.cell_hash)
+        self._batch(parent, metrics=metrics, tags=tags)
+        for path in comparison.files:
+            self._do("log_artifact", parent, str(path), "report")
 
-    def end_search(self, study, outcome) -> None:
-        pass
+    @_safe
+    def end_search(self, study, outcome=None) -> None:
+        """Log missing trials, the best-so-far curve and the trial counts; close the parent run."""
+        from optuna.trial import TrialState
+
+        parent = self._parent_id(study)
+        if parent is None:
+            return
+        self._sync_trials(study, None)
+        done = self._do("get_metric_history", parent, "best_val_bpc")
+        after = max((m.step for m in done), default=-1)  # a resumed search extends the curve
+        best, metrics = math.inf, []
+        for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+            if t.state == TrialState.COMPLETE and t.values:
+                best = min(best, t.values[0])
+                if t.number > after:
+                    metrics.append(("best_val_bpc", best, t.number))
+        tags = {}
+        if outcome is not None:
+            tags = {f"trials.{k}": str(v) for k, v in outcome.states.items()}
+            metrics += [("n_trials", outcome.n_trials, 0), ("seconds", outcome.seconds, 0)]
+        self._batch(parent, metrics=metrics, tags=tags)
+        self._do("set_terminated", parent, "FINISHED")
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    def _do(self, method: str, *args, **kwargs):
+        return self._conn.call(method, *args, **kwargs)
+
+    def _experiment_id(self, study_name: str) -> str:
+        if study_name in self._experiment_ids:
+            return self._experiment_ids[study_name]
+        name = self.experiment or f"nas/{study_name}"
+        exp = self._do("get_experiment_by_name", name)
+        if exp is None:
+            where = None
+            if self.artifact_root is not None:
+                where = f"{self.artifact_root}/{_safe_name(name)}"
+            try:
+                exp_id = self._do("create_experiment", name, artifact_location=where,
+                                  tags={"study": study_name})
+            except Exception as e:
+                if getattr(e, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                exp_id = self._do("get_experiment_by_name", name).experiment_id  # another worker won
+        else:
+            exp_id = exp.experiment_id
+            if exp.lifecycle_stage == "deleted":
+                self._do("restore_experiment", exp_id)
+        self._experiment_ids[study_name] = exp_id
+        return exp_id
+
+    def _parent_id(self, study) -> str | None:
+        """The search's parent run: from the study (shared by all workers), if it still exists."""
+        if study.study_name in self._parents:
+            return self._parents[study.study_name]
+        run_id = study.user_attrs.get(PARENT_ATTR)
+        if run_id is None:
+            return None
+        try:
+            run = self._do("get_run", run_id)
+        except Exception as e:
+            if not _request_error(e):
+                raise
+            return None  # another tracking store, or deleted: start_search makes a new one
+        if run.info.lifecycle_stage == "deleted":
+            return None
+        self._parents[study.study_name] = run_id
+        return run_id
+
+    def _find(self, exp: str, role: str, study_name: str | None, **tags: str) -> list:
+        """Runs of the experiment with role and these tags (values are names and hashes, no quotes)."""
+        clauses = [f"tags.role = '{role}'"] + [f"tags.{k} = '{v}'" for k, v in tags.items()]
+        runs = self._do("search_runs", [exp], filter_string=" and ".join(clauses), max_results=100)
+        return [r for r in runs if study_name is None or r.data.tags.get("study") == study_name]
+
+    def _sync_trials(self, study, cfg: dict[str, Any] | None) -> None:
+        """Log every finished trial that has no finished run yet (one search for all of them)."""
+        cfg = cfg or study.user_attrs.get("nas:config") or {}
+        exp = self._experiment_id(study.study_name)
+        logged, token = set(), None
+        while True:
+            page = self._do("search_runs", [exp], filter_string="tags.role = 'trial'", max_results=1000,
+                            page_token=token)
+            logged |= {r.data.tags.get("trial") for r in page
+                       if r.info.status != "RUNNING" and r.data.tags.get("study") == study.study_name}
+            token = page.token
+            if not token:
+                break
+        for t in study.get_trials(deepcopy=False):
+            if t.state.is_finished() and str(t.number) not in logged:
+                self.log_trial(study, t, cfg)
+
+    def _write(self, exp: str, rec: _RunRecord, parent: str | None) -> None:
+        tags = dict(rec.tags)
+        if parent is not None:
+            tags["mlflow.parentRunId"] = parent
+        run = self._do("create_run", exp, start_time=rec.start_ms, run_name=rec.name)
+        run_id = run.info.run_id
+        self._batch(run_id, rec.params, rec.metrics, tags, rec.end_ms)
+        with tempfile.TemporaryDirectory(prefix="nas-mlflow-") as tmp:
+            for path in _artifact_files(rec, Path(tmp)):
+                self._do("log_artifact", run_id, str(path))
+        self._do("set_terminated", run_id, rec.status, end_time=rec.end_ms)
+
+    def _batch(self, run_id: str, params: dict[str, str] | None = None, metrics=(), tags=None,
+               ms: int | None = None) -> None:
+        """Params, metrics and tags in one log_batch (MLflow splits it into requests of <= 1000)."""
+        _, Metric, Param, RunTag = _mlflow()
+        stamp = ms or _now_ms()
+        ps = [Param(k, v) for k, v in (params or {}).items()]
+        mets = [Metric(k, float(v), stamp, int(step)) for k, v, step in metrics if _finite(v)]
+        ts = [RunTag(k, str(v)[:8000]) for k, v in (tags or {}).items()]
+        if ps or mets or ts:
+            self._do("log_batch", run_id, metrics=mets, params=ps, tags=ts)
+
+
+def trial_of_run(tracking, run_id: str) -> tuple[str, int]:
+    """(study name, trial number) of an MLflow trial run, for `nas-export run_id=...`.
+
+    `tracking` is the tracking config (a TrackingConfig, a DictConfig or a dict)."""
+    get = tracking.get if isinstance(tracking, dict) else lambda k, d=None: getattr(tracking, k, d)
+    tracker = Tracker(get("uri"), get("experiment"), 0, get("timeout", 10.0))
+    try:
+        tags = tracker._do("get_run", run_id).data.tags
+    except _Unavailable:
+        raise ValueError(f"MLflow tracking at {_redact(tracker.uri)} is unreachable") from None
+    except Exception as e:
+        if not _request_error(e):
+            raise
+        raise ValueError(f"no MLflow run {run_id!r} in {_redact(tracker.uri)}") from None
+    if tags.get("role") != "trial" or "study" not in tags or not str(tags.get("trial", "")).isdigit():
+        raise ValueError(f"MLflow run {run_id!r} is not a trial of a nas-search study "
+                         f"(role={tags.get('role')!r})")
+    return tags["study"], int(tags["trial"])
+
+
+# -- records: trials and results as runs (pure) ------------------------------------------------------
+
+_FINAL_METRICS = ("val_bpc", "train_bpc", "test_bpc", "params", "hidden_size", "chars_per_sec", "seconds",
+                  "tokens", "steps")
+
+
+def _trial_record(study_name: str, trial, cfg: dict[str, Any]) -> _RunRecord:
+    ua = trial.user_attrs
+    fine = ua.get("nas_state") or {"COMPLETE": "complete", "PRUNED": "pruned"}.get(trial.state.name, "error")
+    state = STATES.get(fine, "failed")
+    tags = {"role": "trial", "study": study_name, "trial": str(trial.number), "state": state,
+            "nas_state": fine, "optuna_state": trial.state.name}
+    for key in ("reason", "cell_hash", "budget", "duplicate_of", "retry_of", "run_dir"):
+        if ua.get(key) is not None:
+            tags[key] = str(ua[key])
+    if ua.get("reason"):
+        tags["mlflow.note.content"] = f"**{state}**: {ua['reason']}"
+    curve = ua.get("curve") or sorted(trial.intermediate_values.items())
+    start = trial.datetime_start or trial.datetime_complete
+    end = trial.datetime_complete or start
+    return _RunRecord(
+        name=f"trial {trial.number:04d}", tags=tags, params=_cell_params(ua, cfg), status=_STATUS.get(state, "FAILED"),
+        metrics=_metrics(ua, curve, ua.get("train_curve") or ()),
+        start_ms=int(start.timestamp() * 1000) if start else _now_ms(),
+        end_ms=int(end.timestamp() * 1000) if end else _now_ms(),
+        cell_json=ua.get("cell_json"), run_dir=ua.get("run_dir"))
+
+
+def _result_record(name: str, result: dict[str, Any], cfg: dict[str, Any], tags: dict[str, str]) -> _RunRecord:
+    state = "diverged" if result.get("diverged") else "complete"
+    tags = {**tags, "state": state, "nas_state": state, "cell_hash": result["cell_hash"],
+            "budget": result["budget"], "seed": str(result["seed"])}
+    if result.get("diverged"):
+        tags["reason"] = result["diverged"]
+    if result.get("run_dir"):
+        tags["run_dir"] = result["run_dir"]
+    run_dir = result.get("run_dir")
+    cell = Path(run_dir) / "cell.json" if run_dir else None
+    end = _now_ms()
+    return _RunRecord(
+        name=name, tags=tags, params={**_cell_params(result, cfg), "seed": str(result["seed"])},
+        metrics=_metrics(result, result.get("curve") or (), result.get("train_curve") or ()),
+        status="FAILED" if result.get("diverged") else "FINISHED",
+        start_ms=end - int(1000 * (result.get("seconds") or 0)), end_ms=end,
+        cell_json=cell.read_text() if cell is not None and cell.is_file() else None, run_dir=run_dir)
+
+
+def _cell_params(values: dict[str, Any], cfg: dict[str, Any]) -> dict[str, str]:
+    params = {"cell_hash": values.get("cell_hash"), "budget": values.get("budget"), "seed": cfg.get("seed"),
+              "hidden_size": values.get("hidden_size"), "param_count": values.get("params"),
+              "search_space": (cfg.get("search_space") or {}).get("name"),
+              "controller": (cfg.get("controller") or {}).get("name")}
+    params = {k: v for k, v in params.items() if v is not None}
+    return _flatten({**params, "trainer": cfg.get("trainer") or {}})
+
+
+def _search_params(cfg: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in cfg.items() if k not in ("tracking", "export")}
+    storage = dict(out.get("storage") or {})
+    if storage.get("url"):
+        storage["url"] = _redact(storage["url"])
+    return {**out, "storage": storage}
+
+
+def _metrics(values: dict[str, Any], curve, train_curve) -> tuple[tuple[str, float, int], ...]:
+    out = [("curve/val_bpc", float(v), int(s)) for s, v in curve]
+    out += [("curve/train_bpc", float(v), int(s)) for s, v in train_curve]
+    last = int(values.get("steps") or (curve[-1][0] if curve else 0))
+    out += [(k, values[k], last) for k in _FINAL_METRICS if isinstance(values.get(k), (int, float))]
+    return tuple(out)
+
+
+def _artifact_files(rec: _RunRecord, tmp: Path) -> list[Path]:
+    """cell.json and cell.png (from the record's cell), sample.txt and result.json (from its run_dir)."""
+    files = []
+    if rec.cell_json:
+        from nas.cell import CellSpec
+
+        spec = CellSpec.from_json(rec.cell_json)
+        (tmp / "cell.json").write_text(spec.to_json() + "\n")
+        files.append(tmp / "cell.json")
+        try:
+            (tmp / "cell.png").write_bytes(_picture(spec))
+            files.append(tmp / "cell.png")
+        except Exception as e:  # noqa: BLE001 - a picture is not worth losing the run over
+            log.debug("cannot draw the cell of %s: %s", rec.name, e)
+    if rec.run_dir:
+        files += [p for p in (Path(rec.run_dir) / n for n in ("sample.txt", "result.json")) if p.is_file()]
+    return files
+
+
+def _picture(spec) -> bytes:
+    """The cell's PNG, drawn once per cell (~0.3 s): baselines and retrains share their pictures."""
+    return _picture_of(spec.to_json(indent=None))
+
+
+@functools.lru_cache(maxsize=256)
+def _picture_of(cell_json: str) -> bytes:
+    from nas.cell import CellSpec
+    from nas.cell.draw import draw_cell
+
+    with tempfile.TemporaryDirectory(prefix="nas-cell-") as tmp:
+        return draw_cell(CellSpec.from_json(cell_json), Path(tmp) / "cell.png").read_bytes()
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    """A nested config as MLflow params: dotted keys, JSON lists, values cut to 500 characters."""
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}." if isinstance(v, dict) else f"{prefix}{k}"))
+        return out
+    text = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    return {prefix.rstrip("."): text[:500]}
+
+
+def _safe_name(text: str, keep: str = "") -> str:
+    """`text` with only the characters MLflow accepts in keys (and a path accepts in names)."""
+    return re.sub(rf"[^\w.\-{re.escape(keep)}]", "_", text)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

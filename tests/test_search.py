@@ -22,7 +22,8 @@ from nas.search.storage import LOST, counts_toward_budget
 from nas.search.study import StudyError, join_study, open_study
 
 TINY = ["trainer=tiny", "trainer.steps=6", "trainer.eval_every=3", "trainer.eval_chars=500",
-        "trainer.sample_chars=0", "pruner=none", "tracking.enabled=false", "report.enabled=false"]
+        "trainer.sample_chars=0", "pruner=none", "tracking.enabled=false", "report.enabled=false",
+        "workers=1", "export.enabled=false"]
 
 
 def small_corpus(tmp_path):

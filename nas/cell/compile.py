@@ -20,6 +20,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor, nn
 
+from nas.cell.fused import sequence as fused_sequence
 from nas.cell.lower import Plan, lower
 from nas.cell.spec import INPUT, CellError, CellSpec
 
@@ -38,12 +39,13 @@ class CompiledCell(nn.Module):
     The first element of the state is the output h. A missing state is zeros.
     """
 
-    def __init__(self, spec: CellSpec, input_size: int, hidden_size: int) -> None:
+    def __init__(self, spec: CellSpec, input_size: int, hidden_size: int, fused: bool = True) -> None:
         super().__init__()
         if input_size < 1 or hidden_size < 1:
             raise ValueError(f"compile_cell: sizes must be positive, got input_size={input_size}, "
                              f"hidden_size={hidden_size}")
         self.spec, self.input_size, self.hidden_size = spec, input_size, hidden_size
+        self.fused = fused
         self.plan, code = _plan(spec)
         if self.plan.needs_raw_x and input_size != hidden_size:
             raise CellError(f"compile_cell: cell {spec.name or spec.canonical_hash()!r} applies "
@@ -153,6 +155,12 @@ class CompiledCell(nn.Module):
 
     def sequence(self, xs: Tensor, state: State) -> tuple[Tensor, State]:
         """Run the cell over xs: (T, B, I) from `state`; returns (outputs (T, B, H), final state)."""
+        if self.fused:
+            return fused_sequence(self, xs, state)
+        return self.reference_sequence(xs, state)
+
+    def reference_sequence(self, xs: Tensor, state: State) -> tuple[Tensor, State]:
+        """`sequence` by the step code under autograd: the reference the fast path is tested against."""
         x_bias, flat = self._group_params()
         if self.plan.groups and self.plan.groups[0].source == INPUT:
             xw = torch.nn.functional.linear(xs, self.weight_x, x_bias).unbind(0)
@@ -167,11 +175,11 @@ class CompiledCell(nn.Module):
         return torch.stack(outs), state
 
 
-def compile_cell(spec: CellSpec, input_size: int, hidden_size: int) -> CompiledCell:
+def compile_cell(spec: CellSpec, input_size: int, hidden_size: int, fused: bool = True) -> CompiledCell:
     """Compile `spec` into a module shaped like torch.nn.LSTMCell (see CompiledCell)."""
     if not isinstance(spec, CellSpec):
         raise TypeError(f"compile_cell: expected a CellSpec, got {type(spec).__name__}")
-    return CompiledCell(spec, input_size, hidden_size)
+    return CompiledCell(spec, input_size, hidden_size, fused)
 
 
 class CellRNN(nn.Module):
@@ -184,7 +192,7 @@ class CellRNN(nn.Module):
     """
 
     def __init__(self, spec: CellSpec, input_size: int, hidden_size: int, num_layers: int = 1,
-                 dropout: float = 0.0, batch_first: bool = False) -> None:
+                 dropout: float = 0.0, batch_first: bool = False, fused: bool = True) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"CellRNN: num_layers must be >= 1, got {num_layers}")
@@ -193,7 +201,7 @@ class CellRNN(nn.Module):
         self.spec, self.input_size, self.hidden_size = spec, input_size, hidden_size
         self.num_layers, self.dropout, self.batch_first = num_layers, dropout, batch_first
         self.layers = nn.ModuleList(
-            compile_cell(spec, input_size if i == 0 else hidden_size, hidden_size)
+            compile_cell(spec, input_size if i == 0 else hidden_size, hidden_size, fused)
             for i in range(num_layers))
 
     # These read attributes CellRNN never had (plan, _biased, bias) and raised AttributeError;

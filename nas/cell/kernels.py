@@ -8,7 +8,7 @@ into an accumulating gradient with one fused call each (`addcmul_`, `addmm_`, `a
 An op missing here still works: the generator falls back to its registry templates.
 tests/test_fast_path.py checks every kernel against the registry templates.
 
-Gradient terms (strings are `str.format` templates over {a} {b} {c} {y} {g} and the op's options):
+Gradient terms (strings are `str.format` templates over {a} {b} {c} {y} {g} {s} and the options):
     Alias(src, alpha)  alpha * src                 (alpha "1": src itself, no call at all)
     Mul(p, q, value)   value * p * q
     Expr(value, out)   any expression; `out` is the same call writing into {out}, if it has one
@@ -51,17 +51,23 @@ Term = Alias | Mul | Expr | MM
 @dataclass(frozen=True)
 class Kernel:
     """value: the forward call ({out}: where it writes); grads: per operand, the terms of its
-    gradient (one entry shared by all operands of n-ary ops); inplace: a unary op whose gradient
-    reads only {y}, so it may overwrite its operand (activations over a family's slab)."""
+    gradient (one entry shared by all operands of n-ary ops); shared: computed once per node
+    before its terms, which read it as {s}; inplace: a unary op whose gradient reads only {y}, so it
+    may overwrite its operand (activations over a family's slab)."""
     value: str
     grads: tuple[tuple[Term, ...], ...]
+    shared: str | None = None
     inplace: bool = False
 
 
-def _backward_expr(name: str) -> Expr:
+# ATen derivative kernels the generated code calls by these names (nas.cell.fused binds them):
+# `_<name>(g, y, ...)` and its out= form `_<name>_out(g, y, ..., grad_input=out)`.
+ATEN_BACKWARDS = ("sigmoid_backward", "tanh_backward", "threshold_backward")
+
+
+def _backward_expr(name: str, extra: str = "") -> Expr:
     """Autograd's own derivative kernel of an activation: one call, from the output y."""
-    return Expr(f"torch.ops.aten.{name}({{g}}, {{y}})",
-                f"torch.ops.aten.{name}.grad_input({{g}}, {{y}}, grad_input={{out}})")
+    return Expr(f"_{name}({{g}}, {{y}}{extra})", f"_{name}_out({{g}}, {{y}}{extra}, grad_input={{out}})")
 
 
 KERNELS: dict[str, Kernel] = {
@@ -72,12 +78,10 @@ KERNELS: dict[str, Kernel] = {
     "blend": Kernel("torch.lerp({c}, {b}, {a}{out})",
                     ((Mul("{g}", "torch.sub({b}, {c})"),), (Mul("{g}", "{a}"),),
                      (Alias("{g}"), Mul("{g}", "{a}", "-1.0")))),
-    "mean": Kernel("torch.mul({sum}, {inv_n}{out})", ((Alias("{g}", "{inv_n}"),),)),
+    "mean": Kernel("torch.mul({sum}, {inv_n}{out})", ((Alias("{s}"),),), shared="torch.mul({g}, {inv_n})"),
     "tanh": Kernel("torch.tanh({a}{out})", ((_backward_expr("tanh_backward"),),), inplace=True),
     "sigmoid": Kernel("torch.sigmoid({a}{out})", ((_backward_expr("sigmoid_backward"),),), inplace=True),
     # relu is clamp_min(a, 0) in ATen; its gradient is autograd's threshold_backward(g, y, 0).
-    "relu": Kernel("torch.clamp_min({a}, 0.0{out})",
-                   ((Expr("torch.ops.aten.threshold_backward({g}, {y}, 0)",
-                          "torch.ops.aten.threshold_backward.grad_input({g}, {y}, 0, grad_input={out})"),),),
+    "relu": Kernel("torch.clamp_min({a}, 0.0{out})", ((_backward_expr("threshold_backward", ", 0"),),),
                    inplace=True),
 }

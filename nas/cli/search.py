@@ -25,6 +25,35 @@ def run(cfg: SearchApp) -> None:
     plain = OmegaConf.to_container(cfg, resolve=True)
     outcome = search(plain)
     print(format_table(outcome))
+    comparison = outcome.extra.get("comparison")
+    if comparison is not None:
+        print("\nFinal comparison (retrained, test split, mean +- std over seeds):")
+        print(comparison.markdown())
+    if plain["export"]["enabled"]:
+        print(f"\nbest cell exported to {export_best(plain)}")
+    if plain["tracking"]["enabled"]:
+        uri = f" --uri {plain['tracking']['uri']}" if plain["tracking"]["uri"] else ""
+        print(f"inspect the runs in MLflow: nas-dashboard{uri}   (then open http://127.0.0.1:5000)")
+
+
+def export_best(cfg: dict) -> str:
+    """Export the study's best trial to <export.dir>/<study>-best (replacing an earlier export)."""
+    import re
+    from pathlib import Path
+
+    from nas.export import export_cell
+    from nas.search.results import ResultError, export_bundle
+    from nas.search.study import join_study
+
+    study, _ = join_study(cfg["study"], cfg["storage"]["url"], cfg["out_dir"])
+    try:
+        found = export_bundle(study)
+    except ResultError as e:
+        return f"nowhere: {e}"
+    name = re.sub(r"[^A-Za-z0-9_]+", "_", f"{cfg['study']}_best").strip("_").lower()
+    folder = export_cell(found["spec"], Path(cfg["export"]["dir"]) / name, name=name, weights=found["weights"],
+                         metrics=found["metrics"], origin=found["origin"], overwrite=True)
+    return str(folder)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="search", version_base="1.3")

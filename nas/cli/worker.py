@@ -22,7 +22,7 @@ def run(cfg: WorkerApp) -> None:
     from nas.search.study import join_study
     from nas.search.worker import _pruner, build_objective, pin_device, run_trials, trial_logger
 
-    device = pin_device(cfg.device, cfg.threads)
+    device = pin_device(cfg.device, cfg.threads, cfg.replica)
     study, stored = join_study(cfg.study, cfg.storage.url, cfg.out_dir)
     objective, sampler = build_objective(stored, device)
     study.sampler, study.pruner = sampler, _pruner(stored)

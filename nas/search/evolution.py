@@ -42,8 +42,15 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.search.controllers import (contains, fresh_seed, is_informative, random_value,
-                                    require_single_objective_minimise, score, trial_rng)
+from nas.search.controllers import (
+    contains,
+    fresh_seed,
+    is_informative,
+    random_value,
+    require_single_objective_minimise,
+    score,
+    trial_rng,
+)
 
 PARENT_ATTR = "evolution:parent"
 MUTATED_ATTR = "evolution:mutated"

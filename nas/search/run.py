@@ -63,7 +63,9 @@ def search(cfg: dict[str, Any], progress: bool | None = None) -> SearchOutcome:
     tracker = Tracker.from_config(cfg)
     tracker.start_search(study, cfg)  # before the workers: they attach their runs to its parent run
     show = sys.stderr.isatty() if progress is None else progress
-    if cfg["workers"] <= 1:
+    if cfg["workers"] == 0:
+        _wait_for_workers(study, cfg, show)
+    elif cfg["workers"] == 1:
         _run_in_process(study, cfg, show)
     else:
         _run_processes(study, cfg, show)
@@ -120,6 +122,25 @@ def _run_processes(study: optuna.Study, cfg: dict[str, Any], show: bool) -> None
     failed = [i for i, p in enumerate(procs) if p.returncode not in (0, None)]
     if failed:
         log.warning("worker(s) %s exited with an error; rerun the same command to resume the study", failed)
+
+
+def _wait_for_workers(study: optuna.Study, cfg: dict[str, Any], show: bool, poll: float = 5.0) -> None:
+    """workers=0: the trials are run by nas-worker processes elsewhere (e.g. a SLURM array); wait until
+    the study's budget is finished, reaping trials whose workers died."""
+    from nas.search.storage import reap_lost
+
+    bar = _bar(study, cfg, show)
+    try:
+        while True:
+            reap_lost(study, cfg["storage"]["grace_period"])
+            trials = study.get_trials(deepcopy=False)
+            _tick(bar, study, cfg)
+            if all(t.state.is_finished() for t in trials):
+                return
+            time.sleep(poll)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _bar(study: optuna.Study, cfg: dict[str, Any], show: bool):

@@ -1,0 +1,75 @@
+"""`nas-export`: a searched cell as a standalone PyTorch module, with its spec, picture, model card
+and trained weights (when the trial's weights are on this machine).
+
+    nas-export study=graph-tpe            # best trial
+    nas-export study=graph-tpe trial=12
+    nas-export run_id=0a1b2c...           # an MLflow run of a trial
+    nas-export cell=my_cell.json
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.config_store import ConfigStore
+
+from nas.cli import CONF_DIR, check_overrides, load_cell, run_task
+from nas.config import ExportApp
+from nas.search.results import export_bundle
+
+ConfigStore.instance().store(name="export_schema", node=ExportApp)
+
+
+def resolve(cfg: ExportApp) -> dict[str, Any]:
+    if cfg.cell:
+        spec = load_cell(cfg.cell)
+        return {"spec": spec, "weights": None, "metrics": None, "origin": {"source": cfg.cell},
+                "name": spec.name or Path(cfg.cell).stem}
+    if cfg.run_id:
+        from nas.tracking import trial_of_run
+
+        study_name, number = trial_of_run(cfg.tracking, cfg.run_id)
+        return export_bundle(_study(cfg, study_name), number, None)
+    if not cfg.study:
+        raise ValueError("say what to export: study=NAME (best trial; or trial=N / cell_hash=...), "
+                         "run_id=MLFLOW_RUN_ID, or cell=FILE.json")
+    return export_bundle(_study(cfg, cfg.study), cfg.trial, cfg.cell_hash)
+
+
+def _study(cfg: ExportApp, name: str):
+    from nas.search.study import join_study
+
+    study_dir = cfg.study_dir if cfg.study == name else str(Path(cfg.study_dir).parent / name)
+    study, _ = join_study(name, cfg.storage.url, study_dir)
+    return study
+
+
+def run(cfg: ExportApp) -> None:
+    import re
+
+    from nas.export import export_cell
+
+    found = resolve(cfg)
+    name = cfg.name or re.sub(r"[^A-Za-z0-9_]+", "_", found["name"]).strip("_").lower() or "cell"
+    dest = Path(cfg.dest) if cfg.dest else Path("runs/exports") / name
+    folder = export_cell(found["spec"], dest, name=name, weights=found["weights"], metrics=found["metrics"],
+                         origin=found["origin"], overwrite=cfg.overwrite)
+    weights = "with trained weights" if found["weights"] is not None else "without weights"
+    print(f"exported {found['spec'].canonical_hash()} ({weights}) to {folder}")
+
+
+@hydra.main(config_path=CONF_DIR, config_name="export", version_base="1.3")
+def _main(cfg: ExportApp) -> None:
+    run_task("nas-export", lambda: run(cfg))
+
+
+def main() -> None:
+    check_overrides("nas-export", "export", sys.argv[1:])
+    _main()
+
+
+if __name__ == "__main__":
+    main()

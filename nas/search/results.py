@@ -1,0 +1,116 @@
+"""Reading a finished (or running) study: its trials' cells, weights, baselines and final scores.
+
+Shared by the exporter (`nas-export`), the report and the end-of-search summary, so that "the best
+trial" and "the baselines at this budget" mean the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from nas.cell import CellSpec
+
+
+class ResultError(ValueError):
+    """The study holds no such result."""
+
+
+def scored_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """COMPLETE trials that trained their own cell (duplicates point at an earlier trial), best first."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if "duplicate_of" not in t.user_attrs]
+    return sorted(done, key=lambda t: (t.values[0], t.number))
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial:
+    trials = scored_trials(study)
+    if not trials:
+        states = {}
+        for t in study.get_trials(deepcopy=False):
+            k = t.user_attrs.get("nas_state") or t.state.name.lower()
+            states[k] = states.get(k, 0) + 1
+        summary = ", ".join(f"{v} {k}" for k, v in sorted(states.items())) or "no trials"
+        raise ResultError(f"study {study.study_name!r} has no completed trial yet ({summary})")
+    return trials[0]
+
+
+def trial_by_number(study: optuna.Study, number: int) -> FrozenTrial:
+    trials = study.get_trials(deepcopy=False)
+    if not 0 <= number < len(trials):
+        raise ResultError(f"study {study.study_name!r} has no trial {number} (it has {len(trials)})")
+    t = trials[number]
+    if "cell_json" not in t.user_attrs:
+        raise ResultError(f"trial {number} of study {study.study_name!r} has no cell "
+                          f"({t.user_attrs.get('nas_state', t.state.name.lower())}: "
+                          f"{t.user_attrs.get('reason', 'no reason recorded')})")
+    return t
+
+
+def trial_by_hash(study: optuna.Study, cell_hash: str) -> FrozenTrial:
+    matches = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("cell_hash") == cell_hash]
+    if not matches:
+        raise ResultError(f"no trial of study {study.study_name!r} has cell hash {cell_hash!r}")
+    done = [t for t in matches if t.state == TrialState.COMPLETE]
+    return (sorted(done, key=lambda t: t.values[0]) or matches)[0]
+
+
+def trial_cell(t: FrozenTrial) -> CellSpec:
+    return CellSpec.from_json(t.user_attrs["cell_json"])
+
+
+def trial_weights(study: optuna.Study, t: FrozenTrial) -> dict[str, Any] | None:
+    """The trained CellRNN state dict of a trial (of the trial it duplicates), if saved on this machine."""
+    if "duplicate_of" in t.user_attrs:
+        t = study.get_trials(deepcopy=False)[t.user_attrs["duplicate_of"]]
+    path = Path(t.user_attrs.get("run_dir", "")) / "weights.pt"
+    return rnn_state_dict(path) if path.is_file() else None
+
+
+def rnn_state_dict(path: Path) -> dict[str, Any]:
+    """The CellRNN part (`rnn.*`) of a saved CharLM state dict, with the prefix removed."""
+    import torch
+
+    full = torch.load(path, map_location="cpu", weights_only=True)
+    return {k[len("rnn."):]: v for k, v in full.items() if k.startswith("rnn.")}
+
+
+def baselines(study: optuna.Study, budget: str | None = None) -> dict[str, dict[str, Any]]:
+    """Baseline results stored in the study ({name: EvalResult dict}), for one budget key or all."""
+    out = {}
+    for key, value in study.user_attrs.items():
+        if key.startswith("baseline:"):
+            _, name, b = key.split(":", 2)
+            if budget is None or b == budget:
+                out[name] = value
+    return out
+
+
+def export_bundle(study: optuna.Study, number: int | None = None, cell_hash: str | None = None) -> dict[str, Any]:
+    """What nas-export needs of a study's trial (best by default): spec, weights, metrics, origin, name."""
+    from nas.search.study import CONFIG_ATTR
+
+    if number is not None:
+        t = trial_by_number(study, number)
+    elif cell_hash:
+        t = trial_by_hash(study, cell_hash)
+    else:
+        t = best_trial(study)
+    cfg = study.user_attrs.get(CONFIG_ATTR, {})
+    metrics = {f"trial {t.number}": _metrics(t.user_attrs)}
+    for name, r in baselines(study, t.user_attrs.get("budget")).items():
+        metrics[name] = _metrics(r)
+    origin = {"study": study.study_name, "trial": t.number,
+              "search space": cfg.get("search_space", {}).get("name"),
+              "controller": cfg.get("controller", {}).get("name"),
+              "state": t.user_attrs.get("nas_state"), "budget": t.user_attrs.get("budget")}
+    return {"spec": trial_cell(t), "weights": trial_weights(study, t), "metrics": metrics,
+            "origin": origin, "name": f"{study.study_name}-trial{t.number}"}
+
+
+def _metrics(r: dict[str, Any]) -> dict[str, Any]:
+    return {k: r.get(k) for k in ("val_bpc", "test_bpc", "params", "hidden_size", "chars_per_sec")
+            if r.get(k) is not None}

@@ -1,0 +1,105 @@
+"""`nas-export` through the real console script: from a study's best trial, a trial number, a cell
+hash and a JSON file; trained weights carried over; one clear line for each bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from nas.cell import CellRNN, known_cell
+from nas.search import results
+from nas.search.run import search
+from nas.search.study import join_study
+from test_search import config
+
+
+def nas_export(args, cwd):
+    exe = shutil.which("nas-export")
+    assert exe, "nas-export is not installed"
+    return subprocess.run([exe, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    cfg = config(tmp, "n_trials=3", "baselines=[lstm]", "study=ex", "search_space=highway",
+                 "controller=random")
+    search(cfg, progress=False)
+    return cfg["out_dir"]
+
+
+def load_module(folder, name):
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_best_trial_with_weights_and_baselines(study_dir, tmp_path):
+    p = nas_export(["study=ex", f"study_dir={study_dir}", f"dest={tmp_path / 'out'}", "name=best_cell"],
+                   tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "with trained weights" in p.stdout
+    study, _ = join_study("ex", None, study_dir)
+    best = results.best_trial(study)
+    folder = tmp_path / "out"
+    cell = json.loads((folder / "cell.json").read_text())
+    assert cell == json.loads(best.user_attrs["cell_json"])
+    card = (folder / "README.md").read_text()
+    assert best.user_attrs["cell_hash"] in card and "lstm" in card and f"trial {best.number}" in card
+    # the trial's trained weights load into the exported module and give CellRNN's outputs
+    module = load_module(folder, "best_cell")
+    spec = results.trial_cell(best)
+    weights = torch.load(folder / "weights.pt", weights_only=True)
+    hidden = best.user_attrs["hidden_size"]
+    exported = module.BestRNN(hidden, hidden)
+    exported.load_state_dict(weights)
+    ref = CellRNN(spec, hidden, hidden)
+    ref.load_state_dict(results.trial_weights(study, best))
+    x = torch.randn(5, 2, hidden)
+    assert torch.allclose(exported(x)[0], ref(x)[0], atol=1e-6)
+
+
+def test_trial_number_cell_hash_and_json_file(study_dir, tmp_path):
+    study, _ = join_study("ex", None, study_dir)
+    t = study.trials[1]
+    p = nas_export(["study=ex", f"study_dir={study_dir}", "trial=1", f"dest={tmp_path / 'a'}"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert json.loads((tmp_path / "a" / "cell.json").read_text()) == json.loads(t.user_attrs["cell_json"])
+    p = nas_export(["study=ex", f"study_dir={study_dir}", f"cell_hash={t.user_attrs['cell_hash']}",
+                    f"dest={tmp_path / 'b'}"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    (tmp_path / "c.json").write_text(known_cell("gru").to_json())
+    p = nas_export(["cell=c.json", f"dest={tmp_path / 'c'}"], tmp_path)
+    assert p.returncode == 0 and "without weights" in p.stdout, p.stderr
+    assert (tmp_path / "c" / "gru.py").exists()
+
+
+def test_bad_input_gives_one_clear_line(study_dir, tmp_path):
+    (tmp_path / "bad.json").write_text("{oops")
+    empty = config(tmp_path, "n_trials=0", "baselines=[]", "study=empty", "search_space=highway")
+    search(empty, progress=False)
+    cases = [
+        (["study=ex", f"study_dir={study_dir}", "trial=99"], "no trial 99"),
+        (["study=nope", f"study_dir={tmp_path / 'nope'}"], "no study named 'nope'"),
+        (["study=empty", f"study_dir={empty['out_dir']}"], "no completed trial"),
+        (["cell=bad.json"], "invalid JSON"),
+        ([], "say what to export"),
+        (["study=ex", f"study_dir={study_dir}", "cell_hash=c1-000"], "no trial"),
+    ]
+    for args, expect in cases:
+        p = nas_export([*args, f"dest={tmp_path / 'x'}"], tmp_path)
+        assert p.returncode != 0 and expect in p.stderr, (args, p.stderr)
+        assert "Traceback" not in p.stderr
+    # an existing non-empty destination is refused, not overwritten
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    p = nas_export(["cell=lstm", f"dest={tmp_path / 'full'}"], tmp_path)
+    assert p.returncode != 0 and (tmp_path / "full" / "keep.txt").exists()
