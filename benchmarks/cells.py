@@ -1,18 +1,34 @@
-"""Training-step time of compiled cells against torch.nn.LSTM / GRU, as same-run ratios.
+"""Training-step time and memory of compiled cells against torch.nn.LSTM / GRU, as same-run ratios.
 
-One step = forward over a (T, B, H) sequence + a scalar loss + backward + Adam update. Every model
-is timed interleaved in the same process (round-robin repeats), and the median of each is reported,
-so the ratios are robust to the machine's drift.
+One step = forward over a (T, B, I=H) sequence + a scalar loss + backward + Adam update. Within one
+size, every model is timed interleaved in the same process (round-robin repeats, after warm-up), and
+the median of each is reported, so the ratios are robust to the machine's drift. Ratios: CellRNN(lstm)
+against torch.nn.LSTM, CellRNN(gru) against torch.nn.GRU, every other cell against CellRNN(lstm).
 
-    python benchmarks/cells.py                       # batch 32, 64 steps, hidden 256
-    python benchmarks/cells.py --batch 128 --steps 256 --hidden 512
+    python benchmarks/cells.py                          # both sizes, CPU (and CUDA when present)
+    python benchmarks/cells.py --quick                  # small size, few repeats: a smoke run
+    python benchmarks/cells.py --reference              # also the reference path (fused=False)
+    python benchmarks/cells.py --threads 1              # as a search worker runs
     python benchmarks/cells.py --json runs/bench/cells.json
+
+Columns:
+    median ms   wall-clock time of one training step (median over repeats).
+    saved MiB   bytes of the tensors autograd keeps for backward (unique storages, counted with
+                torch.autograd.graph.saved_tensors_hooks during the forward).
+    peak MiB    CPU: the highest total of tensor bytes allocated during one step and not yet
+                freed, above the level before it (torch.profiler memory timeline: every
+                allocation and free of the step; parameters and optimizer state allocated before
+                the step are not counted). CUDA: torch.cuda.max_memory_allocated above the level
+                before the step.
+    prep ms     time to build the cell: lowering, code generation and compilation of the step and
+                whole-sequence code (caches cleared first; it is paid once per cell and process).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -23,87 +39,220 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nas.cell import CellRNN, known_cell  # noqa: E402
+from nas.cell import CellRNN, CellSpec, fused, known_cell
+from nas.cell import compile as cell_compile
+
+SIZES = ((32, 64, 256), (128, 256, 512))  # (batch, steps, hidden)
+BASELINE = {"lstm": "torch.nn.LSTM", "gru": "torch.nn.GRU"}
 
 
-def make_models(hidden: int, cells: list[str], device: str) -> dict[str, torch.nn.Module]:
+def graph_cells(count: int, seed: int, min_live: int = 8) -> dict[str, CellSpec]:
+    """`count` cells of the `graph` search space (seeded random sampling) with at least `min_live`
+    live nodes, two of them linear: cells like those a search trains."""
+    import optuna
+
+    from search_spaces import get_space
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = get_space("graph", min_nodes=12, max_nodes=16)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    cells: dict[str, CellSpec] = {}
+    while len(cells) < count:
+        spec = space.sample(study.ask())
+        if len(spec.nodes) >= min_live and sum(n.op == "linear" for n in spec.nodes) >= 2:
+            cells[f"graph{len(cells)}"] = spec
+    return cells
+
+
+def prepare_ms(spec: CellSpec, hidden: int) -> float:
+    """Cold preparation of one cell: both caches cleared, then build it and its sequence code."""
+    cell_compile._plan.cache_clear()
+    fused.program.cache_clear()
+    start = time.perf_counter()
+    CellRNN(spec, hidden, hidden)
+    fused.program(spec)
+    return (time.perf_counter() - start) * 1e3
+
+
+def make_models(hidden: int, cells: dict[str, CellSpec], reference: bool) -> tuple[dict, dict]:
     models: dict[str, torch.nn.Module] = {
         "torch.nn.LSTM": torch.nn.LSTM(hidden, hidden),
         "torch.nn.GRU": torch.nn.GRU(hidden, hidden),
     }
-    for name in cells:
-        models[f"CellRNN({name})"] = CellRNN(known_cell(name), hidden, hidden)
-    return {k: m.to(device) for k, m in models.items()}
+    prep: dict[str, float] = {}
+    for name, spec in cells.items():
+        prep[f"CellRNN({name})"] = prepare_ms(spec, hidden)
+        models[f"CellRNN({name})"] = CellRNN(spec, hidden, hidden)
+        if reference:
+            models[f"CellRNN({name}, fused=False)"] = CellRNN(spec, hidden, hidden, fused=False)
+    return models, prep
 
 
-def time_steps(models: dict[str, torch.nn.Module], batch: int, steps: int, hidden: int,
-               repeats: int, device: str) -> dict[str, list[float]]:
-    x = torch.randn(steps, batch, hidden, device=device)
-    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-4) for k, m in models.items()}
-    times: dict[str, list[float]] = {k: [] for k in models}
+class Stepper:
+    """One training step of a model: forward, loss, backward, Adam."""
 
-    def one(name: str) -> None:
-        out, _ = models[name](x)
+    def __init__(self, model: torch.nn.Module, device: str) -> None:
+        self.model, self.device = model.to(device), device
+        self.opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def __call__(self, x: torch.Tensor) -> None:
+        out, _ = self.model(x)
         loss = out.float().pow(2).mean()
-        opts[name].zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opts[name].step()
+        self.opt.step()
 
-    for name in models:  # warm-up: allocator, codegen caches, BLAS packing
-        one(name)
+    def sync(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+
+def time_steps(steppers: dict[str, Stepper], x: torch.Tensor, repeats: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {k: [] for k in steppers}
+    for step in steppers.values():  # warm-up: allocator, caches, BLAS packing, Adam state
+        for _ in range(2):
+            step(x)
     for _ in range(repeats):
-        for name in models:
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
+        for name, step in steppers.items():
+            step.sync()
             t0 = time.perf_counter()
-            one(name)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
+            step(x)
+            step.sync()
             times[name].append(time.perf_counter() - t0)
     return times
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=64)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--cells", default="lstm,gru,nas_cell,darts_v2")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", help="also write the results here")
-    args = p.parse_args(argv)
+def saved_mib(step: Stepper, x: torch.Tensor) -> float:
+    storages: dict[int, int] = {}
 
-    cells = args.cells.split(",")
-    start = time.perf_counter()
-    models = make_models(args.hidden, cells, args.device)
-    prep = time.perf_counter() - start
-    times = time_steps(models, args.batch, args.steps, args.hidden, args.repeats, args.device)
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out, _ = step.model(x)
+    del out
+    return sum(storages.values()) / 2**20
+
+
+def peak_mib(step: Stepper, x: torch.Tensor) -> float | None:
+    if step.device.startswith("cuda"):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step(x)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                     with_stack=True) as prof:
+            step(x)
+        timeline = prof._memory_profile().timeline  # private API: skip the column if it moves
+    except (AttributeError, RuntimeError):
+        return None
+    live = peak = 0
+    for _, action, key, size in timeline:
+        if key[0].device.type == "cpu" and action.name in ("CREATE", "DESTROY"):
+            live += size if action.name == "CREATE" else -size
+            peak = max(peak, live)
+    return peak / 2**20
+
+
+def run_size(batch: int, steps: int, hidden: int, cells: dict[str, CellSpec], args, device: str) -> dict:
+    models, prep = make_models(hidden, cells, args.reference)
+    steppers = {k: Stepper(m, device) for k, m in models.items()}
+    x = torch.randn(steps, batch, hidden, device=device)
+    times = time_steps(steppers, x, args.repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
-    base = {"lstm": "torch.nn.LSTM", "gru": "torch.nn.GRU"}
     rows = []
     for name, t in med.items():
-        ref = None
-        if name.startswith("CellRNN("):
-            cell = name[len("CellRNN("):-1]
-            ref = base.get(cell, "CellRNN(lstm)")
-        ratio = t / med[ref] if ref in med else None
-        rows.append({"model": name, "median_ms": round(t * 1e3, 2), "vs": ref,
-                     "ratio": None if ratio is None else round(ratio, 2)})
-    result = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-              "device": args.device, "torch": torch.__version__, "batch": args.batch,
-              "steps": args.steps, "hidden": args.hidden, "repeats": args.repeats,
-              "build_seconds_all_models": round(prep, 3), "rows": rows}
-    print(f"training step (fwd+bwd+Adam), batch {args.batch}, {args.steps} steps, hidden "
-          f"{args.hidden}, {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'model':24s} {'median ms':>10s}  ratio")
-    for r in rows:
+        cell = name[len("CellRNN("):].split(")")[0].split(",")[0] if name.startswith("CellRNN(") else None
+        ref = None if cell is None else BASELINE.get(cell, "CellRNN(lstm)")
+        row = {"model": name, "median_ms": round(t * 1e3, 2),
+               "iqr_ms": round((statistics.quantiles(times[name], n=4)[2]
+                                - statistics.quantiles(times[name], n=4)[0]) * 1e3, 2)
+               if len(times[name]) > 1 else 0.0,
+               "vs": ref, "ratio": round(t / med[ref], 3) if ref in med else None,
+               "prep_ms": round(prep[name], 1) if name in prep else None}
+        if not args.no_memory:
+            row["saved_mib"] = round(saved_mib(steppers[name], x), 1)
+            peak = peak_mib(steppers[name], x)
+            row["peak_mib"] = None if peak is None else round(peak, 1)
+        rows.append(row)
+    return {"device": device, "batch": batch, "steps": steps, "hidden": hidden,
+            "repeats": args.repeats, "rows": rows}
+
+
+def machine(device: str) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    name = f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    if device.startswith("cuda"):
+        name += f", {torch.cuda.get_device_name()}"
+    return name
+
+
+def print_table(res: dict) -> None:
+    print(f"\ntraining step (fwd+bwd+Adam), batch {res['batch']}, {res['steps']} steps, hidden "
+          f"{res['hidden']}, {res['device']}, {res['repeats']} repeats")
+    print(f"{'model':32s} {'median ms':>10s} {'iqr':>7s}  {'ratio':24s} {'saved MiB':>9s} "
+          f"{'peak MiB':>9s} {'prep ms':>8s}")
+    for r in res["rows"]:
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x vs {r['vs']}"
-        print(f"{r['model']:24s} {r['median_ms']:10.2f}  {ratio}")
+        fmt = lambda v, spec: "" if v is None else format(v, spec)
+        print(f"{r['model']:32s} {r['median_ms']:10.2f} {r['iqr_ms']:7.2f}  {ratio:24s} "
+              f"{fmt(r.get('saved_mib'), '9.1f'):>9s} {fmt(r.get('peak_mib'), '9.1f'):>9s} "
+              f"{fmt(r['prep_ms'], '8.1f'):>8s}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default=",".join("x".join(map(str, s)) for s in SIZES),
+                   help="batch x steps x hidden, comma separated (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=11)
+    p.add_argument("--cells", default="lstm,gru,nas_cell,darts_v2")
+    p.add_argument("--graph", type=int, default=3, help="random graph-space cells (seeded)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu,cuda", help="devices to run; cuda is skipped if absent")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; search workers use 1)")
+    p.add_argument("--reference", action="store_true", help="also time CellRNN(..., fused=False)")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory columns")
+    p.add_argument("--quick", action="store_true", help="small size, 3 repeats, 1 graph cell")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.repeats, args.graph = "x".join(map(str, SIZES[0])), 3, 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    cells = {name: known_cell(name) for name in args.cells.split(",") if name}
+    cells.update(graph_cells(args.graph, args.seed))
+    devices = [d for d in args.device.split(",") if d == "cpu" or torch.cuda.is_available()]
+    load = os.getloadavg()
+    results = []
+    for device in devices:
+        for size in args.sizes.split(","):
+            batch, steps, hidden = map(int, size.split("x"))
+            res = run_size(batch, steps, hidden, cells, args, device)
+            res["machine"] = machine(device)
+            print_table(res)
+            results.append(res)
+    out = {"torch": torch.__version__, "python": platform.python_version(), "argv": sys.argv[1:],
+           "load_average_before": [round(v, 2) for v in load],
+           "load_average_after": [round(v, 2) for v in os.getloadavg()],
+           "cells": {k: v.to_dict() for k, v in cells.items() if k.startswith("graph")},
+           "results": results}
+    print(f"\nload average before {out['load_average_before']}, after {out['load_average_after']}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return result
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return out
 
 
 if __name__ == "__main__":

@@ -91,8 +91,15 @@ class _Subject:
     cell_json: str
     trial: int | None = None
 
+    @property
+    def hash(self) -> str:
+        from nas.cell import CellSpec
 
-def final_comparison(study: optuna.Study, cfg: dict[str, Any], tracker=None, progress: bool = False) -> Comparison:
+        return CellSpec.from_json(self.cell_json).canonical_hash()
+
+
+def final_comparison(study: optuna.Study, cfg: dict[str, Any], tracker=None,
+                     progress: bool = False) -> Comparison:
     """Retrain the top cells and the baselines with S seeds on the test split; write the table and
     plots to <out_dir>/report/ (the caller logs them: tracker.log_comparison)."""
     from nas.config import TrainConfig
@@ -102,7 +109,8 @@ def final_comparison(study: optuna.Study, cfg: dict[str, Any], tracker=None, pro
     trainer = TrainConfig(**{**cfg["trainer"], "progress": False})
     corpus = load_corpus(cfg["data"]["path"], cfg["data"]["cache_dir"])
     budget = budget_key(trainer, cfg["seed"], corpus.source_hash)
-    subjects = top_cells(study, cfg["report"]["top_k"]) + _baselines(cfg["baselines"])
+    baselines = _baselines(cfg["baselines"])
+    subjects = top_cells(study, cfg["report"]["top_k"], exclude={b.hash for b in baselines}) + baselines
     seeds = tuple(cfg["seed"] + i for i in range(cfg["report"]["seeds"]))
     results = _retrain_all(study, cfg, subjects, seeds, budget, progress)
     if tracker is not None:
@@ -123,19 +131,19 @@ def final_comparison(study: optuna.Study, cfg: dict[str, Any], tracker=None, pro
     return Comparison(study.study_name, budget, seeds, tuple(rows), files)
 
 
-def top_cells(study: optuna.Study, k: int) -> list[_Subject]:
-    """The k best distinct cells of the study (COMPLETE, not duplicates), best first."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if "duplicate_of" not in t.user_attrs and t.user_attrs.get("cell_json")]
-    seen, out = set(), []
-    for t in sorted(done, key=lambda t: (t.values[0], t.number)):
-        h = t.user_attrs.get("cell_hash")
-        if h in seen:
-            continue
-        seen.add(h)
-        out.append(_Subject(f"trial {t.number}", "trial", t.user_attrs["cell_json"], t.number))
-        if len(out) == k:
+def top_cells(study: optuna.Study, k: int, exclude: set[str] = frozenset()) -> list[_Subject]:
+    """The k best distinct cells of the study (COMPLETE, not duplicates), best first, leaving out the
+    hashes in `exclude` (the baselines: a search seeded with them finds them again, and they are in
+    the comparison anyway)."""
+    from nas.search.results import scored_trials
+
+    seen, out = set(exclude), []
+    for t in scored_trials(study):
+        if len(out) >= k:
             break
+        if t.user_attrs.get("cell_hash") not in seen:
+            seen.add(t.user_attrs.get("cell_hash"))
+            out.append(_Subject(f"trial {t.number}", "trial", t.user_attrs["cell_json"], t.number))
     return out
 
 
@@ -188,7 +196,8 @@ def _retrain(job: _Job, threads: int | None = None) -> dict[str, Any]:
     trainer = TrainConfig(**{**cfg["trainer"], "progress": False, "test": True, "device": device})
     corpus = load_corpus(cfg["data"]["path"], cfg["data"]["cache_dir"])
     spec = CellSpec.from_json(job.cell_json)
-    r = evaluate(spec, trainer, job.seed, corpus, out_dir=job.run_dir, desc=f"final {job.label} seed {job.seed}")
+    r = evaluate(spec, trainer, job.seed, corpus, out_dir=job.run_dir,
+                 desc=f"final {job.label} seed {job.seed}")
     return {**r.to_dict(), "run_dir": job.run_dir, "budget": job.budget}
 
 
@@ -253,6 +262,15 @@ def _figure(xlabel: str, ylabel: str, title: str):
     return fig, ax
 
 
+def _save(fig, ax, path: Path) -> Path:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "nothing to show yet", transform=ax.transAxes, ha="center", color="0.5")
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def _plot_curves(path: Path, subjects: list[_Subject], seeds, results) -> Path:
     """Val bpc per training step, mean over the seeds: top cells solid, baselines dashed."""
     fig, ax = _figure("training step", "val bpc (mean over seeds)", "Learning curves: top cells vs baselines")
@@ -264,9 +282,7 @@ def _plot_curves(path: Path, subjects: list[_Subject], seeds, results) -> Path:
         mean = [statistics.fmean(c[i][1] for c in curves) for i in range(n)]
         ax.plot([p[0] for p in curves[0][:n]], mean, "-" if s.role == "trial" else "--", marker=".",
                 label=s.label, linewidth=2.2 if s.role == "trial" else 1.4)
-    ax.legend(fontsize="small")
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, ax, path)
 
 
 def _plot_test_vs_params(path: Path, rows: list[ComparisonRow]) -> Path:
@@ -275,30 +291,35 @@ def _plot_test_vs_params(path: Path, rows: list[ComparisonRow]) -> Path:
         mine = [r for r in rows if r.role == role and r.test_bpc is not None and r.params]
         if mine:
             ax.errorbar([r.params for r in mine], [r.test_bpc for r in mine], [r.test_std or 0 for r in mine],
-                        fmt="o", capsize=3, color=colour, label="searched cells" if role == "trial" else "baselines")
+                        fmt="o", capsize=3, color=colour,
+                        label="searched cells" if role == "trial" else "baselines")
         for r in mine:
-            ax.annotate(r.label, (r.params, r.test_bpc), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.legend(fontsize="small")
-    fig.savefig(path, dpi=110)
-    return path
+            ax.annotate(r.label, (r.params, r.test_bpc), textcoords="offset points", xytext=(5, 4),
+                        fontsize=8)
+    return _save(fig, ax, path)
 
 
 def _plot_best_so_far(path: Path, study: optuna.Study, baselines: list[str], budget: str) -> Path:
     """Each complete trial's val bpc, the best so far, and the baselines' val bpc at the same budget."""
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = _figure("trial", "val bpc", "Best so far vs trial number")
-    done = sorted((t.number, t.values[0]) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    done = sorted((t.number, t.values[0]) for t in trials)
     if done:
         xs, ys = zip(*done)
         best = [min(ys[:i + 1]) for i in range(len(ys))]
         ax.scatter(xs, ys, s=12, color="0.6", label="trial")
         ax.step(xs, best, where="post", color="tab:blue", linewidth=2, label="best so far")
+    from nas.search.results import baselines as trained
+
+    at_budget = trained(study, budget)
     for i, name in enumerate(baselines):
-        r = study.user_attrs.get(f"baseline:{name}:{budget}")
+        r = at_budget.get(name)
         if r and r.get("val_bpc") is not None:
             ax.axhline(r["val_bpc"], linestyle="--", linewidth=1, color=f"C{(i + 1) % 10}", label=name)
-    ax.legend(fontsize="small")
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, ax, path)
 
 
 def _num(v, fmt: str) -> str:

@@ -74,8 +74,8 @@ def default_store() -> tuple[str, str]:
 
 def server_command(uri: str, port: int, host: str = "127.0.0.1", artifacts: str | None = None) -> list[str]:
     """`mlflow server` with light settings: one worker (the default starts ~15 processes, 3 GB)."""
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port),
-           "--workers", "1"]
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
+           "--port", str(port), "--workers", "1"]
     return cmd + (["--artifacts-destination", artifacts] if artifacts else [])
 
 
@@ -155,9 +155,9 @@ class _Connection:
     def _go_offline(self, method: str, error: Exception) -> None:
         with self._lock:
             self.offline_until = time.monotonic() + PROBE_INTERVAL
-            first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
-            msg = (f"nas: MLflow tracking at {_redact(self.uri)} unreachable ({method}: {first}); the search "
-                   "goes on, results are in the Optuna study (missing runs are logged when it answers again)")
+            msg = (f"nas: MLflow tracking at {_redact(self.uri)} unreachable ({method}: {_cause(error)}); "
+                   "the search goes on, results are in the Optuna study (missing runs are logged when "
+                   "it answers)")
             log.warning(msg)
             if not self.warned:
                 self.warned = True
@@ -173,6 +173,17 @@ def _connection(uri: str, retries: int, timeout: float) -> _Connection:
         conn = _connections[uri] = _Connection(uri, retries, timeout)
     conn.retries, conn.timeout = retries, timeout
     return conn
+
+
+def _cause(error: Exception) -> str:
+    """A short reason for the warning (MLflow wraps connection errors in long messages)."""
+    text = str(error)
+    if "Failed to establish a new connection" in text or "Connection refused" in text:
+        return "connection refused"
+    if "timed out" in text or "Timeout" in text:
+        return "no answer within the timeout"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(error).__name__}: {first[:200]}"
 
 
 def _request_error(e: Exception) -> bool:
@@ -268,18 +279,14 @@ class Tracker:
     def log_trial(self, study, trial, cfg: dict[str, Any]) -> None:
         """A finished trial as a child run of the search (once: a logged trial is skipped)."""
         exp = self._experiment_id(study.study_name)
-        found = self._find(exp, "trial", study.study_name, trial=str(trial.number))
-        if any(r.info.status != "RUNNING" for r in found):
-            return
-        for r in found:  # a run left half-written by an outage: write it again
-            self._do("delete_run", r.info.run_id)
-        self._write(exp, _trial_record(study.study_name, trial, cfg), self._parent_id(study))
+        if not self._logged(exp, "trial", study.study_name, trial=str(trial.number)):
+            self._write(exp, _trial_record(study.study_name, trial, cfg), self._parent_id(study))
 
     @_safe
     def log_baseline(self, study, name: str, result: dict[str, Any], cfg: dict[str, Any]) -> None:
         """A baseline's result (EvalResult.to_dict() + run_dir + budget), once per budget."""
         exp = self._experiment_id(study.study_name)
-        if self._find(exp, "baseline", None, cell=name, budget=result["budget"]):
+        if self._logged(exp, "baseline", None, cell=name, budget=result["budget"]):
             return
         record = _result_record(f"baseline {name}", result, cfg,
                                 {"role": "baseline", "cell": name, "study": study.study_name})
@@ -290,8 +297,8 @@ class Tracker:
         """One retrain of the final comparison (role=final; subject trial or baseline), once per
         cell, seed and budget."""
         exp = self._experiment_id(study.study_name)
-        if self._find(exp, "final", None, cell_hash=result["cell_hash"], seed=str(result["seed"]),
-                      budget=result["budget"]):
+        if self._logged(exp, "final", None, cell_hash=result["cell_hash"], seed=str(result["seed"]),
+                        budget=result["budget"]):
             return
         tags = {"role": "final", "cell": label, "subject": subject, "study": study.study_name}
         cfg = {**cfg, "trainer": {**cfg["trainer"], "test": True}}  # as retrained
@@ -389,11 +396,17 @@ class Tracker:
         self._parents[study.study_name] = run_id
         return run_id
 
-    def _find(self, exp: str, role: str, study_name: str | None, **tags: str) -> list:
-        """Runs of the experiment with role and these tags (values are names and hashes, no quotes)."""
+    def _logged(self, exp: str, role: str, study_name: str | None, **tags: str) -> bool:
+        """Whether a finished run with this role and these tags (names and hashes: no quotes) exists.
+        A run left RUNNING was cut short by an outage: it is deleted, to be written again."""
         clauses = [f"tags.role = '{role}'"] + [f"tags.{k} = '{v}'" for k, v in tags.items()]
         runs = self._do("search_runs", [exp], filter_string=" and ".join(clauses), max_results=100)
-        return [r for r in runs if study_name is None or r.data.tags.get("study") == study_name]
+        runs = [r for r in runs if study_name is None or r.data.tags.get("study") == study_name]
+        if any(r.info.status != "RUNNING" for r in runs):
+            return True
+        for r in runs:
+            self._do("delete_run", r.info.run_id)
+        return False
 
     def _sync_trials(self, study, cfg: dict[str, Any] | None) -> None:
         """Log every finished trial that has no finished run yet (one search for all of them)."""
@@ -477,14 +490,16 @@ def _trial_record(study_name: str, trial, cfg: dict[str, Any]) -> _RunRecord:
     start = trial.datetime_start or trial.datetime_complete
     end = trial.datetime_complete or start
     return _RunRecord(
-        name=f"trial {trial.number:04d}", tags=tags, params=_cell_params(ua, cfg), status=_STATUS.get(state, "FAILED"),
+        name=f"trial {trial.number:04d}", tags=tags, params=_cell_params(ua, cfg),
+        status=_STATUS.get(state, "FAILED"),
         metrics=_metrics(ua, curve, ua.get("train_curve") or ()),
         start_ms=int(start.timestamp() * 1000) if start else _now_ms(),
         end_ms=int(end.timestamp() * 1000) if end else _now_ms(),
         cell_json=ua.get("cell_json"), run_dir=ua.get("run_dir"))
 
 
-def _result_record(name: str, result: dict[str, Any], cfg: dict[str, Any], tags: dict[str, str]) -> _RunRecord:
+def _result_record(name: str, result: dict[str, Any], cfg: dict[str, Any],
+                   tags: dict[str, str]) -> _RunRecord:
     state = "diverged" if result.get("diverged") else "complete"
     tags = {**tags, "state": state, "nas_state": state, "cell_hash": result["cell_hash"],
             "budget": result["budget"], "seed": str(result["seed"])}

@@ -20,7 +20,6 @@ from pathlib import Path
 import optuna
 import pytest
 from hydra import compose, initialize_config_dir
-from mlflow import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import TrialState, create_trial
 
@@ -28,11 +27,16 @@ import nas.tracking
 from nas.cli import CONF_DIR
 from nas.search.run import search
 from nas.search.study import join_study
-from nas.tracking import PARENT_ATTR, Tracker, TrackingWarning, server_command, server_env
+from nas.tracking import PARENT_ATTR, Tracker, TrackingWarning, server_command, server_env, trial_of_run
+
+for _key, _value in nas.tracking.QUIET_ENV.items():  # no telemetry from the test's own MLflow client
+    os.environ.setdefault(_key, _value)
+from mlflow import MlflowClient  # noqa: E402 - after the environment above
 
 BASELINES = ["lstm", "gru", "mut1", "mut2", "mut3"]
 TINY = ["trainer=tiny", "trainer.steps=6", "trainer.eval_every=3", "trainer.eval_chars=500",
-        "trainer.sample_chars=20", "pruner=none", "search_space=highway", "controller=random", "n_trials=3",
+        "trainer.sample_chars=20", "pruner=none", "workers=1", "search_space=highway", "controller=random",
+        "n_trials=3",
         "tracking.enabled=true", "report.enabled=true", "report.seeds=2", "report.top_k=1",
         f"baselines=[{','.join(BASELINES)}]"]
 
@@ -78,7 +82,8 @@ def mlflow_server(folder: Path, port: int | None = None):
     with open(folder / "server.log", "a") as log:
         proc = subprocess.Popen(server_command(f"sqlite:///{folder / 'server.db'}", port,
                                                artifacts=str(folder / "artifacts")),
-                                env=server_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                env=server_env(), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc)
         yield f"http://127.0.0.1:{port}", proc
@@ -116,20 +121,24 @@ def check_logged(client: MlflowClient, cfg: dict, outcome) -> None:
         assert tags["state"] == "complete" and run.info.status == "FINISHED"
         assert params["cell_hash"] == t.user_attrs["cell_hash"] and params["search_space"] == "highway"
         assert params["controller"] == "random" and params["seed"] == "0" and params["trainer.lr"] == "0.01"
-        assert params["param_count"] == str(t.user_attrs["params"]) and params["budget"] == t.user_attrs["budget"]
+        assert params["param_count"] == str(t.user_attrs["params"])
+        assert params["budget"] == t.user_attrs["budget"]
         history = client.get_metric_history(run.info.run_id, "curve/val_bpc")
         assert [(m.step, m.value) for m in history] == [tuple(p) for p in t.user_attrs["curve"]]
         assert len(client.get_metric_history(run.info.run_id, "curve/train_bpc")) == 2
         assert run.data.metrics["val_bpc"] == pytest.approx(t.values[0])
         assert {"params", "chars_per_sec", "seconds"} <= set(run.data.metrics)
-        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"cell.json", "cell.png", "sample.txt"}
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert artifacts >= {"cell.json", "cell.png", "sample.txt"}
     cell = json.loads(Path(client.download_artifacts(trials[0].info.run_id, "cell.json")).read_text())
     assert cell["format"] == "nas-cell/1"
     baselines = {r.data.tags["cell"]: r for r in runs["baseline"]}
     assert sorted(baselines) == sorted(BASELINES)
     for name, run in baselines.items():
-        assert run.data.tags["budget"] == study.trials[0].user_attrs["budget"]
-        assert run.data.metrics["val_bpc"] == pytest.approx(study.user_attrs[f"baseline:{name}:{run.data.tags['budget']}"]["val_bpc"])
+        budget = run.data.tags["budget"]
+        assert budget == study.trials[0].user_attrs["budget"]
+        trained = study.user_attrs[f"baseline:{name}:{budget}"]
+        assert run.data.metrics["val_bpc"] == pytest.approx(trained["val_bpc"])
     finals = runs["final"]
     assert len(finals) == (1 + len(BASELINES)) * 2 and all("test_bpc" in r.data.metrics for r in finals)
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
@@ -142,7 +151,8 @@ def check_logged(client: MlflowClient, cfg: dict, outcome) -> None:
         assert float(rows[name]["params"]) > 0 and float(rows[name]["chars_per_sec"]) > 0
         assert f"test_bpc/{name}" in parent.data.metrics
     best = outcome.extra["comparison"].best()
-    assert parent.data.tags["best_cell"] == best.label and "| cell |" in parent.data.tags["mlflow.note.content"]
+    assert parent.data.tags["best_cell"] == best.label
+    assert "| cell |" in parent.data.tags["mlflow.note.content"]  # the table is the run's description
     assert [m.step for m in client.get_metric_history(parent.info.run_id, "best_val_bpc")] == [0, 1, 2]
 
 
@@ -172,6 +182,14 @@ def test_search_logs_everything_to_the_default_sqlite_store(sqlite_search):
     assert client.get_experiment_by_name("nas/local").artifact_location.startswith(
         (tmp / "runs" / "mlflow" / "artifacts").as_uri())
     check_logged(client, cfg, outcome)
+    # nas-export run_id=...: a trial run leads back to its study and trial
+    runs = runs_of(client, "local")
+    trial = next(r for r in runs["trial"] if r.data.tags["trial"] == "2")
+    assert trial_of_run({"uri": f"sqlite:///{db}"}, trial.info.run_id) == ("local", 2)
+    with pytest.raises(ValueError, match="not a trial"):
+        trial_of_run({"uri": f"sqlite:///{db}"}, runs["baseline"][0].info.run_id)
+    with pytest.raises(ValueError, match="no MLflow run"):
+        trial_of_run({"uri": f"sqlite:///{db}"}, "0" * 32)
 
 
 def test_nas_report_reuses_the_study_and_adds_a_seed(sqlite_search):
@@ -201,12 +219,13 @@ def test_dashboard_serves_the_store_until_interrupted(sqlite_search):
         line = proc.stdout.readline()  # printed once the server answers
         url = f"http://127.0.0.1:{port}"
         assert line.startswith(f"MLflow dashboard: {url}"), (line, proc.stderr.read() if proc.poll() else "")
-        with urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/search?max_results=10", timeout=10) as r:
+        with urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/search?max_results=9", timeout=9) as r:
             names = [e["name"] for e in json.load(r)["experiments"]]
         assert "nas/local" in names
         client = MlflowClient(url)
         run = runs_of(client, "local")["trial"][0]
-        with urllib.request.urlopen(f"{url}/get-artifact?path=cell.json&run_uuid={run.info.run_id}", timeout=10) as r:
+        artifact = f"{url}/get-artifact?path=cell.json&run_uuid={run.info.run_id}"
+        with urllib.request.urlopen(artifact, timeout=10) as r:
             assert json.load(r)["format"] == "nas-cell/1"
     finally:
         proc.send_signal(signal.SIGINT)
@@ -240,7 +259,8 @@ def test_server_killed_mid_search_then_back(tmp_path, monkeypatch):
             kill(proc)  # after the first trial is logged, the server dies
 
         monkeypatch.setattr(Tracker, "log_trial", log_then_kill)
-        cfg = config(tmp_path, f"tracking.uri={uri}", "study=kill", "baselines=[lstm]", "report.seeds=1")
+        cfg = config(tmp_path, f"tracking.uri={uri}", "tracking.retries=1", "study=kill", "baselines=[lstm]",
+                     "report.seeds=1")
         start = time.perf_counter()
         with pytest.warns(TrackingWarning, match="unreachable") as caught:
             outcome = search(cfg, progress=False)
@@ -282,7 +302,7 @@ def test_trial_states_become_run_states_with_reasons(tmp_path):
             "train_curve": curve, "steps": 6}
     study.add_trial(create_trial(value=5.1, user_attrs={**done, "nas_state": "complete"}))
     study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={3: 5.9},
-                                 user_attrs={"nas_state": "pruned", "reason": "pruned at step 3 (val bpc 5.9)"}))
+                                 user_attrs={"nas_state": "pruned", "reason": "pruned at step 3"}))
     study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"nas_state": "invalid",
                                                                      "reason": "node n3: no path to x"}))
     study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"nas_state": "diverged",
@@ -296,8 +316,9 @@ def test_trial_states_become_run_states_with_reasons(tmp_path):
     client = MlflowClient(tracker.uri)
     runs = {int(r.data.tags["trial"]): r for r in runs_of(client, "states")["trial"]}
     assert len(runs_of(client, "states")["trial"]) == 6
-    expect = [("complete", "complete", "FINISHED"), ("pruned", "pruned", "KILLED"), ("failed", "invalid", "FAILED"),
-              ("diverged", "diverged", "FAILED"), ("duplicate", "duplicate", "FINISHED"), ("failed", "lost", "FAILED")]
+    expect = [("complete", "complete", "FINISHED"), ("pruned", "pruned", "KILLED"),
+              ("failed", "invalid", "FAILED"), ("diverged", "diverged", "FAILED"),
+              ("duplicate", "duplicate", "FINISHED"), ("failed", "lost", "FAILED")]
     for n, (state, fine, status) in enumerate(expect):
         tags = runs[n].data.tags
         assert (tags["state"], tags["nas_state"], runs[n].info.status) == (state, fine, status), n

@@ -2,9 +2,16 @@
 
 `compile_cell(spec, input_size, hidden_size)` gives a `CompiledCell` (one step, like LSTMCell);
 `CellRNN(spec, input_size, hidden_size, num_layers, dropout, batch_first)` runs whole sequences like
-torch.nn.LSTM. Both run the straight-line step code of `nas.cell.lower`; CellRNN computes every
-input-side product for the whole sequence in one matmul before the time loop, so each step does
-only the recurrent products (one per state vector read, one per intermediate node read).
+torch.nn.LSTM. Both compute every input-side product for the whole sequence in one matmul before the
+time loop, so each step does only the recurrent products (one per state vector read, one per
+intermediate node read).
+
+Two paths compute the same function (tests/test_fast_path.py holds them to it):
+- the fast path (default, `fused=True`): the whole-sequence code of nas.cell.seqgen, run as one
+  autograd node per layer with a generated backward (nas.cell.fused); under torch.no_grad it keeps
+  nothing for backward. Its output may not be modified in place (autograd raises, as for
+  torch.nn.LSTM), and it does not support double backward.
+- the reference path (`fused=False`): the step code of nas.cell.lower under autograd, op by op.
 
 Parameters of a layer (state_dict names): `weight_x` ((n_x * H, I), all linear terms on x),
 `weight_<src>` ((n * H, H), the terms on state vector or node <src>), and `bias` ((n_b * H,), the
@@ -36,7 +43,8 @@ def _plan(spec: CellSpec) -> tuple[Plan, object]:
 class CompiledCell(nn.Module):
     """One step of a cell: `forward(x: (B, I), state=None) -> new state tuple`, each (B, H).
 
-    The first element of the state is the output h. A missing state is zeros.
+    The first element of the state is the output h. A missing state is zeros. `fused` picks the
+    path of `sequence` (see the module docstring); it can be changed on a built cell.
     """
 
     def __init__(self, spec: CellSpec, input_size: int, hidden_size: int, fused: bool = True) -> None:
@@ -155,7 +163,9 @@ class CompiledCell(nn.Module):
 
     def sequence(self, xs: Tensor, state: State) -> tuple[Tensor, State]:
         """Run the cell over xs: (T, B, I) from `state`; returns (outputs (T, B, H), final state)."""
-        if self.fused:
+        # One step without gradients (sampling) is cheaper in the step code than with the sequence
+        # buffers set up; from two steps on, or with gradients, the fast path wins.
+        if self.fused and (xs.shape[0] > 1 or torch.is_grad_enabled()):
             return fused_sequence(self, xs, state)
         return self.reference_sequence(xs, state)
 
@@ -189,6 +199,7 @@ class CellRNN(nn.Module):
         -> (output: (T, B, H) or (B, T, H), state: tuple of K tensors (num_layers, B, H)).
     The state tuple follows the spec's state names (LSTM: (h_n, c_n)); one-vector cells get a
     1-tuple. Dropout (if > 0) is applied to the outputs of every layer but the last, as in torch.
+    `fused=False` runs the reference path (see the module docstring).
     """
 
     def __init__(self, spec: CellSpec, input_size: int, hidden_size: int, num_layers: int = 1,

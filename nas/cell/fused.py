@@ -35,6 +35,12 @@ def _steps(buf: Tensor, T: int, lo: int | None = None, hi: int | None = None) ->
     return view.unbind(0) if view.shape[0] == T else [view[0]] * T
 
 
+def _strided(buf: Tensor, T: int, H: int, lo: int, hi: int, step: int) -> list[Tensor]:
+    """Per-step (B, n, H) views of the column blocks lo, lo + step, ... < hi (units of H)."""
+    view = buf.unflatten(2, (-1, H))[:, :, lo:hi:step]
+    return view.unbind(0) if view.shape[0] == T else [view[0]] * T
+
+
 def _hist(S: Tensor, T: int) -> list[Tensor]:
     """Per-step slots of a state: (T + 1, B, H) kept, or two (B, H) slots used in turn."""
     if S.shape[0] == T + 1:
@@ -66,7 +72,7 @@ class Program:
 def program(spec: CellSpec) -> Program:
     """The compiled whole-sequence code of `spec` (cached: a cell is generated once per process)."""
     code = generate(lower(spec))
-    namespace = {"torch": torch, "_steps": _steps, "_hist": _hist, "_last": _last, **_ATEN}
+    namespace = {"torch": torch, "_steps": _steps, "_strided": _strided, "_hist": _hist, "_last": _last, **_ATEN}
     source = code.forward_source + "\n" + code.backward_source
     # The generator's own code: it names variables itself, so no spec text reaches it.
     exec(compile(source, f"<cell sequence {spec.name or 'cell'}>", "exec"), namespace)  # noqa: S102
@@ -79,7 +85,7 @@ class _Sequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, prog: Program, T: int, sizes: tuple[int, int, int], X, *tensors):
         base, xo, init, w = _split(tensors, sizes)
-        out, finals, saved = prog.forward(T, True, X, base, xo, init, _transposed(w))
+        out, finals, saved = prog.forward(T, True, X, base, xo, init, _transposed(w, T * init[0].shape[0]))
         ctx.prog, ctx.T, ctx.sizes, ctx.n_saved = prog, T, sizes, len(saved)
         ctx.save_for_backward(X, *xo, *w, *saved)
         return (out, *(f.clone() for f in finals))
@@ -87,17 +93,18 @@ class _Sequence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, *dfin):
         X, *rest = ctx.saved_tensors
-        nb, nxo, K = ctx.sizes
+        nxo = ctx.sizes[1]
         xo, w, saved = rest[:nxo], rest[nxo:len(rest) - ctx.n_saved], rest[len(rest) - ctx.n_saved:]
         dX, dbase, dxo, dinit, dw = ctx.prog.backward(ctx.T, dout, dfin, X, xo, w, saved)
         # The initial states' gradients may alias each other (zeros): hand out copies.
         return (None, None, None, dX, *dbase, *dxo, *(d.clone() for d in dinit), *dw)
 
 
-def _transposed(weights) -> list[Tensor]:
+def _transposed(weights, rows: int) -> list[Tensor]:
     # W^T made contiguous once per sequence: the per-step (B, H) @ (H, n) product is ~20% faster
-    # than on the transposed view at B = 32, and the copy costs about one step's product.
-    return [w.t().contiguous() for w in weights]
+    # than on the transposed view at B = 32, and the copy costs about one step's product; so only
+    # when the sequence has enough rows (T * B) to pay for it.
+    return [w.t().contiguous() if rows >= 256 else w.t() for w in weights]
 
 
 def _split(tensors: tuple, sizes: tuple[int, int, int]) -> tuple:
@@ -107,11 +114,30 @@ def _split(tensors: tuple, sizes: tuple[int, int, int]) -> tuple:
 
 def sequence(cell, xs: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
     """CompiledCell.sequence on the fast path: xs (T, B, I), state K x (B, H) ->
-    (outputs (T, B, H), final state)."""
+    (outputs (T, B, H), final state).
+
+    The buffers are written with out=, so every tensor must have one dtype: the promoted dtype of
+    input, state and parameters, or under autocast the autocast dtype, for the whole recurrence (as
+    autocast runs torch.nn.LSTM), with autocast off inside."""
+    device = xs.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        with torch.autocast(device, enabled=False):
+            return _run(cell, xs.to(dtype), tuple(s.to(dtype) for s in state), dtype)
+    dtype = xs.dtype
+    for t in (*state, *cell.parameters()):
+        dtype = torch.promote_types(dtype, t.dtype)
+    return _run(cell, xs.to(dtype), tuple(s.to(dtype) for s in state), dtype)
+
+
+def _run(cell, xs: Tensor, state: tuple[Tensor, ...], dtype: torch.dtype):
     prog = program(cell.spec)
     x_bias, flat = cell._group_params()
+    flat = [None if t is None else t.to(dtype) for t in flat]
     T, B, H = xs.shape[0], xs.shape[1], cell.hidden_size
-    xw = torch.nn.functional.linear(xs, cell.weight_x, x_bias) if cell.plan.group(INPUT) else None
+    xw = None
+    if cell.plan.group(INPUT):
+        xw = torch.nn.functional.linear(xs, cell.weight_x.to(dtype), None if x_bias is None else x_bias.to(dtype))
 
     def piece(kind: str, lo: int, hi: int, bias: Tensor | None) -> Tensor:
         if kind == "x":
@@ -135,5 +161,5 @@ def sequence(cell, xs: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (X, *tensors)):
         out, *finals = _Sequence.apply(prog, T, (len(bases), len(xo), len(state)), X, *tensors)
         return out, tuple(finals)
-    out, finals, _ = prog.forward(T, False, X, bases, xo, state, _transposed(weights))
+    out, finals, _ = prog.forward(T, False, X, bases, xo, state, _transposed(weights, T * B))
     return out, tuple(finals)

@@ -14,10 +14,12 @@ every value the backward reads, with `out=`, into a (T, B, .) buffer (keep=False
 one (1, B, .) scratch that every step reuses); the backward walks the steps in reverse, node by node
 (nas.cell.seqgrad), then computes each recurrent group's weight gradient as one GEMM over all steps.
 
-Per-call dispatch is what a step costs at these sizes, so the code makes as few calls as it can:
+At these sizes a step costs per torch call (dispatch, and a pass over (B, H) values that is slower
+on strided columns), not per FLOP outside the products, so the code makes as few calls as it can:
 a family's x products and bias are the `input` of its first recurrent product,
-`addmm(base_t, s, W^T, out=G_t)`; runs of same-kind activations over a family's members are one
-in-place call (nas.cell.seqlayout); elementwise ops are the fused forms of nas.cell.kernels.
+`addmm(base_t, s, W^T, out=G_t)`; same-kind activations over evenly spaced members of a family
+are one in-place call (nas.cell.seqlayout.Run); add(u, mul(p, q)) is one addcmul; elementwise ops
+are the fused forms of nas.cell.kernels.
 Variable names are generated, never taken from the spec.
 """
 
@@ -83,9 +85,10 @@ def forward_source(lay: Layout) -> str:
     for k, o in enumerate(spec.outputs):
         if o in lay.state or o == INPUT or lay.where[o] != ("next", k):
             e(f"{lay.slot(e, k, 1)}.copy_({lay.val(e, o)})")
-    return "\n".join(_forward_head(lay, e) + e.lines + [
-        f"    return S0[1:], ({''.join(f'_last(S{k}, T), ' for k in range(len(spec.state)))}), "
-        f"({''.join(f'{b}, ' for b in lay.buffers)})"]) + "\n"
+    finals = "".join(f"_last(S{k}, T), " for k in range(len(spec.state)))
+    saved = "".join(f"{b}, " for b in lay.buffers)
+    tail = [f"    return S0[1:], ({finals}), ({saved})"]
+    return "\n".join(_forward_head(lay, e) + e.lines + tail) + "\n"
 
 
 def _forward_head(lay: Layout, e: Emitter) -> list[str]:
@@ -137,7 +140,7 @@ def _family(lay: Layout, e: Emitter, i: int) -> None:
     buf, off, _ = lay.slab(i)
     for r in lay.runs:
         if r.family == i:
-            view = f"{lay.cols(e, buf, off + r.first, off + r.first + len(r.members))}[t]"
+            view = f"{lay.run_view(e, buf, off, r)}[t]"
             act = lay.node[r.acts[0]]
             e(render(KERNELS[act.op].value, [view], dict(act.options), out=f", out={view}"))
 

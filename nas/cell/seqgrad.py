@@ -41,7 +41,7 @@ class Grads:
                  next((i for i, t in enumerate(terms) if _plain(t)), 0))
         head = terms.pop(i)
         if _plain(head) and not terms:
-            if dest:
+            if dest and dest != head.src:  # (equal: already summed there, see _passes_to_member)
                 self.e(f"{dest}.copy_({head.src})")
             return dest or head.src
         if _plain(head):
@@ -114,9 +114,11 @@ def _fold(acc: str, t: Term, dest: str | None) -> str:
 
 
 def _instantiate(term: Term | str, fill: dict) -> Term:
-    """A kernel term (or a registry template) with the step's names filled in."""
+    """A kernel term (or a registry template) with the step's names filled in. A registry template
+    other than "{g}" computes a new tensor (so the sum may be accumulated into it in place)."""
     if isinstance(term, str):
-        return Expr(f"({render(term, **fill)})")
+        # A template that is the incoming gradient itself shares it: an alias, never folded into.
+        return Alias(fill["g"]) if term.strip() == "{g}" else Expr(f"({render(term, **fill)})")
     args = {k: render(v, **fill) if isinstance(v, str) else v for k, v in vars(term).items()}
     return type(term)(**args)
 
@@ -160,7 +162,7 @@ def _node(lay: Layout, e: Emitter, grads: Grads, n: Node) -> None:
         return
     if n.name in lay.run_of:
         return  # its family's unit differentiates the whole run
-    g = grads.total(n.name)
+    g = grads.total(n.name, _passes_to_member(lay, e, n))
     fill = {"operands": [lay.val(e, i, saved_only=True) for i in n.inputs],
             "options": dict(n.options), "g": g, "y": lay.val(e, n.name, saved_only=True),
             "out": "{out}"}
@@ -174,6 +176,31 @@ def _node(lay: Layout, e: Emitter, grads: Grads, n: Node) -> None:
             grads.add(operand, _instantiate(term, fill))
 
 
+def _passes_to_member(lay: Layout, e: Emitter, n: Node) -> str | None:
+    """Where n's gradient should be summed: the gradient slot of an operand that only n reads and
+    that receives n's gradient unchanged (n = add(operand, ...)), so that no copy is needed there.
+    The slot is a family member's dG / dxo columns, or an activation's block of its run's scratch."""
+    for operand, terms in zip(n.inputs, lay.grads_of(n)):
+        if lay.consumers[operand] != [n.name] or n.inputs.count(operand) != 1:
+            continue
+        if terms != "{g}" and terms != (Alias("{g}"),):
+            continue
+        i, run = lay.family_of.get(operand), lay.run_of.get(operand)
+        if i is not None:
+            dbuf, doff = lay.grad_slab(i)
+            j = doff + lay.plan.families[i].members.index(operand)
+            return f"{lay.cols(e, dbuf, j, j + 1)}[t]"
+        if run is not None and len(run.acts) > 1:
+            return _run_slot(e, lay.runs.index(run), run, run.acts.index(operand))
+    return None
+
+
+def _run_slot(e: Emitter, r: int, run, j: int) -> str:
+    """The block of run r's gradient scratch dA<r> that holds its j-th activation's gradient."""
+    block = f"dA{r}[:, {j} * H:{j + 1} * H]" if run.contiguous else f"dA{r}[:, {j}]"
+    return e.use(f"da{r}_{j}", block)
+
+
 def _family(lay: Layout, e: Emitter, grads: Grads, i: int) -> None:
     """Family i's members' gradients into its dG columns: its runs by one call each, the others
     summed there; then copied into the columns of its other recurrent groups."""
@@ -182,17 +209,16 @@ def _family(lay: Layout, e: Emitter, grads: Grads, i: int) -> None:
     buf, off, _ = lay.slab(i)
     in_run: set[str] = set()
     for r in (r for r in lay.runs if r.family == i):
-        lo, hi = r.first, r.first + len(r.members)
         act = lay.node[r.acts[0]]
         if len(r.acts) == 1:
             g = grads.total(r.acts[0])
         else:
             g = f"dA{lay.runs.index(r)}"
             for j, u in enumerate(r.acts):
-                grads.total(u, e.use(f"{g.lower()}_{j}", f"{g}[:, {j} * H:{j + 1} * H]"))
+                grads.total(u, _run_slot(e, lay.runs.index(r), r, j))
         expr = KERNELS[act.op].grads[0][0]
-        y = f"{lay.cols(e, buf, off + lo, off + hi)}[t]"
-        dest = f"{lay.cols(e, dbuf, doff + lo, doff + hi)}[t]"
+        y = f"{lay.run_view(e, buf, off, r)}[t]"
+        dest = f"{lay.run_view(e, dbuf, doff, r)}[t]"
         e(render(expr.out, [y], dict(act.options), g=g, y=y, out=dest))
         in_run |= set(r.members)
     for j, m in enumerate(fam.members):
@@ -218,14 +244,21 @@ def _head(lay: Layout, e: Emitter) -> list[str]:
         head.append("    dX = X.new_empty(X.shape)")
     for r, run in enumerate(lay.runs):
         if len(run.acts) > 1:
-            head.append(f"    dA{r} = S0.new_empty(B, {len(run.acts)} * H)")
+            shape = f"{len(run.acts)} * H" if run.contiguous else f"{len(run.acts)}, H"
+            head.append(f"    dA{r} = S0.new_empty(B, {shape})")
     head += [f"    {name} = {expr}" for name, expr in e.lists.items()]
-    head.append(f"    d0 = dout[T - 1] + dfin[0]")
+    head.append("    d0 = dout[T - 1] + dfin[0]")
     head += [f"    d{k} = dfin[{k}]" for k in range(1, len(spec.state))]
     return head + ["    for t in range(T - 1, -1, -1):"]
 
 
+def _tuple(items) -> str:
+    return "(" + "".join(f"{x}, " for x in items) + ")"
+
+
 def _tail(lay: Layout) -> list[str]:
+    """dbase (per group: its dG, or dG summed over steps for a bias vector), and dW_k = dG_k^T S_k:
+    one GEMM over all T * B rows."""
     bases = lay.bases()
     dbase, dw = [], []
     for j, k in enumerate(lay.rec):
@@ -233,6 +266,6 @@ def _tail(lay: Layout) -> list[str]:
         src = lay.seq(lay.root(lay.plan.groups[k].source))
         dw.append(f"torch.mm(dG{k}.flatten(0, 1).t(), {src}.flatten(0, 1))")
     dx = "dX" if lay.plan.needs_raw_x else "None"
-    tup = lambda xs: "(" + "".join(f"{x}, " for x in xs) + ")"  # noqa: E731
-    return [f"    return ({dx}, {tup(dbase)}, {tup(f'dxo{j}' for j in range(len(lay.xonly)))}, "
-            f"{tup(f'd{k}' for k in range(len(lay.spec.state)))}, {tup(dw)})"]
+    dxo = _tuple(f"dxo{j}" for j in range(len(lay.xonly)))
+    dinit = _tuple(f"d{k}" for k in range(len(lay.spec.state)))
+    return [f"    return ({dx}, {_tuple(dbase)}, {dxo}, {dinit}, {_tuple(dw)})"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from nas.cell.kernels import KERNELS, Term
 from nas.cell.lower import Plan
@@ -27,12 +28,19 @@ from nas.cell.spec import INPUT, Node
 
 @dataclass(frozen=True)
 class Run:
-    """Consecutive members of a family, each read only by one in-place activation of one kind."""
+    """Members of a family at evenly spaced positions, each read only by one in-place activation
+    of one kind: one call activates them all (the LSTM's i, f: positions 0, 1; the NAS cell's four
+    sigmoids: 0, 2, 4, 6, a strided (B, 4, H) view)."""
 
     family: int
-    first: int                    # index of its first member in the family
+    first: int                    # position of its first member in the family
+    step: int                     # distance between its members' positions (1: adjacent columns)
     members: tuple[str, ...]
     acts: tuple[str, ...]         # the activation node reading each member
+
+    @property
+    def contiguous(self) -> bool:
+        return self.step == 1 or len(self.members) == 1
 
 
 @dataclass
@@ -123,25 +131,43 @@ class Layout:
         return (act.op, act.options) if kernel and kernel.inplace else None
 
     def _runs(self, i: int) -> list[Run]:
+        """Family i's members grouped by activation kind; each kind's positions are one run if
+        evenly spaced, else runs of adjacent positions."""
         if not self.slab(i)[2]:
             return []  # the slab is an input: never written in place
-        runs: list[Run] = []
-        cur: list[tuple[int, str, tuple]] = []
-
-        def close() -> None:
-            if cur:
-                members = tuple(m for _, m, _ in cur)
-                runs.append(Run(i, cur[0][0], members, tuple(self.consumers[m][0] for m in members)))
-                cur.clear()
-
+        by_key: dict[tuple, list[tuple[int, str]]] = {}
         for j, m in enumerate(self.plan.families[i].members):
             key = self.inplace_key(m)
-            if cur and key != cur[-1][2]:
-                close()
             if key is not None:
-                cur.append((j, m, key))
-        close()
-        return runs
+                by_key.setdefault(key, []).append((j, m))
+        runs = []
+        for found in by_key.values():
+            steps = {b[0] - a[0] for a, b in pairwise(found)}
+            if len(steps) <= 1:
+                parts = [found]
+            else:  # split where positions are not adjacent
+                parts, cur = [], [found[0]]
+                for a, b in pairwise(found):
+                    if b[0] != a[0] + 1:
+                        parts.append(cur)
+                        cur = []
+                    cur.append(b)
+                parts.append(cur)
+            for part in parts:
+                step = part[1][0] - part[0][0] if len(part) > 1 else 1
+                members = tuple(m for _, m in part)
+                runs.append(Run(i, part[0][0], step, members,
+                                tuple(self.consumers[m][0] for m in members)))
+        return sorted(runs, key=lambda r: r.first)
+
+    def run_view(self, e: Emitter, buf: str, off: int, run: Run) -> str:
+        """Per-step views of a run's columns in `buf` (its family starting at column `off`): (B, n*H)
+        for adjacent members, (B, n, H) strided for evenly spaced ones."""
+        lo = off + run.first
+        if run.contiguous:
+            return self.cols(e, buf, lo, lo + len(run.members))
+        hi = lo + run.step * (len(run.members) - 1) + 1
+        return e.use(f"{buf.lower()}_{lo}_{hi}_{run.step}", f"_strided({buf}, T, H, {lo}, {hi}, {run.step})")
 
     def grads_of(self, node: Node) -> list[tuple[Term, ...]] | list[str]:
         """Per operand: the kernel's gradient terms, or the registry's template."""
@@ -196,7 +222,7 @@ class Layout:
     # -- names in the generated code -----------------------------------------------------------
     def cols(self, e: Emitter, buf: str, lo: int | None = None, hi: int | None = None) -> str:
         """Per-step view list of columns lo*H:hi*H of the (T, B, .) buffer `buf` (all if None)."""
-        width = self.width.get(buf[1:] if buf.startswith("d") else buf, 1)
+        width = self.width.get(buf.removeprefix("d"), 1)
         if lo is None or (lo == 0 and hi == width):
             return e.use(f"{buf.lower()}_", f"_steps({buf}, T)")
         return e.use(f"{buf.lower()}_{lo}_{hi}", f"_steps({buf}, T, {lo} * H, {hi} * H)")

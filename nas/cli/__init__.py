@@ -48,6 +48,8 @@ def run_task(prog: str, task: Callable[[], None]) -> None:
 def check_overrides(prog: str, config_name: str, argv: list[str]) -> None:
     """Compose the config once before Hydra does, so that a typo or a badly typed override gives one
     line (Hydra's own report spans several) and a non-zero exit."""
+    if {"-m", "--multirun"} & set(argv):
+        return  # sweep values (a=1,2) only compose per job: Hydra checks each one itself
     overrides = [a for a in argv if "=" in a and not a.startswith("-")]
     if len(overrides) != len([a for a in argv if not a.startswith("-")]):
         return  # something Hydra itself must interpret (a bare word): let it answer

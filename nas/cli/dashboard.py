@@ -32,7 +32,8 @@ class DashboardError(Exception):
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="nas-dashboard", description="MLflow UI on the project's tracking store")
     p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--uri", default=None,
                    help="tracking store (default: the project's SQLite store, runs/mlflow/mlflow.db)")
     return p.parse_args(argv)
@@ -49,7 +50,8 @@ def store_of(uri: str | None) -> tuple[str, str | None]:
             raise DashboardError(f"no tracking store at {db}: run nas-search first, or pass --uri")
         return uri, str(db.resolve().parent / "artifacts")
     if "://" not in uri:
-        raise DashboardError(f"--uri {uri!r} is not a tracking URI (sqlite:///path/mlflow.db, postgresql://...)")
+        raise DashboardError(f"--uri {uri!r} is not a tracking URI "
+                             "(sqlite:///path/mlflow.db, postgresql://...)")
     return uri, None
 
 
@@ -66,7 +68,8 @@ def wait_until_up(proc: subprocess.Popen, url: str, log: Path) -> None:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-            raise DashboardError(f"mlflow server exited with status {proc.returncode}: {tail[0]} (log: {log})")
+            raise DashboardError(f"mlflow server exited with status {proc.returncode}: {tail[0]} "
+                                 f"(log: {log})")
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
                 if r.status == 200:
@@ -78,15 +81,21 @@ def wait_until_up(proc: subprocess.Popen, url: str, log: Path) -> None:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """Stop the server and its uvicorn worker (its own process group)."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
+    """Stop the server and its uvicorn worker: its whole process group, SIGKILL after 10 s."""
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the leader, so that the group empties
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _interrupt(signum, frame) -> None:
@@ -96,6 +105,9 @@ def _interrupt(signum, frame) -> None:
 def serve(args: argparse.Namespace) -> int:
     from nas.tracking import server_command, server_env
 
+    if args.uri and args.uri.startswith(("http://", "https://")):
+        print(f"{args.uri} is a tracking server: it serves its own dashboard, open it in a browser")
+        return 0
     uri, artifacts = store_of(args.uri)
     check_port(args.host, args.port)
     log = Path(tempfile.gettempdir()) / f"nas-dashboard-{args.port}.log"

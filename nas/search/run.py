@@ -21,6 +21,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from nas.search.results import scored_trials
 from nas.search.study import open_study
 from nas.search.worker import _pruner, build_objective, pin_device, run_trials, trial_logger
 
@@ -199,8 +200,11 @@ def summarise(study: optuna.Study, cfg: dict[str, Any], baselines: dict[str, dic
     for t in trials:
         key = t.user_attrs.get("nas_state") or t.state.name.lower()
         states[key] = states.get(key, 0) + 1
-    done = [t for t in trials if t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs]
-    done.sort(key=lambda t: t.values[0])
+    done, seen = [], set()
+    for t in scored_trials(study):  # best first; the same cell trained twice in parallel shows once
+        if t.user_attrs.get("cell_hash") not in seen:
+            seen.add(t.user_attrs.get("cell_hash"))
+            done.append(t)
     best = tuple(Row(f"trial {t.number}", t.user_attrs.get("cell_hash", "?"), t.values[0],
                      t.user_attrs.get("params"), t.user_attrs.get("hidden_size"),
                      t.user_attrs.get("chars_per_sec"), "trial", t.number) for t in done[:cfg["report"]["top_k"]])
