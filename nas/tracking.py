@@ -137,7 +137,7 @@ class _Connection:
         for i in range(attempts):
             try:
                 out = getattr(self.client(), method)(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 - MLflow, requests and SQLAlchemy errors alike
+            except Exception as e:
                 if _request_error(e):
                     raise
                 error = e

@@ -17,9 +17,9 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -47,10 +47,10 @@ class EvalResult:
     tokens: int
     seconds: float
     chars_per_sec: float
-    train_bpc: Optional[float]
-    val_bpc: Optional[float]
-    test_bpc: Optional[float]
-    diverged: Optional[str]          # None, or the reason ("step 12: loss is nan")
+    train_bpc: float | None
+    val_bpc: float | None
+    test_bpc: float | None
+    diverged: str | None          # None, or the reason ("step 12: loss is nan")
     device: str
     seed: int
     curve: tuple[tuple[int, float], ...] = field(default=())      # (step, intermediate val bpc)

@@ -11,12 +11,12 @@ import sys
 
 import pytest
 import torch
+from test_search import config
 
 from nas.cell import CellRNN, known_cell
 from nas.search import results
 from nas.search.run import search
 from nas.search.study import join_study
-from test_search import config
 
 
 def nas_export(args, cwd):

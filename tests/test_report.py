@@ -21,7 +21,7 @@ from nas.report import Comparison, ComparisonRow, final_comparison, top_cells
 
 def config(tmp_path: Path, *overrides: str) -> dict:
     """Tiny trainer on the first 40,000 characters of Tiny Shakespeare."""
-    import nas.cli.search  # noqa: F401 - registers the schema
+    import nas.cli.search
     import nas.corpora
 
     corpus = tmp_path / "corpus.txt"

@@ -31,7 +31,7 @@ from nas.tracking import PARENT_ATTR, Tracker, TrackingWarning, server_command, 
 
 for _key, _value in nas.tracking.QUIET_ENV.items():  # no telemetry from the test's own MLflow client
     os.environ.setdefault(_key, _value)
-from mlflow import MlflowClient  # noqa: E402 - after the environment above
+from mlflow import MlflowClient
 
 BASELINES = ["lstm", "gru", "mut1", "mut2", "mut3"]
 TINY = ["trainer=tiny", "trainer.steps=6", "trainer.eval_every=3", "trainer.eval_chars=500",
@@ -43,7 +43,7 @@ TINY = ["trainer=tiny", "trainer.steps=6", "trainer.eval_every=3", "trainer.eval
 
 def config(tmp_path: Path, *overrides: str) -> dict:
     """A tiny search on the first 40,000 characters of Tiny Shakespeare (2,000 each for val and test)."""
-    import nas.cli.search  # noqa: F401 - registers the schema
+    import nas.cli.search
     import nas.corpora
 
     corpus = tmp_path / "corpus.txt"
@@ -66,10 +66,9 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"the server exited with {proc.returncode}"
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
+            if r.status == 200:
+                return
         time.sleep(0.2)
     pytest.fail(f"{url} did not answer within {timeout} s")
 
@@ -262,7 +261,7 @@ def test_server_killed_mid_search_then_back(tmp_path, monkeypatch):
         cfg = config(tmp_path, f"tracking.uri={uri}", "tracking.retries=1", "study=kill", "baselines=[lstm]",
                      "report.seeds=1")
         start = time.perf_counter()
-        with pytest.warns(TrackingWarning, match="unreachable") as caught:
+        with pytest.warns(TrackingWarning, match="unreachable") as caught:  # noqa: PT031 - once for all calls
             outcome = search(cfg, progress=False)
         seconds = time.perf_counter() - start
         monkeypatch.undo()
@@ -285,7 +284,7 @@ def test_unreachable_store_warns_once_and_never_raises(tmp_path):
     study = optuna.create_study(study_name="offline")
     study.add_trial(create_trial(value=1.0, user_attrs={"nas_state": "complete"}))
     start = time.perf_counter()
-    with pytest.warns(TrackingWarning, match="unreachable") as caught:
+    with pytest.warns(TrackingWarning, match="unreachable") as caught:  # noqa: PT031 - once for all calls
         tracker.start_search(study, {"seed": 0})
         tracker.log_trial(study, study.trials[0], {})
         tracker.log_baseline(study, "lstm", {"budget": "b", "cell_hash": "h", "seed": 0}, {})

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -31,7 +32,7 @@ def run_task(prog: str, task: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as e:  # noqa: BLE001 - the CLI boundary: everything becomes one line
+    except Exception as e:
         if os.environ.get("NAS_DEBUG"):
             raise
         known = isinstance(e, user_errors())
@@ -43,6 +44,25 @@ def run_task(prog: str, task: Callable[[], None]) -> None:
         if not known:
             print(f"{prog}: set NAS_DEBUG=1 for the full traceback", file=sys.stderr)
         sys.exit(2 if known else 1)
+
+
+def hydra_cli(prog: str, config_name: str, schema: type, task: Callable[[Any], None]) -> Callable[[], None]:
+    """The console-script entry point of a Hydra app: conf/<config_name>.yaml validated against
+    `schema`, overrides checked first (one-line errors), `task(cfg)` run under `run_task`."""
+    import hydra
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=f"{config_name}_schema", node=schema)
+
+    @hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")
+    def _hydra_main(cfg: Any) -> None:
+        run_task(prog, lambda: task(cfg))
+
+    def main() -> None:
+        check_overrides(prog, config_name, sys.argv[1:])
+        _hydra_main()
+
+    return main
 
 
 def check_overrides(prog: str, config_name: str, argv: list[str]) -> None:

@@ -9,18 +9,12 @@ and trained weights (when the trial's weights are on this machine).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
-from hydra.core.config_store import ConfigStore
-
-from nas.cli import CONF_DIR, check_overrides, load_cell, run_task
+from nas.cli import hydra_cli, load_cell
 from nas.config import ExportApp
 from nas.search.results import export_bundle
-
-ConfigStore.instance().store(name="export_schema", node=ExportApp)
 
 
 def resolve(cfg: ExportApp) -> dict[str, Any]:
@@ -61,14 +55,7 @@ def run(cfg: ExportApp) -> None:
     print(f"exported {found['spec'].canonical_hash()} ({weights}) to {folder}")
 
 
-@hydra.main(config_path=CONF_DIR, config_name="export", version_base="1.3")
-def _main(cfg: ExportApp) -> None:
-    run_task("nas-export", lambda: run(cfg))
-
-
-def main() -> None:
-    check_overrides("nas-export", "export", sys.argv[1:])
-    _main()
+main = hydra_cli("nas-export", "export", ExportApp, run)
 
 
 if __name__ == "__main__":

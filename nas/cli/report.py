@@ -16,11 +16,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from nas.cli import CONF_DIR, check_overrides, run_task
+from nas.cli import hydra_cli
 from nas.config import ReportConfig, StorageConfig, TrackingConfig
 
 
@@ -39,7 +37,6 @@ class ReportApp:
     report: ReportConfig = field(default_factory=ReportConfig)
 
 
-ConfigStore.instance().store(name="report_schema", node=ReportApp)
 
 
 def report_config(stored: dict[str, Any], given: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -61,11 +58,11 @@ def report_config(stored: dict[str, Any], given: dict[str, Any], overrides: list
 
 
 def run(app: ReportApp) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
     from nas.report import final_comparison
     from nas.search.study import join_study
     from nas.tracking import Tracker
-
-    from hydra.core.hydra_config import HydraConfig
 
     given = OmegaConf.to_container(app, resolve=True)
     study, stored = join_study(given["study"], given["storage"]["url"], given["out_dir"])
@@ -79,14 +76,7 @@ def run(app: ReportApp) -> None:
     print(f"files: {', '.join(comparison.files)}")
 
 
-@hydra.main(config_path=CONF_DIR, config_name="report", version_base="1.3")
-def _main(cfg: ReportApp) -> None:
-    run_task("nas-report", lambda: run(cfg))
-
-
-def main() -> None:
-    check_overrides("nas-report", "report", sys.argv[1:])
-    _main()
+main = hydra_cli("nas-report", "report", ReportApp, run)
 
 
 if __name__ == "__main__":

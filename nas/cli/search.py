@@ -7,16 +7,10 @@
 
 from __future__ import annotations
 
-import sys
-
-import hydra
-from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from nas.cli import CONF_DIR, check_overrides, run_task
+from nas.cli import hydra_cli
 from nas.config import SearchApp
-
-ConfigStore.instance().store(name="search_schema", node=SearchApp)
 
 
 def run(cfg: SearchApp) -> None:
@@ -51,19 +45,13 @@ def export_best(cfg: dict) -> str:
     except ResultError as e:
         return f"nowhere: {e}"
     name = re.sub(r"[^A-Za-z0-9_]+", "_", f"{cfg['study']}_best").strip("_").lower()
-    folder = export_cell(found["spec"], Path(cfg["export"]["dir"]) / name, name=name, weights=found["weights"],
-                         metrics=found["metrics"], origin=found["origin"], overwrite=True)
+    folder = export_cell(found["spec"], Path(cfg["export"]["dir"]) / name, name=name,
+                         weights=found["weights"], metrics=found["metrics"], origin=found["origin"],
+                         overwrite=True)
     return str(folder)
 
 
-@hydra.main(config_path=CONF_DIR, config_name="search", version_base="1.3")
-def _main(cfg: SearchApp) -> None:
-    run_task("nas-search", lambda: run(cfg))
-
-
-def main() -> None:
-    check_overrides("nas-search", "search", sys.argv[1:])
-    _main()
+main = hydra_cli("nas-search", "search", SearchApp, run)
 
 
 if __name__ == "__main__":

@@ -9,17 +9,12 @@ Writes result.json, cell.json, weights.pt and sample.txt into the run directory.
 from __future__ import annotations
 
 import json
-import sys
 
-import hydra
-from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from nas.cli import CONF_DIR, check_overrides, load_cell, run_task
+from nas.cli import hydra_cli, load_cell
 from nas.config import TrainApp
-
-ConfigStore.instance().store(name="train_schema", node=TrainApp)
 
 
 def train(cfg: TrainApp) -> None:
@@ -39,14 +34,7 @@ def train(cfg: TrainApp) -> None:
     print(f"run saved in {out}")
 
 
-@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
-def _main(cfg: TrainApp) -> None:
-    run_task("nas-train", lambda: train(cfg))
-
-
-def main() -> None:
-    check_overrides("nas-train", "train", sys.argv[1:])
-    _main()
+main = hydra_cli("nas-train", "train", TrainApp, train)
 
 
 if __name__ == "__main__":

@@ -7,15 +7,8 @@ until the study's trial budget is used up.
 
 from __future__ import annotations
 
-import sys
-
-import hydra
-from hydra.core.config_store import ConfigStore
-
-from nas.cli import CONF_DIR, check_overrides, run_task
+from nas.cli import hydra_cli
 from nas.config import WorkerApp
-
-ConfigStore.instance().store(name="worker_schema", node=WorkerApp)
 
 
 def run(cfg: WorkerApp) -> None:
@@ -32,14 +25,7 @@ def run(cfg: WorkerApp) -> None:
     print(f"nas-worker: {summary.trials} trials of study {cfg.study} in {summary.seconds:.0f} s")
 
 
-@hydra.main(config_path=CONF_DIR, config_name="worker", version_base="1.3")
-def _main(cfg: WorkerApp) -> None:
-    run_task("nas-worker", lambda: run(cfg))
-
-
-def main() -> None:
-    check_overrides("nas-worker", "worker", sys.argv[1:])
-    _main()
+main = hydra_cli("nas-worker", "worker", WorkerApp, run)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,19 @@ def _nsga2(*, seed: int | None = None, population_size: int = 20) -> optuna.samp
 
 # ---- conventions shared by the home-made controllers ------------------------------------------------
 
+class DefineByRunSampler(optuna.samplers.BaseSampler):
+    """Base of the samplers that decide each decision as the space asks for it (define-by-run):
+    no relative (joint) sampling, so subclasses implement before_trial / sample_independent."""
+
+    def infer_relative_search_space(self, study: optuna.Study,
+                                    trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return {}
+
+
 def is_lost(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and trial.user_attrs.get(NAS_STATE) == LOST
 

@@ -39,10 +39,10 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
-from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.search.controllers import (
+    DefineByRunSampler,
     contains,
     fresh_seed,
     is_informative,
@@ -65,7 +65,7 @@ class _Plan:
     mutated: str | None = None
 
 
-class AgingEvolutionSampler(BaseSampler):
+class AgingEvolutionSampler(DefineByRunSampler):
     """Regularized evolution over a define-by-run search space.
 
     Args:
@@ -90,14 +90,6 @@ class AgingEvolutionSampler(BaseSampler):
         self._seed_params = tuple(dict(p) for p in seed_params)
         self._seed = fresh_seed() if seed is None else seed
         self._plans: dict[int, _Plan] = {}
-
-    def infer_relative_search_space(self, study: optuna.Study,
-                                    trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return {}
-
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        return {}
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         require_single_objective_minimise(study, "AgingEvolutionSampler")

@@ -53,13 +53,13 @@ import numpy as np
 import optuna
 import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
-from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 from torch.nn import functional as F
 
 from nas.search.controllers import (
     FINISHED,
+    DefineByRunSampler,
     fresh_seed,
     is_lost,
     random_value,
@@ -174,7 +174,7 @@ class _TrialState:
     order: list[str] = field(default_factory=list)
 
 
-class ReinforceSampler(BaseSampler):
+class ReinforceSampler(DefineByRunSampler):
     """Zoph & Le's REINFORCE controller over a define-by-run space (single objective, minimised).
 
     Args:
@@ -202,14 +202,6 @@ class ReinforceSampler(BaseSampler):
         self._study_name: str | None = None
         self._trials: dict[int, _TrialState] = {}
         self._lock = threading.RLock()  # Study.optimize(n_jobs > 1) shares one sampler between threads
-
-    def infer_relative_search_space(self, study: optuna.Study,
-                                    trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return {}
-
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        return {}
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         require_single_objective_minimise(study, "ReinforceSampler")

@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -108,7 +109,7 @@ class Heartbeat:
             except Exception as e:  # noqa: BLE001 - a missed beat must not kill the trial
                 log.warning("heartbeat of trial %d failed: %s", trial_id, e)
 
-    def __enter__(self) -> Heartbeat:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -132,9 +133,9 @@ def _is_lost(t: FrozenTrial, grace_period: float, now: float) -> bool:
     if worker is None:
         return False  # claimed by a process that is not a nas worker: leave it alone
     host, _, pid = str(worker).rpartition(":")
-    if host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid():
-        if not _alive(int(pid)):
-            return True
+    same_host = host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid()
+    if same_host and not _alive(int(pid)):
+        return True
     beat = t.system_attrs.get(HEARTBEAT_ATTR)
     if beat is None:  # not yet written: fall back on when the trial started
         beat = t.datetime_start.timestamp() if t.datetime_start else now

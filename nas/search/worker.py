@@ -100,7 +100,7 @@ def _run_one(objective: Objective, trial: optuna.Trial):
         trial.set_user_attr("nas_state", e.state)
         trial.set_user_attr("reason", str(e))
         return TrialState.FAIL, None
-    except Exception as e:  # noqa: BLE001 - one broken trial must not end the search
+    except Exception as e:
         log.exception("trial %d failed", trial.number)
         trial.set_user_attr("nas_state", "error")
         trial.set_user_attr("reason", f"{type(e).__name__}: {e}")

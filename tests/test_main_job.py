@@ -1,0 +1,71 @@
+"""The README's main job (`nas-search` with its defaults) through the real CLI at a tiny budget, and
+every output a newcomer is promised: the study, the MLflow runs, the comparison table, the export."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import optuna
+from optuna.trial import TrialState
+
+from nas.data import default_corpus_path
+
+BASELINES = ["lstm", "gru", "mut1", "mut2", "mut3"]
+
+
+def test_default_main_job_end_to_end(tmp_path):
+    exe = shutil.which("nas-search")
+    assert exe, "nas-search is not installed"
+    (tmp_path / "small.txt").write_text(default_corpus_path().read_text()[:60_000])
+    # the defaults (graph space, evolution, 2 workers, 5 baselines, report, MLflow, export), but a
+    # budget of seconds and a small corpus
+    tiny = ["trainer=tiny", "trainer.steps=6", "trainer.eval_every=3", "trainer.eval_chars=500",
+            "trainer.sample_chars=20", "n_trials=4", "report.seeds=2", "report.top_k=2",
+            "data.path=small.txt"]
+    p = subprocess.run([exe, *tiny], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = p.stdout
+
+    # the study: a journal file under runs/search/<study>/ with exactly the requested trials
+    journal = tmp_path / "runs" / "search" / "graph-evolution" / "journal.log"
+    assert journal.exists()
+    study = optuna.load_study(study_name="graph-evolution", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))))
+    assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
+    assert any(t.state == TrialState.COMPLETE for t in study.trials)
+    workers = {t.system_attrs["nas:worker"] for t in study.trials}
+    assert len(workers) == 2  # the default runs two worker processes
+
+    # the comparison table: test bpc mean +- std over the seeds, for every baseline
+    assert "test bpc (mean ± std)" in out
+    for name in BASELINES:
+        row = next(line for line in out.splitlines() if line.startswith(f"| {name} |"))
+        assert re.search(r"\d\.\d{4} ± \d\.\d{4} \| 2 \|", row), row
+
+    # the MLflow store under runs/: parent run, trials, baselines, final retrains
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("nas/graph-evolution")
+    runs = client.search_runs([exp.experiment_id], max_results=200)
+    roles = {}
+    for r in runs:
+        roles.setdefault(r.data.tags.get("role"), []).append(r)
+    assert len(roles["search"]) == 1 and len(roles["trial"]) == 4
+    assert {r.data.tags["cell"] for r in roles["baseline"]} >= set(BASELINES)
+    assert len(roles["final"]) >= 2 * len(BASELINES)
+    parent = roles["search"][0].info.run_id
+    assert all(r.data.tags.get("mlflow.parentRunId") == parent for r in roles["trial"])
+    artifacts = {a.path for a in client.list_artifacts(parent, "report")}
+    assert {"report/comparison.md", "report/comparison.csv"} <= artifacts
+
+    # the exported best cell, and the printed pointers
+    match = re.search(r"best cell exported to (\S+)", out)
+    assert match, out[-2000:]
+    folder = tmp_path / match.group(1)
+    for name in ("cell.json", "README.md", "cell.png"):
+        assert (folder / name).exists(), name
+    assert list(folder.glob("*.py")) and (folder / "weights.pt").exists()
+    assert "nas-dashboard" in out
