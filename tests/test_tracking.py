@@ -261,7 +261,7 @@ def test_server_killed_mid_search_then_back(tmp_path, monkeypatch):
         cfg = config(tmp_path, f"tracking.uri={uri}", "tracking.retries=1", "study=kill", "baselines=[lstm]",
                      "report.seeds=1")
         start = time.perf_counter()
-        with pytest.warns(TrackingWarning, match="unreachable") as caught:  # noqa: PT031 - once for all calls
+        with pytest.warns(TrackingWarning, match="unreachable") as caught:
             outcome = search(cfg, progress=False)
         seconds = time.perf_counter() - start
         monkeypatch.undo()
