@@ -156,3 +156,17 @@ def test_two_workers_on_postgresql(tmp_path):
     assert sorted(t.number for t in trials) == list(range(6))
     assert all(t.state.is_finished() for t in trials)
     assert len({t.system_attrs["nas:worker"] for t in trials}) == 2
+
+
+def test_evolution_starts_from_the_reference_cells_of_the_space(tmp_path):
+    """Trials come from the budget's placeholders (top_up): evolution must still seed them."""
+    from nas.cell import known_cell
+    from search_spaces import get_space
+
+    cfg = config(tmp_path, "n_trials=3", "baselines=[]", "study=evo", "search_space=graph",
+                 "controller=evolution")
+    search(cfg, progress=False)
+    study, _ = join_study("evo", None, cfg["out_dir"])
+    names = list(get_space("graph", **cfg["search_space"]["options"]).known)[:3]
+    assert [t.system_attrs.get("evolution:seed") for t in study.trials] == [0, 1, 2]
+    assert [t.user_attrs["cell_hash"] for t in study.trials] == [known_cell(n).canonical_hash() for n in names]

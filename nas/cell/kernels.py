@@ -62,12 +62,12 @@ class Kernel:
 
 # ATen derivative kernels the generated code calls by these names (nas.cell.fused binds them):
 # `_<name>(g, y, ...)` and its out= form `_<name>_out(g, y, ..., grad_input=out)`.
-ATEN_BACKWARDS = ("sigmoid_backward", "tanh_backward", "threshold_backward")
+ATEN_BACKWARDS = ("sigmoid_backward", "tanh_backward", "threshold_backward", "leaky_relu_backward")
 
 
-def _backward_expr(name: str, extra: str = "") -> Expr:
-    """Autograd's own derivative kernel of an activation: one call, from the output y."""
-    return Expr(f"_{name}({{g}}, {{y}}{extra})", f"_{name}_out({{g}}, {{y}}{extra}, grad_input={{out}})")
+def _backward_expr(name: str, extra: str = "", arg: str = "{y}") -> Expr:
+    """Autograd's own derivative kernel of an activation: one call, from the output y (or `arg`)."""
+    return Expr(f"_{name}({{g}}, {arg}{extra})", f"_{name}_out({{g}}, {arg}{extra}, grad_input={{out}})")
 
 
 KERNELS: dict[str, Kernel] = {
@@ -84,4 +84,7 @@ KERNELS: dict[str, Kernel] = {
     # relu is clamp_min(a, 0) in ATen; its gradient is autograd's threshold_backward(g, y, 0).
     "relu": Kernel("torch.clamp_min({a}, 0.0{out})", ((_backward_expr("threshold_backward", ", 0"),),),
                    inplace=True),
+    # (The gradient reads the input a: a negative slope would flip y's sign. So never in place.)
+    "leaky_relu": Kernel("torch._C._nn.leaky_relu({a}, {negative_slope!r}{out})",
+                         ((_backward_expr("leaky_relu_backward", ", {negative_slope!r}, False", "{a}"),),)),
 }

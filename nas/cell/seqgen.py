@@ -25,14 +25,14 @@ Variable names are generated, never taken from the spec.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nas.cell.kernels import KERNELS
 from nas.cell.lower import Plan
 from nas.cell.ops import OPS, render
 from nas.cell.seqgrad import backward_source
 from nas.cell.seqlayout import Emitter, Layout
-from nas.cell.spec import INPUT, Node
+from nas.cell.spec import INPUT, CellSpec, Node
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class SeqCode:
 
 
 def generate(plan: Plan) -> SeqCode:
-    lay = Layout(plan)
+    lay = Layout(_without_repeats(plan))
     xg = plan.group(INPUT)
     xonly = tuple((plan.offset(xg, i), plan.offset(xg, i) + len(plan.families[i].members))
                   for i in lay.xonly)
@@ -63,6 +63,29 @@ def generate(plan: Plan) -> SeqCode:
     if "<unsaved" in bwd:  # a gradient reads a value the forward did not keep: a generator bug
         raise AssertionError(f"seqgen: backward of {plan.spec} reads an unsaved value:\n{bwd}")
     return SeqCode(lay.bases(), xonly, plan.needs_raw_x, fwd, bwd)
+
+
+def _without_repeats(plan: Plan) -> Plan:
+    """The plan with every elementwise node that repeats an earlier one (same op, operands and
+    options; operands in any order for a commutative op) made an identity of it, which costs
+    nothing: random cells repeat nodes (leaky_relu(m) twice). The linear nodes, and so the
+    families, groups and parameter layout, stay as they are."""
+    seen: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    nodes = []
+    for n in plan.spec.nodes:
+        inputs = tuple(rename.get(i, i) for i in n.inputs)
+        key = (n.op, tuple(sorted(inputs)) if OPS[n.op].commutative else inputs, n.options)
+        if n.op in ("linear", "identity") or key not in seen:
+            seen.setdefault(key, n.name)
+            nodes.append(n)
+            continue
+        rename[n.name] = seen[key]
+        nodes.append(Node(n.name, "identity", (seen[key],)))
+    if not rename:
+        return plan
+    spec = CellSpec(plan.spec.state, tuple(nodes), plan.spec.outputs, plan.spec.name)
+    return replace(plan, spec=spec)
 
 
 def forward_source(lay: Layout) -> str:
@@ -115,7 +138,7 @@ def _product(lay: Layout, e: Emitter, k: int) -> None:
     j = lay.rec.index(k)
     base = lay.bases()[j]
     src = lay.val(e, lay.plan.groups[k].source)
-    out = f"{lay.cols(e, f'G{k}')}[t]"
+    out = lay.slot(e, lay.into_state[k], 1) if k in lay.into_state else f"{lay.cols(e, f'G{k}')}[t]"
     if base is None:
         e(f"torch.mm({src}, wt{k}, out={out})")
     elif base == "bias":

@@ -237,7 +237,7 @@ def _head(lay: Layout, e: Emitter) -> list[str]:
             "    B, H = S0.shape[1], S0.shape[2]",
             "    Z = S0.new_zeros(B, H)"]
     for j, k in enumerate(lay.rec):
-        head += [f"    dG{k} = torch.empty_like(G{k})", f"    w{k} = w[{j}]"]
+        head += [f"    dG{k} = S0.new_empty(T, B, {lay.width[f'G{k}']} * H)", f"    w{k} = w[{j}]"]
     for j in range(len(lay.xonly)):
         head += [f"    xo{j} = xo[{j}]", f"    dxo{j} = xo{j}.new_empty(xo{j}.shape)"]
     if "dx_" in e.lists:

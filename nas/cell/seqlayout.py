@@ -90,11 +90,17 @@ class Layout:
         self.width.update({f"F{i}": len(plan.families[i].members)
                            for i, gs in enumerate(self.fam_groups) if len(gs) > 1})
         self.width.update({f"xo{j}": len(plan.families[i].members) for j, i in enumerate(self.xonly)})
+        # A group whose one row is a state's new value writes it straight into the state's slot.
+        self.into_state = {k: spec.outputs.index(g.bias_rows[0][0]) for k in self.rec
+                           for g in [plan.groups[k]] if len(g.bias_rows) == 1
+                           and g.bias_rows[0][0] in spec.outputs
+                           and len(self.fam_groups[self.family_of[g.bias_rows[0][0]]]) == 1}
         self.runs = [r for i in range(len(plan.families)) for r in self._runs(i)]
         self.run_of = {u: r for r in self.runs for u in r.acts}
         self.needed = self._needed()
         self.where = self._storage()
-        self.buffers = [f"S{k}" for k in range(len(spec.state))] + [f"G{k}" for k in self.rec]
+        self.buffers = [f"S{k}" for k in range(len(spec.state))]
+        self.buffers += [f"G{k}" for k in self.rec if k not in self.into_state]
         self.buffers += [b for b in self.width if b.startswith("F")]
         self.buffers += [w[1] for w in self.where.values() if w[0] == "buf"]
 
@@ -123,8 +129,10 @@ class Layout:
         return f"dG{gs[0]}", self.plan.offset(self.plan.groups[gs[0]], i)
 
     def inplace_key(self, member: str) -> tuple | None:
+        """(op, options) of the one activation reading `member`, if it may overwrite it; not for
+        an activation that is a new state (it is written into the state's slot instead)."""
         users = self.consumers[member]
-        if len(users) != 1 or users[0] is None:
+        if len(users) != 1 or users[0] is None or users[0] in self.spec.outputs:
             return None
         act = self.node[users[0]]
         kernel = KERNELS.get(act.op)
@@ -193,8 +201,11 @@ class Layout:
         """node -> ("col", buffer, lo, hi) | ("next", k) | ("buf", V<n>) | ("temp", name) | ("alias", v)
         | ("fused", the add that computes it)."""
         where: dict[str, tuple] = {}
+        into = {self.plan.groups[k].bias_rows[0][0]: j for k, j in self.into_state.items()}
         for n in self.spec.nodes:
-            if n.op == "linear" or n.name in self.run_of:
+            if n.name in into:
+                where[n.name] = ("next", into[n.name])
+            elif n.op == "linear" or n.name in self.run_of:
                 run = self.run_of.get(n.name)
                 m = n.name if run is None else run.members[run.acts.index(n.name)]
                 i = self.family_of[m]

@@ -116,7 +116,9 @@ class AgingEvolutionSampler(DefineByRunSampler):
 
     def _plan(self, study: optuna.Study, trial: FrozenTrial) -> _Plan:
         rng = trial_rng(self._seed, trial.number)
-        if "fixed_params" in trial.system_attrs:
+        if trial.system_attrs.get("fixed_params"):
+            # an enqueued trial with decisions of its own (a lost trial's retry); the budget's
+            # empty placeholders (nas.search.storage.top_up) are ordinary trials
             return _Plan(rng)
         if trial.number < len(self._seed_params):
             study._storage.set_trial_system_attr(trial._trial_id, SEED_ATTR, trial.number)
