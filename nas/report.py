@@ -156,6 +156,7 @@ def _baselines(names: list[str]) -> list[_Subject]:
 def _retrain_all(study, cfg, subjects, seeds, budget, progress) -> dict[tuple[str, int], dict[str, Any]]:
     """Every (subject, seed) result: from the study's cache, else trained (in a pool if workers > 1)."""
     from nas.cell import CellSpec
+    from nas.search.pool import TrainJob, run_jobs
 
     results, jobs = {}, []
     for s in subjects:
@@ -166,73 +167,11 @@ def _retrain_all(study, cfg, subjects, seeds, budget, progress) -> dict[tuple[st
                 results[s.label, seed] = cached
             else:
                 run_dir = Path(cfg["out_dir"]) / "final" / f"{h}-s{seed}"
-                jobs.append(_Job(s.label, s.cell_json, cfg, seed, str(run_dir.resolve()), budget))
-    for job, data in zip(jobs, _run_jobs(jobs, cfg, progress)):
+                jobs.append(TrainJob(s.label, s.cell_json, cfg, seed, str(run_dir.resolve()), budget))
+    for job, data in zip(jobs, run_jobs(jobs, cfg, progress, "final comparison")):
         study.set_user_attr(f"final:{data['cell_hash']}:{job.seed}:{budget}", data)  # cached at once
         results[job.label, job.seed] = data
     return results
-
-
-@dataclass(frozen=True)
-class _Job:
-    label: str
-    cell_json: str
-    cfg: dict[str, Any]
-    seed: int
-    run_dir: str
-    budget: str
-
-
-def _retrain(job: _Job, threads: int | None = None) -> dict[str, Any]:
-    """One retrain, scored on the test split; a plain dict (picklable, JSON-able for the study)."""
-    from nas.cell import CellSpec
-    from nas.config import TrainConfig
-    from nas.data import load_corpus
-    from nas.search.worker import pin_device
-    from nas.train import evaluate
-
-    cfg = job.cfg
-    device = pin_device(cfg.get("device", "auto"), threads or cfg.get("threads"))
-    trainer = TrainConfig(**{**cfg["trainer"], "progress": False, "test": True, "device": device})
-    corpus = load_corpus(cfg["data"]["path"], cfg["data"]["cache_dir"])
-    spec = CellSpec.from_json(job.cell_json)
-    r = evaluate(spec, trainer, job.seed, corpus, out_dir=job.run_dir,
-                 desc=f"final {job.label} seed {job.seed}")
-    return {**r.to_dict(), "run_dir": job.run_dir, "budget": job.budget}
-
-
-def _retrain_one_thread(job: _Job) -> dict[str, Any]:
-    return _retrain(job, threads=1)
-
-
-def _run_jobs(jobs: list[_Job], cfg: dict[str, Any], progress: bool):
-    """Yield each job's result, in order, as soon as it is done."""
-    if not jobs:
-        return
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(jobs), desc="final comparison", unit="run", dynamic_ncols=True)
-    workers, pool = min(cfg.get("workers") or 1, len(jobs)), None
-    try:
-        if workers <= 1:
-            runs = map(_retrain, jobs)
-        else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-            runs = pool.map(_retrain_one_thread, jobs)
-        for data in runs:
-            yield data
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-        if bar is not None:
-            bar.close()
 
 
 def _row(s: _Subject, results: list[dict[str, Any]]) -> ComparisonRow:

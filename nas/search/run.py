@@ -70,7 +70,7 @@ def search(cfg: dict[str, Any], progress: bool | None = None) -> SearchOutcome:
         _run_in_process(study, cfg, show)
     else:
         _run_processes(study, cfg, show)
-    baselines = run_baselines(study, cfg, tracker)
+    baselines = run_baselines(study, cfg, tracker, progress=show)
     outcome = summarise(study, cfg, baselines, time.perf_counter() - start)
     if cfg["report"]["enabled"]:
         from nas.report import final_comparison
@@ -165,31 +165,30 @@ def _tick(bar, study: optuna.Study, cfg: dict[str, Any]) -> None:
         bar.set_postfix(best_bpc=f"{min(best):.4f}")
 
 
-def run_baselines(study: optuna.Study, cfg: dict[str, Any], tracker=None) -> dict[str, dict[str, Any]]:
-    """Train each baseline cell once per budget (same trainer, data and seed as the trials); the
-    results are kept in the study, so a rerun or a second search at the same budget reuses them."""
+def run_baselines(study: optuna.Study, cfg: dict[str, Any], tracker=None,
+                  progress: bool = False) -> dict[str, dict[str, Any]]:
+    """Train each baseline cell once per budget (same trainer, data and seed as the trials), in
+    parallel over `workers` processes; the results are kept in the study, so a rerun or a second
+    search at the same budget reuses them."""
     from nas.cell import known_cell
     from nas.config import TrainConfig
     from nas.data import load_corpus
     from nas.search.objective import budget_key
-    from nas.train import evaluate
+    from nas.search.pool import TrainJob, run_jobs
 
-    trainer = TrainConfig(**{**cfg["trainer"], "progress": False})
     corpus = load_corpus(cfg["data"]["path"], cfg["data"]["cache_dir"])
-    key = budget_key(trainer, cfg["seed"], corpus.source_hash)
+    key = budget_key(TrainConfig(**cfg["trainer"]), cfg["seed"], corpus.source_hash)
+    todo = [name for name in cfg["baselines"] if f"baseline:{name}:{key}" not in study.user_attrs]
+    jobs = [TrainJob(f"baseline {name}", known_cell(name).to_json(indent=None), cfg, cfg["seed"],
+                     str((Path(cfg["out_dir"]) / "baselines" / f"{name}-{key}").resolve()), key, test=False)
+            for name in todo]
+    for name, data in zip(todo, run_jobs(jobs, cfg, progress, "baselines")):
+        study.set_user_attr(f"baseline:{name}:{key}", data)
     out = {}
     for name in cfg["baselines"]:
-        attr = f"baseline:{name}:{key}"
-        data = study.user_attrs.get(attr)
-        if data is None:
-            run_dir = Path(cfg["out_dir"]) / "baselines" / f"{name}-{key}"
-            r = evaluate(known_cell(name), trainer, cfg["seed"], corpus, desc=f"baseline {name}",
-                         out_dir=run_dir)
-            data = {**r.to_dict(), "run_dir": str(run_dir.resolve()), "budget": key}
-            study.set_user_attr(attr, data)
+        out[name] = study.user_attrs[f"baseline:{name}:{key}"]
         if tracker is not None:
-            tracker.log_baseline(study, name, data, cfg)  # once per budget: it skips logged ones
-        out[name] = data
+            tracker.log_baseline(study, name, out[name], cfg)  # once per budget: it skips logged ones
     return out
 
 

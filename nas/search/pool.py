@@ -1,0 +1,72 @@
+"""Training several cells outside the trials (baselines, final retrains), in parallel when the search
+has several workers: a process pool of `workers` processes (spawn), one torch thread each, like the
+trial workers; in this process otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    label: str
+    cell_json: str
+    cfg: dict[str, Any]
+    seed: int
+    run_dir: str
+    budget: str
+    test: bool = True  # the final comparison scores the test split; baselines do not need it
+
+
+def train_job(job: TrainJob, threads: int | None = None) -> dict[str, Any]:
+    """One training run; its result as a plain dict (picklable, JSON-able for the study)."""
+    from nas.cell import CellSpec
+    from nas.config import TrainConfig
+    from nas.data import load_corpus
+    from nas.search.worker import pin_device
+    from nas.train import evaluate
+
+    cfg = job.cfg
+    device = pin_device(cfg.get("device", "auto"), threads or cfg.get("threads"))
+    trainer = TrainConfig(**{**cfg["trainer"], "progress": False, "test": job.test, "device": device})
+    corpus = load_corpus(cfg["data"]["path"], cfg["data"]["cache_dir"])
+    spec = CellSpec.from_json(job.cell_json)
+    r = evaluate(spec, trainer, job.seed, corpus, out_dir=job.run_dir,
+                 desc=f"{job.label} seed {job.seed}")
+    return {**r.to_dict(), "run_dir": job.run_dir, "budget": job.budget}
+
+
+def _train_one_thread(job: TrainJob) -> dict[str, Any]:
+    return train_job(job, threads=1)
+
+
+def run_jobs(jobs: list[TrainJob], cfg: dict[str, Any], progress: bool, desc: str):
+    """Yield each job's result, in order, as soon as it is done."""
+    if not jobs:
+        return
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc=desc, unit="run", dynamic_ncols=True)
+    workers, pool = min(cfg.get("workers") or 1, len(jobs)), None
+    try:
+        if workers <= 1:
+            runs = map(train_job, jobs)
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            runs = pool.map(_train_one_thread, jobs)
+        for data in runs:
+            yield data
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        if bar is not None:
+            bar.close()
