@@ -189,7 +189,7 @@ class ExportApp:
     run_id: Optional[str] = None
     cell: Optional[str] = None
     storage: StorageConfig = field(default_factory=StorageConfig)
-    study_dir: str = "runs/search/${study}"
+    study_dir: Optional[str] = None    # the journal study's folder; None: runs/search/<study>
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     name: Optional[str] = None         # module name; default from the study/trial or the cell
     dest: Optional[str] = None         # folder; default runs/exports/<name>

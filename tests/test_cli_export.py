@@ -103,3 +103,23 @@ def test_bad_input_gives_one_clear_line(study_dir, tmp_path):
     (tmp_path / "full" / "keep.txt").write_text("x")
     p = nas_export(["cell=lstm", f"dest={tmp_path / 'full'}"], tmp_path)
     assert p.returncode != 0 and (tmp_path / "full" / "keep.txt").exists()
+
+
+def test_from_an_mlflow_run_id(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = config(tmp_path, "n_trials=2", "baselines=[]", "study=mlx", "search_space=highway",
+                 "controller=random", "tracking.enabled=true", f"tracking.uri={uri}")
+    search(cfg, progress=False)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("nas/mlx")
+    run = client.search_runs([exp.experiment_id], filter_string="tags.role = 'trial' and tags.trial = '1'")[0]
+    p = nas_export([f"run_id={run.info.run_id}", f"tracking.uri={uri}", f"study_dir={cfg['out_dir']}",
+                    f"dest={tmp_path / 'r'}"], tmp_path)
+    assert p.returncode == 0, p.stderr
+    study, _ = join_study("mlx", None, cfg["out_dir"])
+    assert json.loads((tmp_path / "r" / "cell.json").read_text()) == json.loads(
+        study.trials[1].user_attrs["cell_json"])
+    p = nas_export(["run_id=0123456789abcdef", f"tracking.uri={uri}", f"dest={tmp_path / 's'}"], tmp_path)
+    assert p.returncode != 0 and "no MLflow run" in p.stderr and "Traceback" not in p.stderr

@@ -36,7 +36,7 @@ def resolve(cfg: ExportApp) -> dict[str, Any]:
 def _study(cfg: ExportApp, name: str):
     from nas.search.study import join_study
 
-    study_dir = cfg.study_dir if cfg.study == name else str(Path(cfg.study_dir).parent / name)
+    study_dir = cfg.study_dir or str(Path("runs") / "search" / name)
     study, _ = join_study(name, cfg.storage.url, study_dir)
     return study
 
