@@ -72,3 +72,15 @@ def relabel(spec: CellSpec, rng: random.Random) -> CellSpec:
 def random_cells(seed: int, count: int, **kw: object) -> list[CellSpec]:
     rng = random.Random(seed)
     return [random_cell(rng, **kw) for _ in range(count)]
+
+
+def marked_names(spec: CellSpec) -> CellSpec:
+    """The same cell with every node name prefixed NODE_ and every state name STATE_, to check that
+    generated code never contains a name taken from a spec."""
+    rename = {n.name: f"NODE_{k}_{n.name}" for k, n in enumerate(spec.nodes)}
+    rename |= {s: f"STATE_{s}" for s in spec.state}
+    return CellSpec.from_dict({
+        "state": [rename[s] for s in spec.state],
+        "nodes": {rename[n.name]: {"op": n.op, "in": [rename.get(i, i) for i in n.inputs], **dict(n.options)}
+                  for n in spec.nodes},
+        "outputs": {rename[s]: rename.get(o, o) for s, o in zip(spec.state, spec.outputs)}})

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from random_cells import random_cells
+from random_cells import marked_names, random_cells
 from torch.nn.functional import linear
 
 from nas.cell import (
@@ -404,14 +404,7 @@ GENERATED = re.compile(r"(step|x|xw|H|torch|nn|functional|linear|split|[svgfwb]\
 
 @pytest.mark.parametrize("name", KNOWN_CELLS)
 def test_step_code_has_no_names_from_the_spec(name):
-    spec = known_cell(name)
-    rename = {n.name: f"NODE_{k}_{n.name}" for k, n in enumerate(spec.nodes)}
-    rename |= {s: f"STATE_{s}" for s in spec.state}
-    marked = CellSpec.from_dict({
-        "state": [rename[s] for s in spec.state],
-        "nodes": {rename[n.name]: {"op": n.op, "in": [rename.get(i, i) for i in n.inputs], **dict(n.options)}
-                  for n in spec.nodes},
-        "outputs": {rename[s]: rename.get(o, o) for s, o in zip(spec.state, spec.outputs)}})
+    marked = marked_names(known_cell(name))
     source = lower(marked).step_source
     assert "NODE_" not in source and "STATE_" not in source
     torch_api = {"tanh", "sigmoid", "relu", "leaky_relu", "return", "def"}

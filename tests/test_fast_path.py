@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from random_cells import random_cells
+from random_cells import marked_names, random_cells
 
 from nas.cell import KNOWN_CELLS, OPS, CellRNN, CellSpec, compile_cell, kernels, known_cell
 from nas.cell import fused as fused_module
@@ -194,14 +194,7 @@ def test_single_step_cell_uses_the_fast_path():
 
 @pytest.mark.parametrize("name", KNOWN_CELLS)
 def test_sequence_code_has_no_names_from_the_spec(name):
-    spec = known_cell(name)
-    rename = {n.name: f"NODE_{k}_{n.name}" for k, n in enumerate(spec.nodes)}
-    rename |= {s: f"STATE_{s}" for s in spec.state}
-    marked = CellSpec.from_dict({
-        "state": [rename[s] for s in spec.state],
-        "nodes": {rename[n.name]: {"op": n.op, "in": [rename.get(i, i) for i in n.inputs], **dict(n.options)}
-                  for n in spec.nodes},
-        "outputs": {rename[s]: rename.get(o, o) for s, o in zip(spec.state, spec.outputs)}})
+    marked = marked_names(known_cell(name))
     code = generate(lower(marked))
     for source in (code.forward_source, code.backward_source):
         assert "NODE_" not in source and "STATE_" not in source
