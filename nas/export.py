@@ -27,7 +27,6 @@ import builtins
 import keyword
 import math
 import re
-import string
 import sys
 import textwrap
 from collections.abc import Mapping
@@ -39,6 +38,7 @@ import torch
 from nas.cell.lower import Plan, lower
 from nas.cell.ops import OPERANDS, OPS, Op, render
 from nas.cell.spec import INPUT, CellSpec, Node
+from nas.export_templates import MODULE, model_card
 
 _SAFE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 # Names the generated step code uses itself, or that ruff flags as ambiguous (E741).
@@ -67,7 +67,12 @@ def export_cell(spec: CellSpec, out_dir: str | Path, name: str | None = None,
     for what, value in (("metrics", metrics), ("origin", origin)):
         if value is not None and not isinstance(value, Mapping):
             raise ExportError(f"export: {what} must be a dict, got {type(value).__name__}")
-    card = _readme(spec, name, sizes, metrics or {}, origin or {})
+    metrics, origin = metrics or {}, origin or {}
+    nested = [isinstance(v, Mapping) for v in metrics.values()]
+    if any(nested) and not all(nested):
+        raise ExportError("export: metrics must be {metric: value} or {model: {metric: value}}, not a mix")
+    card = model_card(name, spec.canonical_hash(), spec.state, _class_names(name)[1], _equations(spec), sizes,
+                      metrics, origin)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
         raise ExportError(f"export: {out} exists and is not an empty folder (overwrite=True replaces it)")
@@ -345,7 +350,7 @@ def generate_module(spec: CellSpec, name: str) -> str:
         step_in.append((x_w, "F.linear(x, self.weight_x)", "x_w[t]", f"{x_w} = F.linear(x, weight_x)"))
     products = ["x_w = F.linear(x, layer.weight_x)  # all steps in one product"] if has_x else []
     stacks = (",\n" + " " * 24).join(f"torch.stack([f[{k}] for f in finals])" for k in range(K))
-    text = _MODULE.substitute(
+    text = MODULE.substitute(
         name=name, hash=spec.canonical_hash(), Cell=cell, RNN=rnn, K=K,
         state_doc=f"({', '.join(spec.state)}{one})", equations=_indent(_equations(spec), 4),
         imports="import math\n\nimport torch" if reset else "import torch",
@@ -365,173 +370,3 @@ def generate_module(spec: CellSpec, name: str) -> str:
 
 def _indent(lines: list[str], n: int) -> str:
     return "\n".join(" " * n + line for line in lines)
-
-
-_MODULE = string.Template('''\
-"""$name: a recurrent cell exported by nas-rnn (canonical hash $hash).
-
-Standalone, needs only torch; both classes compile with torch.jit.script.
-    $Cell: one step, shaped like torch.nn.LSTMCell.
-    $RNN: sequences through `num_layers` stacked cells, shaped like torch.nn.LSTM, with the
-        state_dict names and shapes of nas.cell.CellRNN (`layers.0.weight_x`, ...).
-
-The state is $state_doc; the first vector is the output.
-One step, where W_s[n] is the block of rows of `weight_s` that node n applies to source s, and b[n]
-its block of `bias`:
-
-$equations
-"""
-
-$imports
-from torch import Tensor, nn
-from torch.nn import functional as F
-
-State = $state_type
-
-
-class $Cell(nn.Module):
-    """One step of the $name cell: forward(x: (B, input_size), state=None) -> new state $state_doc.
-
-    Each state tensor is (B, hidden_size); a missing state is zeros. Parameters:
-$param_doc
-    """
-
-    def __init__(self, input_size: int, hidden_size: int) -> None:
-        super().__init__()
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-$param_init
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Weights uniform in ±1/sqrt(hidden_size), as in torch.nn.LSTM; biases to their node's init."""
-$param_reset
-
-    def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}"
-
-    def forward(self, x: Tensor, state: State | None = None) -> State:
-        if x.dim() != 2 or x.shape[1] != self.input_size:
-            raise ValueError(f"$Cell: expected input of shape (B, {self.input_size}), "
-                             f"got {list(x.shape)}")
-        if state is None:
-            zeros = x.new_zeros(x.shape[0], self.hidden_size)
-            state = $zeros
-        if len(state) != $K:
-            raise ValueError(f"$Cell: expected the state $state_doc, got {len(state)} tensors")
-        for v in state:
-            if list(v.shape) != [x.shape[0], self.hidden_size]:
-                raise ValueError(f"$Cell: expected state tensors of shape ({x.shape[0]}, "
-                                 f"{self.hidden_size}), got {list(v.shape)}")
-        return self.step($cell_args)
-
-    def step(self, $step_params) -> State:
-        """$step_doc"""
-$step_body
-
-
-class $RNN(nn.Module):
-    """The $name cell over sequences, shaped like torch.nn.LSTM.
-
-    forward(input: (T, B, input_size), or (B, T, input_size) if batch_first, state=None)
-        -> (output: (T, B, hidden_size), or (B, T, hidden_size) if batch_first,
-            state: $state_doc, each (num_layers, B, hidden_size)).
-    Dropout (if > 0) is applied to the outputs of every layer but the last, as in torch.nn.LSTM.
-    """
-
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
-                 batch_first: bool = False) -> None:
-        super().__init__()
-        if num_layers < 1 or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"$RNN: expected num_layers >= 1 and 0 <= dropout < 1, "
-                             f"got num_layers={num_layers}, dropout={dropout}")
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.dropout = dropout
-        self.batch_first = batch_first
-        self.layers = nn.ModuleList(
-            [$Cell(input_size if i == 0 else hidden_size, hidden_size) for i in range(num_layers)])
-
-    def reset_parameters(self) -> None:
-        for layer in self.layers:
-            layer.reset_parameters()
-
-    def extra_repr(self) -> str:
-        return (f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
-                f"dropout={self.dropout}, batch_first={self.batch_first}")
-
-    def forward(self, input: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        x = input.transpose(0, 1) if self.batch_first else input
-        if x.dim() != 3 or x.shape[2] != self.input_size:
-            raise ValueError(f"$RNN: expected input with {self.input_size} features in 3 dimensions, "
-                             f"got {list(input.shape)}")
-        if state is None:
-            zeros = x.new_zeros(self.num_layers, x.shape[1], self.hidden_size)
-            state = $zeros
-        if len(state) != $K:
-            raise ValueError(f"$RNN: expected the state $state_doc, got {len(state)} tensors")
-        for v in state:
-            if list(v.shape) != [self.num_layers, x.shape[1], self.hidden_size]:
-                raise ValueError(f"$RNN: expected state tensors of shape ({self.num_layers}, "
-                                 f"{x.shape[1]}, {self.hidden_size}), got {list(v.shape)}")
-        finals: list[State] = []
-        for i, layer in enumerate(self.layers):
-            s = $layer_state
-$seq_products
-            outputs: list[Tensor] = []
-            for t in range(x.shape[0]):
-                s = layer.step($seq_args)
-                outputs.append(s[0])
-            x = torch.stack(outputs)
-            finals.append(s)
-            if self.dropout > 0.0 and self.training and i < self.num_layers - 1:
-                x = F.dropout(x, self.dropout, True)
-        output = x.transpose(0, 1) if self.batch_first else x
-        return output, $finals
-''')
-
-
-# -- the model card -----------------------------------------------------------------------------
-def _text(value: Any) -> str:
-    """A value as one line of markdown table text."""
-    text = f"{value:.4g}" if isinstance(value, float) else str(value)
-    return " ".join(text.split()).replace("|", "\\|")
-
-
-def _metrics_table(metrics: Mapping[str, Any], name: str) -> list[str]:
-    """{metric: value} (this cell) or {model: {metric: value}} (this cell and baselines) as a table."""
-    nested = [isinstance(v, Mapping) for v in metrics.values()]
-    if any(nested) and not all(nested):
-        raise ExportError("export: metrics must be {metric: value} or {model: {metric: value}}, not a mix")
-    rows = dict(metrics) if all(nested) else {name: metrics}
-    columns = list(dict.fromkeys(k for row in rows.values() for k in row))
-    lines = ["| model | " + " | ".join(map(_text, columns)) + " |", "|---" * (len(columns) + 1) + "|"]
-    for model, row in rows.items():
-        cells = [_text(row[c]) if c in row else "" for c in columns]
-        lines.append(f"| {_text(model)} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def _readme(spec: CellSpec, name: str, sizes: tuple[int, int, int] | None, metrics: Mapping[str, Any],
-            origin: Mapping[str, Any]) -> str:
-    rnn = _class_names(name)[1]
-    layers, inputs, hidden = sizes or (1, 128, 128)
-    model = f"{rnn}(input_size={inputs}, hidden_size={hidden}, num_layers={layers})"
-    lines = [f"# {name}", "", "A recurrent cell from nas-rnn, exported as standalone PyTorch code.", "",
-             f"- canonical hash: `{spec.canonical_hash()}`",
-             f"- `{name}.py`: the cell and the sequence layer `{rnn}`; needs only torch",
-             "- `cell.json`: the cell spec (nas-rnn's CellSpec JSON)",
-             *([f"- `weights.pt`: the state dict of `{model}`"] if sizes else []), "",
-             "## Equations", "", "```text", *_equations(spec), "```", ""]
-    if origin:
-        lines += ["## Origin", "", *(f"- {_text(k)}: {_text(v)}" for k, v in origin.items()), ""]
-    if metrics:
-        lines += ["## Metrics", "", *_metrics_table(metrics, name), ""]
-    lines += ["## Usage", "", "With this folder on the Python path:", "", "```python", "import torch", "",
-              f"from {name} import {rnn}", "", f"model = {model}",
-              *(['model.load_state_dict(torch.load("weights.pt", weights_only=True))'] if sizes else []),
-              f"output, state = model(torch.randn(35, 8, {inputs}))  # input: (T, B, input_size)",
-              f"# output: (35, 8, {hidden}); state: ({', '.join(spec.state)}), each ({layers}, 8, {hidden})",
-              "```", "", "A state dict saved from nas.cell.CellRNN with the same sizes loads as it is.", ""]
-    return "\n".join(lines)
