@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 
 from nas.cell import OPS, CellError, CellSpec, Node
+from nas.cell.known import f, lin
 
 ELEMENTWISE = ("add", "mul", "sub", "blend", "tanh", "sigmoid", "relu")
 STATE_NAMES = ("h", "c", "m")
@@ -84,3 +85,11 @@ def marked_names(spec: CellSpec) -> CellSpec:
         "nodes": {rename[n.name]: {"op": n.op, "in": [rename.get(i, i) for i in n.inputs], **dict(n.options)}
                   for n in spec.nodes},
         "outputs": {rename[s]: rename.get(o, o) for s, o in zip(spec.state, spec.outputs)}})
+
+
+# Every op of the registry, including those the random cells do not draw.
+ALL_OPS = CellSpec.from_dict({"state": ["h", "c"], "nodes": {
+    "a": lin("x", "h"), "b": lin("x", "c", bias=False), "m": f("mean", "a", "b", "c"),
+    "l": {"op": "leaky_relu", "in": ["m"], "negative_slope": 0.2}, "i": f("identity", "l"),
+    "d": lin("i", "h"), "out": f("blend", "a", "d", "x"), "c_new": f("sub", "i", "x"),
+}, "outputs": {"h": "out", "c": "c_new"}})

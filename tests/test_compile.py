@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from random_cells import marked_names, random_cells
+from random_cells import ALL_OPS, marked_names, random_cells
 from torch.nn.functional import linear
 
 from nas.cell import (
@@ -286,12 +286,6 @@ def interpret(cell, x, state):
     return tuple(env[o] for o in cell.spec.outputs)
 
 
-# Every op of the registry, including those the random cells do not draw.
-ALL_OPS = CellSpec.from_dict({"state": ["h", "c"], "nodes": {
-    "a": lin("x", "h"), "b": lin("x", "c", bias=False), "m": f("mean", "a", "b", "c"),
-    "l": {"op": "leaky_relu", "in": ["m"], "negative_slope": 0.2}, "i": f("identity", "l"),
-    "d": lin("i", "h"), "out": f("blend", "a", "d", "x"), "c_new": f("sub", "i", "x"),
-}, "outputs": {"h": "out", "c": "c_new"}})
 
 
 def test_every_op_in_the_registry_is_covered():

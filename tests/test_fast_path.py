@@ -8,11 +8,10 @@ import time
 
 import pytest
 import torch
-from random_cells import marked_names, random_cells
+from random_cells import ALL_OPS, marked_names, random_cells
 
-from nas.cell import KNOWN_CELLS, OPS, CellRNN, CellSpec, compile_cell, kernels, known_cell
+from nas.cell import KNOWN_CELLS, OPS, CellRNN, compile_cell, kernels, known_cell
 from nas.cell import fused as fused_module
-from nas.cell.known import f, lin
 from nas.cell.lower import lower
 from nas.cell.ops import render
 from nas.cell.seqgen import generate
@@ -93,11 +92,6 @@ def test_short_sequences(T):
         assert_same(known_cell(name), T=T)
 
 
-ALL_OPS = CellSpec.from_dict({"state": ["h", "c"], "nodes": {
-    "a": lin("x", "h"), "b": lin("x", "c", bias=False), "m": f("mean", "a", "b", "c"),
-    "l": {"op": "leaky_relu", "in": ["m"], "negative_slope": 0.2}, "i": f("identity", "l"),
-    "d": lin("i", "h"), "out": f("blend", "a", "d", "x"), "c_new": f("sub", "i", "x"),
-}, "outputs": {"h": "out", "c": "c_new"}})
 
 
 def test_every_op():
