@@ -10,6 +10,8 @@ against torch.nn.LSTM, CellRNN(gru) against torch.nn.GRU, every other cell again
     python benchmarks/cells.py --reference              # also the reference path (fused=False)
     python benchmarks/cells.py --threads 1              # as a search worker runs
     python benchmarks/cells.py --json runs/bench/cells.json
+    python benchmarks/cells.py --device cuda --eager --graph-cells benchmarks/results/cpu_small_2threads_quiet.json
+                                 # GPU: also without CUDA graphs; the CPU runs' graph cells (no optuna)
 
 Columns:
     median ms   wall-clock time of one training step (median over repeats).
@@ -18,8 +20,9 @@ Columns:
     peak MiB    CPU: the highest total of tensor bytes allocated during one step and not yet
                 freed, above the level before it (torch.profiler memory timeline: every
                 allocation and free of the step; parameters and optimizer state allocated before
-                the step are not counted). CUDA: torch.cuda.max_memory_allocated above the level
-                before the step.
+                the step are not counted). CUDA: torch.cuda.max_memory_allocated during the step
+                above the level before it, plus the memory the model holds between steps beyond
+                its parameters, gradients and Adam state (CUDA graphs' static buffers and pools).
     prep ms     time to build the cell: lowering, code generation and compilation of the step and
                 whole-sequence code (caches cleared first; it is paid once per cell and process).
 """
@@ -74,7 +77,19 @@ def prepare_ms(spec: CellSpec, hidden: int) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def make_models(hidden: int, cells: dict[str, CellSpec], reference: bool) -> tuple[dict, dict]:
+def stored_cells(path: str) -> dict[str, CellSpec]:
+    """The `graph` cells of an earlier run's JSON (for machines without optuna)."""
+    data = json.loads(Path(path).read_text())
+    return {name: CellSpec.from_dict(d) for name, d in data["cells"].items()}
+
+
+def eager(model: CellRNN) -> CellRNN:
+    for layer in model.layers:
+        layer.cuda_graphs = False
+    return model
+
+
+def make_models(hidden: int, cells: dict[str, CellSpec], args, device: str) -> tuple[dict, dict]:
     models: dict[str, torch.nn.Module] = {
         "torch.nn.LSTM": torch.nn.LSTM(hidden, hidden),
         "torch.nn.GRU": torch.nn.GRU(hidden, hidden),
@@ -83,7 +98,9 @@ def make_models(hidden: int, cells: dict[str, CellSpec], reference: bool) -> tup
     for name, spec in cells.items():
         prep[f"CellRNN({name})"] = prepare_ms(spec, hidden)
         models[f"CellRNN({name})"] = CellRNN(spec, hidden, hidden)
-        if reference:
+        if args.eager and device.startswith("cuda"):
+            models[f"CellRNN({name}, no graphs)"] = eager(CellRNN(spec, hidden, hidden))
+        if args.reference:
             models[f"CellRNN({name}, fused=False)"] = CellRNN(spec, hidden, hidden, fused=False)
     return models, prep
 
@@ -91,12 +108,14 @@ def make_models(hidden: int, cells: dict[str, CellSpec], reference: bool) -> tup
 class Stepper:
     """One training step of a model: forward, loss, backward, Adam."""
 
-    def __init__(self, model: torch.nn.Module, device: str) -> None:
-        self.model, self.device = model.to(device), device
+    def __init__(self, model: torch.nn.Module, device: str, bf16: bool = False) -> None:
+        self.model, self.device, self.bf16 = model.to(device), device, bf16
         self.opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        self.held = 0  # bytes held between steps beyond parameters, gradients and Adam state
 
     def __call__(self, x: torch.Tensor) -> None:
-        out, _ = self.model(x)
+        with torch.autocast(self.device.split(":")[0], torch.bfloat16, enabled=self.bf16):
+            out, _ = self.model(x)
         loss = out.float().pow(2).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -109,9 +128,14 @@ class Stepper:
 
 def time_steps(steppers: dict[str, Stepper], x: torch.Tensor, repeats: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {k: [] for k in steppers}
-    for step in steppers.values():  # warm-up: allocator, caches, BLAS packing, Adam state
-        for _ in range(2):
+    for step in steppers.values():  # warm-up: allocator, caches, BLAS packing, Adam state, CUDA graphs
+        before = torch.cuda.memory_allocated() if step.device.startswith("cuda") else 0
+        for _ in range(3):
             step(x)
+        if step.device.startswith("cuda"):
+            step.sync()
+            state = 3 * sum(p.numel() * p.element_size() for p in step.model.parameters())
+            step.held = torch.cuda.memory_allocated() - before - state
     for _ in range(repeats):
         for name, step in steppers.items():
             step.sync()
@@ -142,7 +166,7 @@ def peak_mib(step: Stepper, x: torch.Tensor) -> float | None:
         torch.cuda.reset_peak_memory_stats()
         step(x)
         torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
+        return (torch.cuda.max_memory_allocated() - base + step.held) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
     try:
@@ -161,8 +185,8 @@ def peak_mib(step: Stepper, x: torch.Tensor) -> float | None:
 
 
 def run_size(batch: int, steps: int, hidden: int, cells: dict[str, CellSpec], args, device: str) -> dict:
-    models, prep = make_models(hidden, cells, args.reference)
-    steppers = {k: Stepper(m, device) for k, m in models.items()}
+    models, prep = make_models(hidden, cells, args, device)
+    steppers = {k: Stepper(m, device, args.bf16) for k, m in models.items()}
     x = torch.randn(steps, batch, hidden, device=device)
     times = time_steps(steppers, x, args.repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -181,7 +205,7 @@ def run_size(batch: int, steps: int, hidden: int, cells: dict[str, CellSpec], ar
             peak = peak_mib(steppers[name], x)
             row["peak_mib"] = None if peak is None else round(peak, 1)
         rows.append(row)
-    return {"device": device, "batch": batch, "steps": steps, "hidden": hidden,
+    return {"device": device, "batch": batch, "steps": steps, "hidden": hidden, "bf16": args.bf16,
             "repeats": args.repeats, "rows": rows}
 
 
@@ -200,7 +224,7 @@ def machine(device: str) -> str:
 
 def print_table(res: dict) -> None:
     print(f"\ntraining step (fwd+bwd+Adam), batch {res['batch']}, {res['steps']} steps, hidden "
-          f"{res['hidden']}, {res['device']}, {res['repeats']} repeats")
+          f"{res['hidden']}, {res['device']}{', bf16 autocast' if res['bf16'] else ''}, {res['repeats']} repeats")
     print(f"{'model':32s} {'median ms':>10s} {'iqr':>7s}  {'ratio':24s} {'saved MiB':>9s} "
           f"{'peak MiB':>9s} {'prep ms':>8s}")
     for r in res["rows"]:
@@ -222,6 +246,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cpu,cuda", help="devices to run; cuda is skipped if absent")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; search workers use 1)")
     p.add_argument("--reference", action="store_true", help="also time CellRNN(..., fused=False)")
+    p.add_argument("--eager", action="store_true", help="GPU: also time the fast path without CUDA graphs")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (as the GPU trainer runs)")
+    p.add_argument("--graph-cells", help="take the graph cells from this earlier run's JSON")
     p.add_argument("--no-memory", action="store_true", help="skip the memory columns")
     p.add_argument("--quick", action="store_true", help="small size, 3 repeats, 1 graph cell")
     p.add_argument("--json", help="also write the results here")
@@ -232,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
 
     cells = {name: known_cell(name) for name in args.cells.split(",") if name}
-    cells.update(graph_cells(args.graph, args.seed))
+    cells.update(stored_cells(args.graph_cells) if args.graph_cells else graph_cells(args.graph, args.seed))
     devices = [d for d in args.device.split(",") if d == "cpu" or torch.cuda.is_available()]
     load = os.getloadavg()
     results = []

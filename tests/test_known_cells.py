@@ -88,15 +88,29 @@ def as_tuple(state):
     return state if isinstance(state, tuple) else (state,)
 
 
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("name, num_layers, batch_first", [
     ("rnn_tanh", 1, False), ("rnn_tanh", 2, True), ("lstm", 1, False), ("lstm", 2, False),
     ("lstm", 2, True), ("gru", 1, False), ("gru", 2, True),
 ])
-def test_matches_torch(name, num_layers, batch_first):
+def test_matches_torch(name, num_layers, batch_first, device):
     ours, ref = pair(name, num_layers, batch_first)
+    ours, ref = ours.to(device), ref.to(device)
+    # On a GPU the third call replays the CUDA graphs captured by the second (nas.cell.cudagraphs).
+    for _ in range(3 if device == "cuda" else 1):
+        ours.zero_grad(set_to_none=True)
+        ref.zero_grad(set_to_none=True)
+        check_against_torch(ours, ref, name, num_layers, batch_first, device)
+
+
+def check_against_torch(ours, ref, name, num_layers, batch_first, device):
     shape = (B, T, I) if batch_first else (T, B, I)
-    x = torch.randn(*shape, dtype=torch.float64)
-    state0 = tuple(torch.randn(num_layers, B, H, dtype=torch.float64) for _ in ours.spec.state)
+    x = torch.randn(*shape, dtype=torch.float64, device=device)
+    state0 = tuple(torch.randn(num_layers, B, H, dtype=torch.float64, device=device)
+                   for _ in ours.spec.state)
     ref_state0 = state0 if len(state0) > 1 else state0[0]
 
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()

@@ -27,6 +27,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor, nn
 
+from nas.cell.cudagraphs import GraphCache
 from nas.cell.fused import sequence as fused_sequence
 from nas.cell.lower import Plan, lower
 from nas.cell.spec import INPUT, CellError, CellSpec
@@ -54,6 +55,8 @@ class CompiledCell(nn.Module):
                              f"hidden_size={hidden_size}")
         self.spec, self.input_size, self.hidden_size = spec, input_size, hidden_size
         self.fused = fused
+        self.cuda_graphs = True  # on a GPU, the fast path replays repeated shapes as CUDA graphs
+        self._graphs = GraphCache()
         self.plan, code = _plan(spec)
         if self.plan.needs_raw_x and input_size != hidden_size:
             raise CellError(f"compile_cell: cell {spec.name or spec.canonical_hash()!r} applies "

@@ -9,7 +9,9 @@ autograd) computes, with the whole-sequence code of nas.cell.seqgen:
 - `_Sequence`, a torch.autograd.Function, runs the time loop forward and, with the generated
   backward, in reverse; autograd sees one node where the reference path records dozens per step;
 - under torch.no_grad (or when nothing requires a gradient) the forward runs alone, keeping nothing:
-  every step reuses one scratch buffer per value.
+  every step reuses one scratch buffer per value;
+- on a GPU, a shape seen twice runs as CUDA graphs (nas.cell.cudagraphs): one launch per sequence
+  instead of several per step.
 
 Double backward is not supported (the generated backward is not itself differentiable).
 """
@@ -80,13 +82,24 @@ def program(spec: CellSpec) -> Program:
 
 
 class _Sequence(torch.autograd.Function):
-    """apply(program, T, sizes, X, *base, *xo, *init, *w) -> (outputs, *final states)."""
+    """apply(program, T, sizes, graphs, X, *base, *xo, *init, *w) -> (outputs, *final states).
+
+    graphs: the cell's GraphCache on a GPU (nas.cell.cudagraphs), else None."""
 
     @staticmethod
-    def forward(ctx, prog: Program, T: int, sizes: tuple[int, int, int], X, *tensors):
+    def forward(ctx, prog: Program, T: int, sizes: tuple[int, int, int], graphs, X, *tensors):
         base, xo, init, w = _split(tensors, sizes)
-        out, finals, saved = prog.forward(T, True, X, base, xo, init, _transposed(w, T * init[0].shape[0]))
-        ctx.prog, ctx.T, ctx.sizes, ctx.n_saved = prog, T, sizes, len(saved)
+        rows = T * init[0].shape[0]
+        runner = None if graphs is None else graphs.runner(
+            prog, T, True, lambda ws: _transposed(ws, rows), X, base, xo, init, w)
+        ctx.prog, ctx.T, ctx.sizes, ctx.runner = prog, T, sizes, runner
+        if runner is not None:
+            out, finals, ctx.held = runner.forward(X, base, xo, init, w)
+            ctx.n_saved = 0
+            ctx.save_for_backward(X, *xo, *w)
+            return (out, *finals)
+        out, finals, saved = prog.forward(T, True, X, base, xo, init, _transposed(w, rows))
+        ctx.n_saved = len(saved)
         ctx.save_for_backward(X, *xo, *w, *saved)
         return (out, *(f.clone() for f in finals))
 
@@ -95,9 +108,12 @@ class _Sequence(torch.autograd.Function):
         X, *rest = ctx.saved_tensors
         nxo = ctx.sizes[1]
         xo, w, saved = rest[:nxo], rest[nxo:len(rest) - ctx.n_saved], rest[len(rest) - ctx.n_saved:]
+        if ctx.runner is not None:
+            dX, dbase, dxo, dinit, dw = ctx.runner.backward(ctx.held, dout, dfin, X, xo, w)
+            return (None, None, None, None, dX, *dbase, *dxo, *dinit, *dw)
         dX, dbase, dxo, dinit, dw = ctx.prog.backward(ctx.T, dout, dfin, X, xo, w, saved)
         # The initial states' gradients may alias each other (zeros): hand out copies.
-        return (None, None, None, dX, *dbase, *dxo, *(d.clone() for d in dinit), *dw)
+        return (None, None, None, None, dX, *dbase, *dxo, *(d.clone() for d in dinit), *dw)
 
 
 def _transposed(weights, rows: int) -> list[Tensor]:
@@ -158,8 +174,14 @@ def _run(cell, xs: Tensor, state: tuple[Tensor, ...], dtype: torch.dtype):
     X = xs if prog.code.raw_x else None
     weights = flat[0::2]
     tensors = [*bases, *xo, *state, *weights]
+    graphs = cell._graphs if cell.cuda_graphs and (xs.is_cuda or cell._graphs.emulated) else None
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (X, *tensors)):
-        out, *finals = _Sequence.apply(prog, T, (len(bases), len(xo), len(state)), X, *tensors)
+        out, *finals = _Sequence.apply(prog, T, (len(bases), len(xo), len(state)), graphs, X, *tensors)
         return out, tuple(finals)
+    runner = None if graphs is None else graphs.runner(
+        prog, T, False, lambda ws: _transposed(ws, T * B), X, bases, xo, state, weights)
+    if runner is not None:
+        out, finals, _ = runner.forward(X, bases, xo, state, weights)
+        return out, finals
     out, finals, _ = prog.forward(T, False, X, bases, xo, state, _transposed(weights, T * B))
     return out, tuple(finals)

@@ -1,0 +1,63 @@
+"""One search trial end to end: `nas.train.evaluate` of each cell under a trainer config, as a search
+worker runs it (model build, training, intermediate and final validation), timed.
+
+    python benchmarks/trial.py                                  # conf/trainer/search.yaml, CPU
+    python benchmarks/trial.py --trainer gpu --steps 300 --cells lstm,darts_v2 --eager
+                                                                # the GPU trainer, 300 steps
+
+Reported per cell: chars/s of the optimizer steps (EvalResult.chars_per_sec), the trial's wall time
+and its validation bpc. `--eager` runs each cell again with CUDA graphs off (NAS_CUDA_GRAPHS=0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nas.cell import known_cell
+from nas.config import TrainConfig
+from nas.train import evaluate
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trainer", default="search", help="a config of conf/trainer/ (default: %(default)s)")
+    p.add_argument("--steps", type=int, help="override the trainer's steps")
+    p.add_argument("--cells", default="lstm,darts_v2")
+    p.add_argument("--eager", action="store_true", help="also run each cell with CUDA graphs off")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args()
+    fields = yaml.safe_load((ROOT / "conf" / "trainer" / f"{args.trainer}.yaml").read_text())
+    if args.steps:
+        fields["steps"] = args.steps
+    cfg = TrainConfig(**{**fields, "progress": False, "sample_chars": 0})
+    rows = []
+    for cell in args.cells.split(","):
+        for graphs in ([True, False] if args.eager else [True]):
+            os.environ["NAS_CUDA_GRAPHS"] = "1" if graphs else "0"
+            start = time.perf_counter()
+            res = evaluate(known_cell(cell), cfg, seed=0)
+            wall = time.perf_counter() - start
+            rows.append({"cell": cell, "cuda_graphs": graphs, "device": res.device,
+                         "chars_per_sec": res.chars_per_sec, "wall_s": round(wall, 1),
+                         "val_bpc": res.val_bpc, "diverged": res.diverged})
+            print(f"{cell:10s} graphs={graphs!s:5s} {res.device:6s} {res.chars_per_sec:12,.0f} chars/s "
+                  f"wall {wall:6.1f} s  val bpc {res.val_bpc}")
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    out = {"trainer": args.trainer, "config": fields, "gpu": device, "rows": rows}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

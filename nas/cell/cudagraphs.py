@@ -1,0 +1,208 @@
+"""CUDA graphs of the whole-sequence code: the time loop launched as one graph on the GPU.
+
+On a GPU the generated forward and backward (nas.cell.seqgen) are bound by launches, not by math:
+each step is a handful of small kernels, each a few microseconds of Python and driver time, while
+the GPU finishes it in less. A CUDA graph records the kernels of a whole sequence once and replays
+them with one launch. The generated code fits the rules of capture: fixed shapes for a given
+(T, B), no host synchronisation, no data-dependent control flow.
+
+`GraphCache` (one per CompiledCell) holds a `Runner` per shape. A shape is captured the second
+time it is seen, so one-off shapes (the tail of a validation split) run eagerly and cost nothing.
+A runner owns static input buffers (each call copies its inputs in), the captured forward (and,
+for training, backward) and their outputs:
+
+- the outputs the caller keeps (the sequence output, final states, gradients) are cloned out,
+  because the next replay overwrites the static buffers;
+- the values saved for backward stay in the static buffers while they are valid: the usual
+  forward, backward, forward, ... costs no copy. If the runner must replay its forward while an
+  earlier call still awaits its backward (two forwards, then two backwards), the earlier call's
+  saved values are first copied out (`_Saved.evict`) and copied back in for its backward.
+
+The graph computes what the eager code computes, with the same kernels: tests/test_cudagraphs.py
+compares the two on a GPU (skipped where there is none).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+# How many shapes one cell keeps graphs for (training T, validation T, sampling ...): each holds
+# static buffers about the size of the activations of one sequence.
+MAX_SHAPES = 4
+
+
+def enabled() -> bool:
+    """Graphs are on unless NAS_CUDA_GRAPHS=0 (an escape hatch for debugging with eager kernels)."""
+    return os.environ.get("NAS_CUDA_GRAPHS", "1") != "0"
+
+
+def capture_cuda(fn: Callable, pool) -> tuple[Callable, object]:
+    """Capture fn's kernels as a CUDA graph: (replay, fn's outputs, which each replay rewrites)."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        out = fn()
+    return graph.replay, out
+
+
+capture_cuda.pool = torch.cuda.graph_pool_handle  # one memory pool per runner, shared by its graphs
+
+
+def capture_emulated(fn: Callable, pool) -> tuple[Callable, object]:
+    """What capture_cuda does, on any device, for the tests of the bookkeeping on machines without a
+    GPU: each replay runs fn again and writes its results over the first call's outputs."""
+    out = fn()
+
+    def replay() -> None:
+        for dst, src in zip(_leaves(out), _leaves(fn())):
+            dst.copy_(src)
+    return replay, out
+
+
+capture_emulated.pool = lambda: None
+
+
+def _leaves(tree) -> list[Tensor]:
+    if isinstance(tree, Tensor):
+        return [tree]
+    if isinstance(tree, (tuple, list)):
+        return [leaf for t in tree for leaf in _leaves(t)]
+    return []
+
+
+def _static(t: Tensor | None) -> Tensor | None:
+    # Contiguous, whatever the input's strides: an expanded bias (stride 0) becomes a real buffer,
+    # which the generated code reads like any other.
+    return None if t is None else torch.empty(t.shape, dtype=t.dtype, device=t.device)
+
+
+def _load(dst: list, src) -> None:
+    for d, s in zip(dst, src):
+        if d is not None:
+            d.copy_(s)
+
+
+def _clone(ts) -> tuple:
+    return tuple(None if t is None else t.clone() for t in ts)
+
+
+class _Saved:
+    """One forward call's saved values: in the runner's static buffers until evicted."""
+
+    __slots__ = ("__weakref__", "copies")
+
+    def __init__(self) -> None:
+        self.copies: tuple | None = None
+
+    def evict(self, runner: Runner) -> None:
+        self.copies = _clone(runner.saved)
+
+
+class Runner:
+    """The captured forward (keep=False: alone; keep=True: with its backward) at one shape."""
+
+    def __init__(self, prog, T: int, keep: bool, transpose: Callable, X, base, xo, init, w,
+                 capture: Callable) -> None:
+        self.T, self.keep = T, keep
+        self.X, self.base, self.xo = _static(X), [_static(b) for b in base], [_static(t) for t in xo]
+        self.init, self.w = [_static(s) for s in init], [_static(t) for t in w]
+        self._pending: weakref.ref | None = None
+        self._load(X, base, xo, init, w)
+        B, H = init[0].shape
+        self.dout = init[0].new_empty(T, B, H).normal_()  # the backward's static inputs
+        self.dfin = [s.new_empty(B, H).normal_() for s in init]
+
+        def forward():
+            return prog.forward(T, keep, self.X, self.base, self.xo, self.init, transpose(self.w))
+
+        def backward():
+            return prog.backward(T, self.dout, self.dfin, self.X, self.xo, self.w, self.saved)
+
+        if capture is capture_cuda:
+            # Warm up on a side stream (cuBLAS workspaces, the allocator), then capture: torch's recipe.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                _, _, self.saved = forward()
+                if keep:
+                    backward()
+            torch.cuda.current_stream().wait_stream(side)
+        pool = capture.pool()
+        self.replay_forward, (self.out, self.finals, self.saved) = capture(forward, pool)
+        if keep:
+            self.replay_backward, self.grads = capture(backward, pool)
+
+    def _load(self, X, base, xo, init, w) -> None:
+        _load([self.X, *self.base, *self.xo, *self.init, *self.w], [X, *base, *xo, *init, *w])
+
+    def forward(self, X, base, xo, init, w) -> tuple[Tensor, tuple, _Saved | None]:
+        pending = self._pending() if self._pending is not None else None
+        if pending is not None and pending.copies is None:
+            pending.evict(self)  # an earlier call still needs its saved values: copy them out
+        self._load(X, base, xo, init, w)
+        self.replay_forward()
+        out, finals = self.out.clone(), _clone(self.finals)
+        if not self.keep:
+            return out, finals, None
+        saved = _Saved()
+        self._pending = weakref.ref(saved)
+        return out, finals, saved
+
+    def backward(self, saved: _Saved, dout: Tensor, dfin, X, xo, w) -> tuple:
+        """The generated backward of the call that returned `saved`; X, xo, w: that call's inputs."""
+        if saved.copies is not None:  # evicted: put this call's values back
+            _load([self.X, *self.xo, *self.w], [X, *xo, *w])
+            _load(list(self.saved), saved.copies)
+        self.dout.copy_(dout)
+        _load(self.dfin, dfin)
+        self.replay_backward()
+        dX, dbase, dxo, dinit, dw = self.grads
+        return (None if dX is None else dX.clone(), _clone(dbase), _clone(dxo), _clone(dinit), _clone(dw))
+
+
+class GraphCache:
+    """The runners of one cell, by shape; not copied with the module (a deep copy starts empty:
+    graphs point at the original's buffers)."""
+
+    def __init__(self, capture: Callable = capture_cuda) -> None:
+        self.capture = capture
+        self.runners: OrderedDict[tuple, Runner | None] = OrderedDict()
+        self.seen: OrderedDict[tuple, int] = OrderedDict()
+
+    def __deepcopy__(self, memo) -> GraphCache:
+        return GraphCache(self.capture)
+
+    @property
+    def emulated(self) -> bool:
+        return self.capture is capture_emulated
+
+    def runner(self, prog, T: int, keep: bool, transpose: Callable, X, base, xo, init, w) -> Runner | None:
+        """The runner for this call's shape, or None: run eagerly (first sight of the shape, a
+        capture in progress, graphs off, or a shape whose capture failed)."""
+        if not enabled() or (not self.emulated and torch.cuda.is_current_stream_capturing()):
+            return None
+        key = (prog, T, keep, *(None if t is None else (t.shape, t.dtype, t.device)
+                                for t in (X, *base, *xo, *init, *w)))
+        if key in self.runners:
+            self.runners.move_to_end(key)
+            return self.runners[key]
+        self.seen[key] = self.seen.get(key, 0) + 1
+        if len(self.seen) > 4 * MAX_SHAPES:
+            self.seen.popitem(last=False)
+        if self.seen[key] < 2:
+            return None
+        try:
+            runner = Runner(prog, T, keep, transpose, X, base, xo, init, w, self.capture)
+        except RuntimeError as err:  # an op that cannot be captured: this shape stays eager
+            warnings.warn(f"CUDA graph capture failed, running eagerly: {err}", RuntimeWarning, stacklevel=3)
+            runner = None
+        self.runners[key] = runner
+        if len(self.runners) > MAX_SHAPES:
+            self.runners.popitem(last=False)
+        return runner
