@@ -10,10 +10,11 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT="${OUT:-runs/gpu}"
 mkdir -p "$OUT"
+exec > >(tee "$OUT/log.txt") 2>&1  # one log of everything; the numbers also as JSON
 CELLS_JSON=benchmarks/results/cpu_small_2threads_quiet.json
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
 echo "== tests on the GPU"
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_cudagraphs.py tests/test_known_cells.py \
