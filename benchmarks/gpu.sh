@@ -13,16 +13,16 @@ mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1  # one log of everything; the numbers also as JSON
 CELLS_JSON=benchmarks/results/cpu_small_2threads_quiet.json
 
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
 echo "== tests on the GPU"
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_cudagraphs.py tests/test_known_cells.py \
-    2>&1 | tail -25 | tee "$OUT/tests.txt"
+    2>&1 | tail -25
 
 echo "== training step, float32 (TF32 off), both sizes"
 timeout 200 python3 benchmarks/cells.py --device cuda --eager --graph-cells "$CELLS_JSON" --repeats 15 \
-    --json "$OUT/gpu_cells.json" 2>&1 | tee "$OUT/gpu_cells.txt"
+    --json "$OUT/gpu_cells.json" 2>&1
 
 echo "== training step, bf16 autocast, large size"
 timeout 100 python3 benchmarks/cells.py --device cuda --bf16 --sizes 128x256x512 --graph-cells "$CELLS_JSON" \
@@ -30,8 +30,8 @@ timeout 100 python3 benchmarks/cells.py --device cuda --bf16 --sizes 128x256x512
 
 echo "== whole char-LM, the GPU trainer's sizes (hidden 1024, batch 128 x 150, bf16, TF32)"
 timeout 100 python3 benchmarks/lm_throughput.py --device cuda --hidden 1024 --batch 128 --seq 150 --bf16 \
-    --tf32 --cells lstm,darts_v2 --steps 20 --json "$OUT/gpu_lm.json" 2>&1 | tee "$OUT/gpu_lm.txt"
+    --tf32 --cells lstm,darts_v2 --steps 20 --json "$OUT/gpu_lm.json" 2>&1
 
 echo "== trials end to end (conf/trainer/gpu.yaml, 200 steps)"
 timeout 200 python3 benchmarks/trial.py --trainer gpu --steps 200 --cells lstm,darts_v2 --eager \
-    --json "$OUT/gpu_trial.json" 2>&1 | tee "$OUT/gpu_trial.txt"
+    --json "$OUT/gpu_trial.json" 2>&1
