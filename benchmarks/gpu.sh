@@ -26,7 +26,7 @@ timeout 200 python3 benchmarks/cells.py --device cuda --eager --graph-cells "$CE
 
 echo "== training step, bf16 autocast, large size"
 timeout 100 python3 benchmarks/cells.py --device cuda --bf16 --sizes 128x256x512 --graph-cells "$CELLS_JSON" \
-    --repeats 11 --json "$OUT/gpu_cells_bf16.json" 2>&1 | tee "$OUT/gpu_cells_bf16.txt"
+    --repeats 11 --json "$OUT/gpu_cells_bf16.json" 2>&1
 
 echo "== whole char-LM, the GPU trainer's sizes (hidden 1024, batch 128 x 150, bf16, TF32)"
 timeout 100 python3 benchmarks/lm_throughput.py --device cuda --hidden 1024 --batch 128 --seq 150 --bf16 \
