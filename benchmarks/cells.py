@@ -16,13 +16,17 @@ against torch.nn.LSTM, CellRNN(gru) against torch.nn.GRU, every other cell again
 Columns:
     median ms   wall-clock time of one training step (median over repeats).
     saved MiB   bytes of the tensors autograd keeps for backward (unique storages, counted with
-                torch.autograd.graph.saved_tensors_hooks during the forward).
+                torch.autograd.graph.saved_tensors_hooks during the forward). Under CUDA graphs
+                a call's saved values live in the graph's static buffers: not counted here,
+                counted in peak MiB.
     peak MiB    CPU: the highest total of tensor bytes allocated during one step and not yet
                 freed, above the level before it (torch.profiler memory timeline: every
                 allocation and free of the step; parameters and optimizer state allocated before
-                the step are not counted). CUDA: torch.cuda.max_memory_allocated during the step
-                above the level before it, plus the memory the model holds between steps beyond
-                its parameters, gradients and Adam state (CUDA graphs' static buffers and pools).
+                the step are not counted). CUDA: the device memory reserved for the model at the
+                peak of a step (caching allocator emptied before its warm-up and after it), above
+                its parameters, gradients and Adam state: the step's tensors and what the model
+                holds between steps (CUDA graphs' static buffers and memory pools). Reserved
+                memory comes in segments of 2 MiB and up, so small numbers are coarse.
     prep ms     time to build the cell: lowering, code generation and compilation of the step and
                 whole-sequence code (caches cleared first; it is paid once per cell and process).
 """
@@ -111,7 +115,7 @@ class Stepper:
     def __init__(self, model: torch.nn.Module, device: str, bf16: bool = False) -> None:
         self.model, self.device, self.bf16 = model.to(device), device, bf16
         self.opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        self.held = 0  # bytes held between steps beyond parameters, gradients and Adam state
+        self.cuda_peak = 0  # bytes (CUDA), see peak_mib
 
     def __call__(self, x: torch.Tensor) -> None:
         with torch.autocast(self.device.split(":")[0], torch.bfloat16, enabled=self.bf16):
@@ -129,13 +133,21 @@ class Stepper:
 def time_steps(steppers: dict[str, Stepper], x: torch.Tensor, repeats: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {k: [] for k in steppers}
     for step in steppers.values():  # warm-up: allocator, caches, BLAS packing, Adam state, CUDA graphs
-        before = torch.cuda.memory_allocated() if step.device.startswith("cuda") else 0
+        cuda = step.device.startswith("cuda")
+        if cuda:  # the memory this model's steps need, measured alone (see peak_mib)
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            before = torch.cuda.memory_reserved()
         for _ in range(3):
             step(x)
-        if step.device.startswith("cuda"):
-            step.sync()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()  # what the warm-up cached but does not hold
+            torch.cuda.reset_peak_memory_stats()
+            step(x)
+            torch.cuda.synchronize()
             state = 3 * sum(p.numel() * p.element_size() for p in step.model.parameters())
-            step.held = torch.cuda.memory_allocated() - before - state
+            step.cuda_peak = torch.cuda.max_memory_reserved() - before - state
     for _ in range(repeats):
         for name, step in steppers.items():
             step.sync()
@@ -153,7 +165,8 @@ def saved_mib(step: Stepper, x: torch.Tensor) -> float:
         storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            torch.autocast(step.device.split(":")[0], torch.bfloat16, enabled=step.bf16):
         out, _ = step.model(x)
     del out
     return sum(storages.values()) / 2**20
@@ -161,12 +174,7 @@ def saved_mib(step: Stepper, x: torch.Tensor) -> float:
 
 def peak_mib(step: Stepper, x: torch.Tensor) -> float | None:
     if step.device.startswith("cuda"):
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step(x)
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base + step.held) / 2**20
+        return step.cuda_peak / 2**20  # measured during the warm-up of time_steps
     from torch.profiler import ProfilerActivity, profile
 
     try:

@@ -11,8 +11,8 @@ time it is seen, so one-off shapes (the tail of a validation split) run eagerly 
 A runner owns static input buffers (each call copies its inputs in), the captured forward (and,
 for training, backward) and their outputs:
 
-- the outputs the caller keeps (the sequence output, final states, gradients) are cloned out,
-  because the next replay overwrites the static buffers;
+- the outputs the caller keeps (the sequence output, final states, gradients that can reach
+  leaves) are cloned out, because the next replay overwrites the static buffers;
 - the values saved for backward stay in the static buffers while they are valid: the usual
   forward, backward, forward, ... costs no copy. If the runner must replay its forward while an
   earlier call still awaits its backward (two forwards, then two backwards), the earlier call's
@@ -112,7 +112,8 @@ class Runner:
         self.T, self.keep = T, keep
         self.X, self.base, self.xo = _static(X), [_static(b) for b in base], [_static(t) for t in xo]
         self.init, self.w = [_static(s) for s in init], [_static(t) for t in w]
-        self._pending: weakref.ref | None = None
+        self._pending: weakref.ref | None = None  # the last call's _Saved
+        self._live: weakref.WeakSet = weakref.WeakSet()  # calls whose backward has not run yet
         self._load(X, base, xo, init, w)
         B, H = init[0].shape
         self.dout = init[0].new_empty(T, B, H).normal_()  # the backward's static inputs
@@ -152,6 +153,7 @@ class Runner:
             return out, finals, None
         saved = _Saved()
         self._pending = weakref.ref(saved)
+        self._live.add(saved)
         return out, finals, saved
 
     def backward(self, saved: _Saved, dout: Tensor, dfin, X, xo, w) -> tuple:
@@ -162,8 +164,16 @@ class Runner:
         self.dout.copy_(dout)
         _load(self.dfin, dfin)
         self.replay_backward()
+        self._live.discard(saved)
         dX, dbase, dxo, dinit, dw = self.grads
-        return (None if dX is None else dX.clone(), _clone(dbase), _clone(dxo), _clone(dinit), _clone(dw))
+        # The gradients of x, the initial state and the weights may reach leaves (.grad keeps
+        # them): copies. Those of the x products go only into this backward pass's own nodes (the
+        # slices and the matmul that made them, inside CompiledCell), which consume them before
+        # any other replay, unless another call of this runner awaits its backward in the same
+        # pass: then copies too.
+        private = not self._live
+        dbase, dxo = (dbase, dxo) if private else (_clone(dbase), _clone(dxo))
+        return (None if dX is None else dX.clone(), dbase, dxo, _clone(dinit), _clone(dw))
 
 
 class GraphCache:
