@@ -29,6 +29,8 @@ Columns:
                 memory comes in segments of 2 MiB and up, so small numbers are coarse.
     prep ms     time to build the cell: lowering, code generation and compilation of the step and
                 whole-sequence code (caches cleared first; it is paid once per cell and process).
+    first ms    the first training step (on a GPU: Triton compiling the cell's kernels, unless
+                its on-disk cache has them, and cuBLAS warming up).
 """
 
 from __future__ import annotations
@@ -71,13 +73,17 @@ def graph_cells(count: int, seed: int, min_live: int = 8) -> dict[str, CellSpec]
     return cells
 
 
-def prepare_ms(spec: CellSpec, hidden: int) -> float:
-    """Cold preparation of one cell: both caches cleared, then build it and its sequence code."""
+def prepare_ms(spec: CellSpec, hidden: int, device: str) -> float:
+    """Cold preparation of one cell: caches cleared, then build it and its sequence code (on a GPU,
+    the Triton kernels' source too; Triton compiles them at the first step: see first ms)."""
     cell_compile._plan.cache_clear()
     fused.program.cache_clear()
+    fused.gpu_program.cache_clear()
     start = time.perf_counter()
     CellRNN(spec, hidden, hidden)
     fused.program(spec)
+    if device.startswith("cuda"):
+        fused.gpu_program(spec)
     return (time.perf_counter() - start) * 1e3
 
 
@@ -87,9 +93,11 @@ def stored_cells(path: str) -> dict[str, CellSpec]:
     return {name: CellSpec.from_dict(d) for name, d in data["cells"].items()}
 
 
-def eager(model: CellRNN) -> CellRNN:
+def variant(model: CellRNN, **attributes) -> CellRNN:
+    """The model with each layer's cuda_graphs / triton switch set."""
     for layer in model.layers:
-        layer.cuda_graphs = False
+        for key, value in attributes.items():
+            setattr(layer, key, value)
     return model
 
 
@@ -100,10 +108,12 @@ def make_models(hidden: int, cells: dict[str, CellSpec], args, device: str) -> t
     }
     prep: dict[str, float] = {}
     for name, spec in cells.items():
-        prep[f"CellRNN({name})"] = prepare_ms(spec, hidden)
+        prep[f"CellRNN({name})"] = prepare_ms(spec, hidden, device)
         models[f"CellRNN({name})"] = CellRNN(spec, hidden, hidden)
         if args.eager and device.startswith("cuda"):
-            models[f"CellRNN({name}, no graphs)"] = eager(CellRNN(spec, hidden, hidden))
+            models[f"CellRNN({name}, no graphs)"] = variant(CellRNN(spec, hidden, hidden), cuda_graphs=False)
+        if args.torch_kernels and device.startswith("cuda"):
+            models[f"CellRNN({name}, torch kernels)"] = variant(CellRNN(spec, hidden, hidden), triton=False)
         if args.reference:
             models[f"CellRNN({name}, fused=False)"] = CellRNN(spec, hidden, hidden, fused=False)
     return models, prep
@@ -116,6 +126,7 @@ class Stepper:
         self.model, self.device, self.bf16 = model.to(device), device, bf16
         self.opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         self.cuda_peak = 0  # bytes (CUDA), see peak_mib
+        self.first = 0.0  # seconds of the first step (kernel compilation included)
 
     def __call__(self, x: torch.Tensor) -> None:
         with torch.autocast(self.device.split(":")[0], torch.bfloat16, enabled=self.bf16):
@@ -138,8 +149,13 @@ def time_steps(steppers: dict[str, Stepper], x: torch.Tensor, repeats: int) -> d
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
             before = torch.cuda.memory_reserved()
-        for _ in range(3):
+        for i in range(3):
+            step.sync()
+            t0 = time.perf_counter()
             step(x)
+            step.sync()
+            if i == 0:
+                step.first = time.perf_counter() - t0
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.empty_cache()  # what the warm-up cached but does not hold
@@ -207,7 +223,8 @@ def run_size(batch: int, steps: int, hidden: int, cells: dict[str, CellSpec], ar
                                 - statistics.quantiles(times[name], n=4)[0]) * 1e3, 2)
                if len(times[name]) > 1 else 0.0,
                "vs": ref, "ratio": round(t / med[ref], 3) if ref in med else None,
-               "prep_ms": round(prep[name], 1) if name in prep else None}
+               "prep_ms": round(prep[name], 1) if name in prep else None,
+               "first_step_ms": round(steppers[name].first * 1e3, 1)}
         if not args.no_memory:
             row["saved_mib"] = round(saved_mib(steppers[name], x), 1)
             peak = peak_mib(steppers[name], x)
@@ -234,13 +251,13 @@ def print_table(res: dict) -> None:
     print(f"\ntraining step (fwd+bwd+Adam), batch {res['batch']}, {res['steps']} steps, hidden "
           f"{res['hidden']}, {res['device']}{', bf16 autocast' if res['bf16'] else ''}, {res['repeats']} repeats")
     print(f"{'model':32s} {'median ms':>10s} {'iqr':>7s}  {'ratio':24s} {'saved MiB':>9s} "
-          f"{'peak MiB':>9s} {'prep ms':>8s}")
+          f"{'peak MiB':>9s} {'prep ms':>8s} {'first ms':>9s}")
     for r in res["rows"]:
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x vs {r['vs']}"
         fmt = lambda v, spec: "" if v is None else format(v, spec)
         print(f"{r['model']:32s} {r['median_ms']:10.2f} {r['iqr_ms']:7.2f}  {ratio:24s} "
               f"{fmt(r.get('saved_mib'), '9.1f'):>9s} {fmt(r.get('peak_mib'), '9.1f'):>9s} "
-              f"{fmt(r['prep_ms'], '8.1f'):>8s}")
+              f"{fmt(r['prep_ms'], '8.1f'):>8s} {r['first_step_ms']:9.1f}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -255,6 +272,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; search workers use 1)")
     p.add_argument("--reference", action="store_true", help="also time CellRNN(..., fused=False)")
     p.add_argument("--eager", action="store_true", help="GPU: also time the fast path without CUDA graphs")
+    p.add_argument("--torch-kernels", action="store_true",
+                   help="GPU: also time the torch code of the fast path (no Triton kernels)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (as the GPU trainer runs)")
     p.add_argument("--graph-cells", help="take the graph cells from this earlier run's JSON")
     p.add_argument("--no-memory", action="store_true", help="skip the memory columns")

@@ -17,21 +17,21 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu 
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
 echo "== tests on the GPU"
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_cudagraphs.py tests/test_known_cells.py \
+timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_gpugen.py tests/test_cudagraphs.py tests/test_known_cells.py \
     2>&1 | tail -25
 
 echo "== training step, float32 (TF32 off), both sizes"
-timeout 200 python3 benchmarks/cells.py --device cuda --eager --graph-cells "$CELLS_JSON" --repeats 15 \
+timeout 240 python3 benchmarks/cells.py --device cuda --torch-kernels --graph-cells "$CELLS_JSON" --repeats 15 \
     --json "$OUT/gpu_cells.json" 2>&1
 
 echo "== training step, bf16 autocast, large size"
-timeout 100 python3 benchmarks/cells.py --device cuda --bf16 --sizes 128x256x512 --graph-cells "$CELLS_JSON" \
+timeout 90 python3 benchmarks/cells.py --device cuda --bf16 --sizes 128x256x512 --graph-cells "$CELLS_JSON" \
     --repeats 11 --json "$OUT/gpu_cells_bf16.json" 2>&1
 
 echo "== whole char-LM, the GPU trainer's sizes (hidden 1024, batch 128 x 150, bf16, TF32)"
-timeout 100 python3 benchmarks/lm_throughput.py --device cuda --hidden 1024 --batch 128 --seq 150 --bf16 \
+timeout 90 python3 benchmarks/lm_throughput.py --device cuda --hidden 1024 --batch 128 --seq 150 --bf16 \
     --tf32 --cells lstm,darts_v2 --steps 20 --json "$OUT/gpu_lm.json" 2>&1
 
 echo "== trials end to end (conf/trainer/gpu.yaml, 200 steps)"
-timeout 200 python3 benchmarks/trial.py --trainer gpu --steps 200 --cells lstm,darts_v2 --eager \
+timeout 150 python3 benchmarks/trial.py --trainer gpu --steps 200 --cells lstm,darts_v2 --variants default,torch \
     --json "$OUT/gpu_trial.json" 2>&1

@@ -2,11 +2,12 @@
 worker runs it (model build, training, intermediate and final validation), timed.
 
     python benchmarks/trial.py                                  # conf/trainer/search.yaml, CPU
-    python benchmarks/trial.py --trainer gpu --steps 300 --cells lstm,darts_v2 --eager
+    python benchmarks/trial.py --trainer gpu --steps 300 --cells lstm,darts_v2 --variants default,torch
                                                                 # the GPU trainer, 300 steps
 
 Reported per cell: chars/s of the optimizer steps (EvalResult.chars_per_sec), the trial's wall time
-and its validation bpc. `--eager` runs each cell again with CUDA graphs off (NAS_CUDA_GRAPHS=0).
+and its validation bpc. Variants (GPU): default (Triton kernels in CUDA graphs), torch (the torch
+code in CUDA graphs: NAS_TRITON=0), eager (Triton kernels without graphs: NAS_CUDA_GRAPHS=0).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def main() -> None:
     p.add_argument("--trainer", default="search", help="a config of conf/trainer/ (default: %(default)s)")
     p.add_argument("--steps", type=int, help="override the trainer's steps")
     p.add_argument("--cells", default="lstm,darts_v2")
-    p.add_argument("--eager", action="store_true", help="also run each cell with CUDA graphs off")
+    p.add_argument("--variants", default="default", help="comma separated: default, torch, eager")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     fields = yaml.safe_load((ROOT / "conf" / "trainer" / f"{args.trainer}.yaml").read_text())
@@ -43,15 +44,16 @@ def main() -> None:
     cfg = TrainConfig(**{**fields, "progress": False, "sample_chars": 0})
     rows = []
     for cell in args.cells.split(","):
-        for graphs in ([True, False] if args.eager else [True]):
-            os.environ["NAS_CUDA_GRAPHS"] = "1" if graphs else "0"
+        for name in args.variants.split(","):
+            os.environ["NAS_TRITON"] = "0" if name == "torch" else "1"
+            os.environ["NAS_CUDA_GRAPHS"] = "0" if name == "eager" else "1"
             start = time.perf_counter()
             res = evaluate(known_cell(cell), cfg, seed=0)
             wall = time.perf_counter() - start
-            rows.append({"cell": cell, "cuda_graphs": graphs, "device": res.device,
+            rows.append({"cell": cell, "variant": name, "device": res.device,
                          "chars_per_sec": res.chars_per_sec, "wall_s": round(wall, 1),
                          "val_bpc": res.val_bpc, "diverged": res.diverged})
-            print(f"{cell:10s} graphs={graphs!s:5s} {res.device:6s} {res.chars_per_sec:12,.0f} chars/s "
+            print(f"{cell:10s} {name:8s} {res.device:6s} {res.chars_per_sec:12,.0f} chars/s "
                   f"wall {wall:6.1f} s  val bpc {res.val_bpc}")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     out = {"trainer": args.trainer, "config": fields, "gpu": device, "rows": rows}

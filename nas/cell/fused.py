@@ -18,6 +18,9 @@ Double backward is not supported (the generated backward is not itself different
 
 from __future__ import annotations
 
+import importlib.util
+import linecache
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,6 +28,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from nas.cell import gpugen
 from nas.cell.kernels import ATEN_BACKWARDS
 from nas.cell.lower import lower
 from nas.cell.seqgen import SeqCode, generate
@@ -68,6 +72,39 @@ class Program:
     code: SeqCode
     forward: Callable
     backward: Callable
+
+
+@lru_cache(maxsize=1024)
+def gpu_program(spec: CellSpec) -> Program | None:
+    """The GPU form of `program` (nas.cell.gpugen: one fused Triton kernel per stage of a step),
+    or None when Triton is missing or an op has no Triton form. (Under TRITON_INTERPRET=1 the
+    kernels run in Triton's CPU interpreter: how the tests run it without a GPU.)"""
+    plan = lower(spec)
+    if importlib.util.find_spec("triton") is None or not gpugen.supported(plan):
+        return None
+    import triton
+    import triton.language as tl
+
+    code, kernels = gpugen.generate(plan)
+    namespace = {"torch": torch, "triton": triton, "tl": tl, "BLOCK": gpugen.BLOCK,
+                 "_steps": _steps, "_hist": _hist, "_last": _last}
+    # Triton reads a kernel's source back (inspect.getsource): the generated text goes into
+    # linecache under a name of its own, as if it were a file.
+    source = kernels + "\n\n" + code.forward_source + "\n" + code.backward_source
+    name = f"<cell gpu {spec.canonical_hash()}>"
+    linecache.cache[name] = (len(source), None, source.splitlines(keepends=True), name)
+    exec(compile(source, name, "exec"), namespace)  # noqa: S102 - generated: no spec text in it
+    return Program(code, namespace["forward"], namespace["backward"])
+
+
+def select(cell, xs: Tensor, dtype: torch.dtype) -> Program:
+    """The program for this call: the GPU kernels for a CUDA float32/16 run, else the torch code."""
+    if xs.is_cuda and dtype in (torch.float32, torch.bfloat16, torch.float16) and \
+            getattr(cell, "triton", True) and os.environ.get("NAS_TRITON", "1") != "0":
+        prog = gpu_program(cell.spec)
+        if prog is not None:
+            return prog
+    return program(cell.spec)
 
 
 @lru_cache(maxsize=4096)
@@ -147,7 +184,7 @@ def sequence(cell, xs: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple
 
 
 def _run(cell, xs: Tensor, state: tuple[Tensor, ...], dtype: torch.dtype):
-    prog = program(cell.spec)
+    prog = select(cell, xs, dtype)
     x_bias, flat = cell._group_params()
     flat = [None if t is None else t.to(dtype) for t in flat]
     T, B, H = xs.shape[0], xs.shape[1], cell.hidden_size

@@ -1,0 +1,320 @@
+"""Whole-sequence code for the GPU: per step, cuBLAS products and one fused Triton kernel per stage.
+
+The CPU code of nas.cell.seqgen makes one torch call per elementwise op; on a GPU each call is a
+kernel launch of a few microseconds over a tiny (B, H) tensor, and an LSTM step costs twenty of
+them where cuDNN runs two. Here each stage of a step (nas.cell.gpustages) is one generated Triton
+kernel: it loads what the stage reads, computes its nodes in float32 registers, and stores what
+leaves the stage. Its backward kernel recomputes the stage from the same loads and writes the
+gradients that leave it; the products and their gradients stay cuBLAS calls. The functions keep
+seqgen's signatures and input conventions (SeqCode.bases, xonly, raw_x), so nas.cell.fused and
+nas.cell.cudagraphs run both alike.
+
+Generated names: buffers S<j> (state histories), G<k> (products), V<i> (kept values), dG<k>,
+dxo<j>, dX; per-step accumulators dC<j> (the carried state gradients), dN<j> (the next carry),
+dA<i>; kernels _f<s> / _b<s>. Nothing is taken from the spec.
+"""
+
+from __future__ import annotations
+
+from nas.cell.gpustages import Stages
+from nas.cell.lower import Plan
+from nas.cell.ops import render
+from nas.cell.seqgen import SeqCode
+from nas.cell.spec import INPUT
+from nas.cell.tritonops import TRITON
+
+BLOCK = 256
+
+
+def supported(plan: Plan) -> bool:
+    return all(n.op == "linear" or n.op in TRITON for n in plan.spec.nodes)
+
+
+class _Kernel:
+    """One Triton kernel over the B * H elements of a step: its pointer arguments (per-step views
+    named by the driver) and its body."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.views, self.body = name, [], []
+
+    def _ptr(self, view: str) -> int:
+        if view not in self.views:
+            self.views.append(view)
+        return self.views.index(view)
+
+    def load(self, views: list[str], var: str) -> str:
+        parts = []
+        for v in views:
+            i = self._ptr(v)
+            parts.append(f"tl.load(p{i} + r * r{i} + c * c{i}, mask=m).to(tl.float32)")
+        self.body.append(f"{var} = {' + '.join(parts)}")
+        return var
+
+    def store(self, view: str, value: str) -> None:
+        i = self._ptr(view)
+        self.body.append(f"tl.store(p{i} + r * r{i} + c * c{i}, {value}, mask=m)")
+
+    def source(self) -> str:
+        params = "".join(f"p{i}, r{i}, c{i}, " for i in range(len(self.views)))
+        head = [f"@triton.jit\ndef {self.name}(N, H, {params}BLOCK: tl.constexpr):",
+                "    o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)",
+                "    m = o < N", "    r = o // H", "    c = o - r * H"]
+        return "\n".join(head + [f"    {line}" for line in self.body]) + "\n"
+
+    def launch(self, strides: dict[str, str]) -> str:
+        args = "".join(f"{v}, *{strides[v]}, " for v in self.views)
+        return f"{self.name}[grid](N, H, {args}BLOCK={BLOCK})"
+
+
+class _Driver:
+    """Names of per-step view lists (built once before the loop) and of their strides."""
+
+    def __init__(self, st: Stages) -> None:
+        self.st, self.lists, self.strides = st, {}, {}
+        self.vbuf = {v: f"V{i}" for i, v in enumerate(sorted(st.kept - set(st.outputs)) + st.materialized)}
+
+    def view(self, name: str, expr: str, index: str = "[t]") -> str:
+        """`name[t]` of the list `expr`, whose elements all share one stride."""
+        self.lists.setdefault(name, expr)
+        self.strides[f"{name}{index}"] = f"st_{name}"
+        return f"{name}{index}"
+
+    def plain(self, name: str) -> str:
+        self.strides[name] = "(H, 1)"  # a contiguous (B, H) accumulator
+        return name
+
+    def cols(self, buf: str, c: int, grad: bool = False) -> str:
+        b = f"d{buf}" if grad else buf
+        return self.view(f"{b.lower()}_{c}", f"_steps({b}, T, {c} * H, {c + 1} * H)")
+
+    def home(self, v: str) -> str:
+        """Where value v is stored at step t (a single view)."""
+        st = self.st
+        kind = st.kind(v)
+        if kind == "x":
+            return self.view("x_", "X.unbind(0)")
+        if kind == "state":
+            j = st.state[v]
+            return self.view(f"s{j}_", f"_hist(S{j}, T)")
+        if v in st.outputs:
+            k = st.outputs.index(v)
+            return self.view(f"s{k}_", f"_hist(S{k}, T)", "[t + 1]")
+        if v in self.vbuf:
+            return self.view(self.vbuf[v].lower() + "_", f"_steps({self.vbuf[v]}, T)")
+        return self.cols(*st.columns(v)[0])
+
+    def reads(self, v: str) -> list[str]:
+        """Views whose sum is value v (a linear value: all its family's columns)."""
+        if self.st.kind(v) == "linear":
+            return [self.cols(b, c) for b, c in self.st.columns(v)]
+        return [self.home(v)]
+
+    def grad(self, v: str) -> str:
+        """Where the gradient of value v accumulates at step t."""
+        st = self.st
+        kind = st.kind(v)
+        if kind == "x":
+            return self.view("dx_", "dX.unbind(0)")
+        if kind == "state":
+            return self.plain(f"dN{st.state[v]}")
+        if kind == "linear":
+            return self.cols(*st.columns(v)[0], grad=True)
+        return self.plain(f"dA{st.elementwise.index(st.node[v])}")
+
+    def secondaries(self, v: str) -> list[str]:
+        return [self.cols(b, c, grad=True) for b, c in self.st.columns(v)[1:]] \
+            if self.st.kind(v) == "linear" else []
+
+    def seq(self, v: str) -> str:
+        """Value v over all steps, (T, B, H), for the weight gradients."""
+        st = self.st
+        if st.kind(v) == "state":
+            return f"S{st.state[v]}[:T]"
+        if v in st.outputs:
+            return f"S{st.outputs.index(v)}[1:]"
+        if v in self.vbuf:
+            return self.vbuf[v]
+        buf, c = st.columns(v)[0]
+        return f"{buf}[:, :, {c} * H:{c + 1} * H]"
+
+    def head(self) -> list[str]:
+        return [f"    {n} = {e}" for n, e in self.lists.items()] + \
+               [f"    st_{n} = {n}[0].stride()" for n in self.lists]
+
+
+def _upstream(d: _Driver, k_outputs: list[int], kern: _Kernel, var: str) -> list[str]:
+    """Loads of the gradients a value gets as the new state(s) k: the carry, and dout for h."""
+    terms = []
+    for k in k_outputs:
+        terms.append(kern.load([d.plain(f"dC{k}")], f"{var}c{k}"))
+        if k == 0:
+            terms.append(kern.load([d.view("do_", "dout.unbind(0)")], f"{var}o"))
+    return terms
+
+
+def _compute(st: Stages, d: _Driver, s: int, kern: _Kernel) -> dict[str, str]:
+    """Loads and node values of stage s in `kern`; returns value -> variable."""
+    var = {v: kern.load(d.reads(v), f"u{i}") for i, v in enumerate(st.stage_reads(s))}
+    for i, n in enumerate(st.nodes(s)):
+        expr, _ = TRITON[n.op]
+        var[n.name] = f"n{i}"
+        kern.body.append(f"n{i} = {render(expr, [var[st.root(a)] for a in n.inputs], dict(n.options))}")
+    return var
+
+
+def forward_kernel(st: Stages, d: _Driver, s: int) -> _Kernel | None:
+    kern = _Kernel(f"_f{s}")
+    var = _compute(st, d, s, kern)
+    for n in st.nodes(s):
+        if n.name in st.kept:
+            kern.store(d.home(n.name), var[n.name])
+        for k, v in enumerate(st.outputs):
+            if v == n.name and d.home(n.name) != d.view(f"s{k}_", f"_hist(S{k}, T)", "[t + 1]"):
+                kern.store(d.view(f"s{k}_", f"_hist(S{k}, T)", "[t + 1]"), var[n.name])
+    for v, k in st.exports(s):
+        kern.store(d.view(f"s{k}_", f"_hist(S{k}, T)", "[t + 1]"), var[v])
+    for v in st.materialized:
+        if st.stage[v] == s:
+            kern.store(d.home(v), var[v])
+    return kern if kern.views else None
+
+
+def backward_kernel(st: Stages, d: _Driver, s: int, contrib: dict) -> _Kernel | None:
+    kern = _Kernel(f"_b{s}")
+    var = _compute(st, d, s, kern)
+    nodes = st.nodes(s)
+    terms: dict[str, list[str]] = {}
+    for i, n in enumerate(nodes):
+        ks = [k for k, v in enumerate(st.outputs) if v == n.name]
+        terms[n.name] = _upstream(d, ks, kern, f"e{i}")
+        if contrib.get(n.name):
+            terms[n.name].append(kern.load([d.grad(n.name)], f"e{i}a"))
+    ext: dict[str, list[str]] = {}
+    for v, k in st.exports(s):
+        ext.setdefault(v, []).extend(_upstream(d, [k], kern, f"x{len(ext)}_"))
+    q = 0
+    for i, n in reversed(list(enumerate(nodes))):
+        kern.body.append(f"g{i} = {' + '.join(terms[n.name]) or '0.0'}")
+        _, grads = TRITON[n.op]
+        operands = [var[st.root(a)] for a in n.inputs]
+        for j, a in enumerate(n.inputs):
+            template = grads[min(j, len(grads) - 1)]
+            kern.body.append(f"q{q} = {render(template, operands, dict(n.options), y=f'n{i}', g=f'g{i}')}")
+            r = st.root(a)
+            (terms if r in terms else ext).setdefault(r, []).append(f"q{q}")
+            q += 1
+    for i, (v, parts) in enumerate(ext.items()):
+        total, target = " + ".join(parts), d.grad(v)
+        if contrib[v][0] != ("stage", s):  # an earlier contribution wrote it: add to it
+            total = f"{kern.load([target], f'w{i}')} + {total}"
+        kern.body.append(f"t{i} = {total}")
+        kern.store(target, f"t{i}")
+        if contrib[v][-1] == ("stage", s):  # the last contribution: the other groups' columns too
+            for sec in d.secondaries(v):
+                kern.store(sec, f"t{i}")
+    return kern if nodes or ext else None
+
+
+def _gemm_source(st: Stages, d: _Driver, k: int) -> str:
+    return d.home(st.root(st.plan.groups[k].source))
+
+
+def forward_source(st: Stages, d: _Driver, kernels: list[_Kernel]) -> str:
+    bases = st.lay.bases()
+    loop = []
+    for s in range(st.count):
+        for k in st.groups_in_batch(s):
+            j = st.rec.index(k)
+            out = d.view(f"g{k}_", f"_steps(G{k}, T)")
+            src = _gemm_source(st, d, k)
+            if bases[j] is None:
+                loop.append(f"torch.mm({src}, wt{k}, out={out})")
+            elif bases[j] == "bias":
+                loop.append(f"torch.addmm(base[{j}], {src}, wt{k}, out={out})")
+            else:
+                loop.append(f"torch.addmm({d.view(f'b{k}_', f'base[{j}].unbind(0)')}, {src}, wt{k}, out={out})")
+        kern = forward_kernel(st, d, s)
+        if kern is not None:
+            kernels.append(kern)
+            loop.append(kern.launch(d.strides))
+    head = ["def forward(T, keep, X, base, xo, init, wt):",
+            "    B, H = init[0].shape",
+            "    N, n, grid = B * H, T if keep else 1, (triton.cdiv(B * H, BLOCK),)"]
+    for j in range(len(st.spec.state)):
+        rows = "T + 1" if j == 0 else "T + 1 if keep else 2"  # no_grad: two slots, in turn
+        head += [f"    S{j} = init[0].new_empty({rows}, B, H)", f"    S{j}[0] = init[{j}]"]
+    for j, k in enumerate(st.rec):
+        head += [f"    G{k} = init[0].new_empty(n, B, {len(st.plan.groups[k].bias_rows)} * H)",
+                 f"    wt{k} = wt[{j}]"]
+    head += [f"    {b} = init[0].new_empty(n, B, H)" for b in d.vbuf.values()]
+    head += [f"    xo{j} = xo[{j}]" for j in range(len(st.lay.xonly))]
+    finals = "".join(f"_last(S{j}, T), " for j in range(len(st.spec.state)))
+    tail = f"    return S0[1:], ({finals}), ({_saved(st, d)})"
+    return "\n".join(head + d.head() + ["    for t in range(T):"] + [f"        {x}" for x in loop] + [tail]) + "\n"
+
+
+def _saved(st: Stages, d: _Driver) -> str:
+    names = [f"S{j}" for j in range(len(st.spec.state))] + [f"G{k}" for k in st.rec] + list(d.vbuf.values())
+    return "".join(f"{n}, " for n in names)
+
+
+def backward_source(st: Stages, d: _Driver, kernels: list[_Kernel]) -> str:
+    contrib = st.contributors()
+    loop = []
+    for kind, s in st.events():
+        if kind == "stage":
+            kern = backward_kernel(st, d, s, contrib)
+            if kern is not None:
+                kernels.append(kern)
+                loop.append(kern.launch(d.strides))
+            continue
+        for k in st.groups_in_batch(s):
+            v = st.root(st.plan.groups[k].source)
+            beta = ", beta=0" if contrib[v][0] == (kind, s) else ""
+            loop.append(f"{d.grad(v)}.addmm_({d.view(f'dg{k}_', f'_steps(dG{k}, T)')}, w{k}{beta})")
+            if contrib[v][-1] == (kind, s):
+                first = d.grad(v)
+                loop += [f"{sec}.copy_({first})" for sec in d.secondaries(v)]
+    K = len(st.spec.state)
+    unread = [j for j, s in enumerate(st.spec.state) if s not in contrib]
+    swap = [f"dC{j}, dN{j} = dN{j}, dC{j}" for j in range(K) if j not in unread]
+    loop += swap + [f"dC{j} = Z" for j in unread]
+    head = ["def backward(T, dout, dfin, X, xo, w, saved):",
+            f"    {_saved(st, d)}= saved",
+            "    B, H = S0.shape[1], S0.shape[2]",
+            "    N, grid = B * H, (triton.cdiv(B * H, BLOCK),)",
+            "    Z = S0.new_zeros(B, H)"]
+    head += [f"    dG{k} = S0.new_empty(T, B, {len(st.plan.groups[k].bias_rows)} * H)" for k in st.rec]
+    head += [f"    w{k} = w[{j}]" for j, k in enumerate(st.rec)]
+    for j, i in enumerate(st.lay.xonly):
+        head += [f"    xo{j} = xo[{j}]", f"    dxo{j} = S0.new_empty(T, B, {len(st.plan.families[i].members)} * H)"]
+    if st.plan.needs_raw_x:
+        head.append("    dX = torch.empty_like(X)")
+    head += [f"    dC{j} = dfin[{j}].clone(memory_format=torch.contiguous_format)" for j in range(K)]
+    head += [f"    dN{j} = S0.new_empty(B, H)" for j in range(K)]
+    head += [f"    dA{i} = S0.new_empty(B, H)" for i, n in enumerate(st.elementwise) if n.name in contrib]
+    bases = st.lay.bases()
+    dbase = []
+    for j, k in enumerate(st.rec):
+        dbase.append("None" if bases[j] is None else f"dG{k}.sum((0, 1))" if bases[j] == "bias" else f"dG{k}")
+    dw = [f"torch.mm(dG{k}.flatten(0, 1).t(), {d.seq(st.root(st.plan.groups[k].source))}.flatten(0, 1))"
+          for k in st.rec]
+    dxo = "".join(f"dxo{j}, " for j in range(len(st.lay.xonly)))
+    dinit = "".join(f"dC{j}, " for j in range(K))
+    tail = (f"    return ({'dX' if st.plan.needs_raw_x else 'None'}, ({''.join(x + ', ' for x in dbase)}), "
+            f"({dxo}), ({dinit}), ({''.join(x + ', ' for x in dw)}))")
+    body = ["    for t in range(T - 1, -1, -1):"] + [f"        {x}" for x in loop]
+    return "\n".join(head + d.head() + body + [tail]) + "\n"
+
+
+def generate(plan: Plan) -> tuple[SeqCode, str]:
+    """(the code's description and driver source, the Triton kernels' source)."""
+    st = Stages(plan)
+    kernels: list[_Kernel] = []
+    fwd = forward_source(st, _Driver(st), kernels)
+    bwd = backward_source(st, _Driver(st), kernels)
+    xg = plan.group(INPUT)
+    xonly = tuple((plan.offset(xg, i), plan.offset(xg, i) + len(plan.families[i].members))
+                  for i in st.lay.xonly)
+    code = SeqCode(st.lay.bases(), xonly, plan.needs_raw_x, fwd, bwd)
+    return code, "\n\n".join(k.source() for k in kernels)

@@ -1,0 +1,27 @@
+"""The registry's elementwise ops as Triton expressions, for the fused GPU kernels (nas.cell.gpugen).
+
+Per op: the value and, per operand (one shared entry for n-ary ops), its gradient, as `str.format`
+templates over the operands {a} {b} {c} ({sum}, {inv_n} for n-ary ops), the result {y}, the
+incoming gradient {g} and the op's options, exactly like nas.cell.ops (which stays the reference:
+tests/test_gpugen.py checks these against it). Everything is computed in float32 registers.
+An op missing here makes its cells run the torch kernels on the GPU instead (nas.cell.fused).
+
+tanh is 2 sigmoid(2a) - 1: tl has no tanh that also runs in Triton's CPU interpreter (the tests').
+"""
+
+from __future__ import annotations
+
+TRITON: dict[str, tuple[str, tuple[str, ...]]] = {
+    "identity": ("{a}", ("{g}",)),
+    "add": ("{a} + {b}", ("{g}", "{g}")),
+    "sub": ("{a} - {b}", ("{g}", "-{g}")),
+    "mul": ("{a} * {b}", ("{g} * {b}", "{g} * {a}")),
+    "blend": ("{c} + {a} * ({b} - {c})", ("{g} * ({b} - {c})", "{g} * {a}", "{g} - {g} * {a}")),
+    "mean": ("({sum}) * {inv_n}", ("{g} * {inv_n}",)),
+    "tanh": ("2.0 * tl.sigmoid(2.0 * {a}) - 1.0", ("{g} * (1.0 - {y} * {y})",)),
+    "sigmoid": ("tl.sigmoid({a})", ("{g} * {y} * (1.0 - {y})",)),
+    # relu(NaN) is NaN, as in torch (a NaN must reach the loss: that is how divergence is seen).
+    "relu": ("tl.where({a} < 0.0, 0.0, {a})", ("tl.where({y} > 0.0, {g}, 0.0)",)),
+    "leaky_relu": ("tl.where({a} > 0.0, {a}, {a} * {negative_slope!r})",
+                   ("tl.where({a} > 0.0, {g}, {g} * {negative_slope!r})",)),
+}

@@ -1,0 +1,131 @@
+"""The GPU code (nas.cell.gpugen: cuBLAS products and one fused Triton kernel per stage) against
+the torch code of the fast path, which tests/test_fast_path.py holds to the reference path.
+
+Without a GPU the kernels run in Triton's CPU interpreter (tests/conftest.py), on CPU tensors:
+the generated code is the same, so these tests check it everywhere; with a GPU they run on it."""
+
+import copy
+import math
+
+import pytest
+import torch
+from random_cells import ALL_OPS, random_cells
+
+from nas.cell import KNOWN_CELLS, CellRNN, CellSpec, fused, known_cell
+from nas.cell.gpustages import Stages
+from nas.cell.lower import lower
+from nas.cell.ops import OPS
+from nas.cell.tritonops import TRITON
+
+pytest.importorskip("triton")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture
+def gpu_code(monkeypatch):
+    """Make every CellRNN on any device run the GPU program (the interpreter's, on the CPU)."""
+    torch_select = fused.select
+
+    def select(cell, xs, dtype):
+        if getattr(cell, "triton", True):
+            return fused.gpu_program(cell.spec)
+        return torch_select(cell, xs, dtype)
+
+    monkeypatch.setattr(fused, "select", select)
+
+
+def pair(spec, size=8, layers=1):
+    torch.manual_seed(0)
+    model = CellRNN(spec, size, size, num_layers=layers).to(DEVICE)
+    ref = copy.deepcopy(model)
+    for layer in ref.layers:
+        layer.triton = False
+    return model, ref
+
+
+def run(model, x, state, dout):
+    x = x.clone().requires_grad_(True)
+    state = tuple(s.clone().requires_grad_(True) for s in state)
+    out, final = model(x, state)
+    loss = (out * dout).sum() + sum((f * f).sum() for f in final)
+    grads = torch.autograd.grad(loss, [x, *state, *model.parameters()])
+    return [out, *final, *grads]
+
+
+def relative_error(model, ref, T=5, B=3):
+    H, L, K = model.hidden_size, model.num_layers, len(model.spec.state)
+    x = torch.randn(T, B, H, device=DEVICE)
+    state = tuple(torch.randn(L, B, H, device=DEVICE) for _ in range(K))
+    dout = torch.randn(T, B, H, device=DEVICE)
+    got, want = run(model, x, state, dout), run(ref, x, state, dout)
+    return max(float(((a - b).abs().max() / (b.abs().max() + 1)).detach()) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("name", KNOWN_CELLS)
+def test_known_cells_match_the_torch_code(gpu_code, name):
+    model, ref = pair(known_cell(name), layers=2)
+    assert relative_error(model, ref) < 1e-5
+
+
+def test_every_op_has_a_triton_form_and_matches(gpu_code):
+    assert set(TRITON) == set(OPS) - {"linear"}  # the random cells draw the rest of them
+    model, ref = pair(ALL_OPS)
+    assert relative_error(model, ref) < 1e-5
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy (the interpreter) overflowing
+def test_random_cells_match_the_torch_code(gpu_code):
+    compared = 0
+    for spec in random_cells(11, 30):
+        err = relative_error(*pair(spec, size=6, layers=2), T=4, B=2)
+        if math.isnan(err):
+            continue  # an unbounded random cell overflowed in both
+        assert err < 1e-4, spec.to_json()
+        compared += 1
+    assert compared >= 25
+
+
+def test_no_grad_forward_matches(gpu_code):
+    model, ref = pair(known_cell("darts_v2"))
+    x = torch.randn(6, 2, 8, device=DEVICE)
+    with torch.no_grad():
+        (out, final), (want, want_final) = model(x), ref(x)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(final, want_final):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_stages_of_known_cells():
+    assert Stages(lower(known_cell("lstm"))).count == 1
+    assert Stages(lower(known_cell("gru"))).count == 1
+    # darts_v2's nodes by depth: s0 | s1 | s2 s3 s4 (read s1) | s5 s7 | s6 s8
+    darts = Stages(lower(known_cell("darts_v2")))
+    assert darts.count == 5 and [len(darts.nodes(s)) for s in range(5)] == [3, 3, 8, 6, 7]
+    assert Stages(lower(known_cell("nas_cell"))).count == 1
+
+
+def test_the_cpu_runs_the_torch_code():
+    cell = CellRNN(known_cell("lstm"), 4, 4).layers[0]
+    assert fused.select(cell, torch.zeros(2, 1, 4), torch.float32) is fused.program(cell.spec)
+
+
+def test_generated_code_names_nothing_from_the_spec():
+    spec = CellSpec.from_dict({"state": ["HIDDEN_STATE"], "nodes": {
+        "EVIL_NODE": {"op": "linear", "in": ["x", "HIDDEN_STATE"]},
+        "OTHER_NODE": {"op": "tanh", "in": ["EVIL_NODE"]}}, "outputs": {"HIDDEN_STATE": "OTHER_NODE"}})
+    prog = fused.gpu_program(spec)
+    source = prog.code.forward_source + prog.code.backward_source
+    assert "EVIL" not in source and "HIDDEN" not in source and "OTHER" not in source
+
+
+def test_under_emulated_cuda_graphs(gpu_code):
+    """The GPU code inside CUDA graphs (their bookkeeping emulated on the CPU: nas.cell.cudagraphs)."""
+    from nas.cell.cudagraphs import GraphCache, capture_emulated
+
+    model, ref = pair(known_cell("darts_v2"))
+    if DEVICE == "cpu":
+        for layer in model.layers:
+            layer._graphs = GraphCache(capture_emulated)
+    for _ in range(3):  # eager, captured, replayed
+        assert relative_error(model, ref) < 1e-5
+    assert model.layers[0]._graphs.runners
