@@ -75,14 +75,14 @@ def test_every_op_has_a_triton_form_and_matches(gpu_code):
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy (the interpreter) overflowing
 def test_random_cells_match_the_torch_code(gpu_code):
-    compared = 0
-    for spec in random_cells(11, 30):
+    compared, count = 0, 10 if DEVICE == "cuda" else 30  # on a GPU each cell compiles its kernels
+    for spec in random_cells(11, count):
         err = relative_error(*pair(spec, size=6, layers=2), T=4, B=2)
         if math.isnan(err):
             continue  # an unbounded random cell overflowed in both
         assert err < 1e-4, spec.to_json()
         compared += 1
-    assert compared >= 25
+    assert compared >= count * 0.8
 
 
 def test_no_grad_forward_matches(gpu_code):
