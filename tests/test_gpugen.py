@@ -27,7 +27,7 @@ def gpu_code(monkeypatch):
     torch_select = fused.select
 
     def select(cell, xs, dtype):
-        if getattr(cell, "triton", True):
+        if cell.triton:
             return fused.gpu_program(cell.spec)
         return torch_select(cell, xs, dtype)
 

@@ -13,6 +13,11 @@ Two paths compute the same function (tests/test_fast_path.py holds them to it):
   torch.nn.LSTM), and it does not support double backward.
 - the reference path (`fused=False`): the step code of nas.cell.lower under autograd, op by op.
 
+On a GPU the fast path's elementwise work is one generated Triton kernel per stage of a step
+(nas.cell.gpugen; float32/bf16/fp16, when Triton is installed), and a shape seen twice is replayed
+as CUDA graphs (nas.cell.cudagraphs). `cell.triton = False` / `cell.cuda_graphs = False` (or the
+environment variables NAS_TRITON=0 / NAS_CUDA_GRAPHS=0) turn either off.
+
 Parameters of a layer (state_dict names): `weight_x` ((n_x * H, I), all linear terms on x),
 `weight_<src>` ((n * H, H), the terms on state vector or node <src>), and `bias` ((n_b * H,), the
 biases of the linear nodes that have one, in node order). Weights are initialised like torch.nn.LSTM
@@ -55,7 +60,10 @@ class CompiledCell(nn.Module):
                              f"hidden_size={hidden_size}")
         self.spec, self.input_size, self.hidden_size = spec, input_size, hidden_size
         self.fused = fused
-        self.cuda_graphs = True  # on a GPU, the fast path replays repeated shapes as CUDA graphs
+        # On a GPU the fast path runs fused Triton kernels (nas.cell.gpugen) and replays repeated
+        # shapes as CUDA graphs (nas.cell.cudagraphs); these switch either off for this cell.
+        self.triton = True
+        self.cuda_graphs = True
         self._graphs = GraphCache()
         self.plan, code = _plan(spec)
         if self.plan.needs_raw_x and input_size != hidden_size:

@@ -99,8 +99,8 @@ def gpu_program(spec: CellSpec) -> Program | None:
 
 def select(cell, xs: Tensor, dtype: torch.dtype) -> Program:
     """The program for this call: the GPU kernels for a CUDA float32/16 run, else the torch code."""
-    if xs.is_cuda and dtype in (torch.float32, torch.bfloat16, torch.float16) and \
-            getattr(cell, "triton", True) and os.environ.get("NAS_TRITON", "1") != "0":
+    if xs.is_cuda and dtype in (torch.float32, torch.bfloat16, torch.float16) and cell.triton and \
+            os.environ.get("NAS_TRITON", "1") != "0":
         prog = gpu_program(cell.spec)
         if prog is not None:
             return prog
