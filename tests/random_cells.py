@@ -93,3 +93,28 @@ ALL_OPS = CellSpec.from_dict({"state": ["h", "c"], "nodes": {
     "l": {"op": "leaky_relu", "in": ["m"], "negative_slope": 0.2}, "i": f("identity", "l"),
     "d": lin("i", "h"), "out": f("blend", "a", "d", "x"), "c_new": f("sub", "i", "x"),
 }, "outputs": {"h": "out", "c": "c_new"}})
+
+
+# -- running a model on random data, for the tests that compare two paths of the same cell --------
+def random_inputs(model, T: int, B: int, device=None) -> tuple:
+    """(x, initial state, gradient of the output) for a CellRNN, on `device` (default: its own)."""
+    import torch
+
+    H, K = model.hidden_size, len(model.spec.state)
+    device = device or next(model.parameters()).device
+    x = torch.randn(T, B, model.input_size, device=device)
+    state = tuple(torch.randn(model.num_layers, B, H, device=device) for _ in range(K))
+    return x, state, torch.randn(T, B, H, device=device)
+
+
+def outputs_and_grads(model, x, state, dout) -> list:
+    """Output, final state, and the gradients of a loss reading both w.r.t. input, initial state
+    and every parameter: everything a fast path must reproduce."""
+    import torch
+
+    x = x.clone().requires_grad_(True)
+    state = tuple(s.clone().requires_grad_(True) for s in state)
+    out, final = model(x, state)
+    loss = (out * dout).sum() + sum((f * f).sum() for f in final)
+    grads = torch.autograd.grad(loss, [x, *state, *model.parameters()])
+    return [out.detach(), *(f.detach() for f in final), *grads]

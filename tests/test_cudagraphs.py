@@ -9,7 +9,9 @@ import copy
 
 import pytest
 import torch
+from random_cells import outputs_and_grads as _step
 from random_cells import random_cells
+from random_cells import random_inputs as _inputs
 
 from nas.cell import CellRNN, known_cell
 from nas.cell.cudagraphs import GraphCache, capture_emulated
@@ -30,22 +32,6 @@ def _pair(spec, mode, size=24, layers=1):
         for layer in graphed.layers:
             layer._graphs = GraphCache(capture_emulated)
     return graphed, eager
-
-
-def _step(model, x, state, dout):
-    x = x.clone().requires_grad_(True)
-    state = tuple(s.clone().requires_grad_(True) for s in state)
-    out, final = model(x, state)
-    loss = (out * dout).sum() + sum((f * f).sum() for f in final)
-    grads = torch.autograd.grad(loss, [x, *state, *model.parameters()])
-    return [out.detach(), *(f.detach() for f in final), *grads]
-
-
-def _inputs(model, T, B):
-    H, K, device = model.hidden_size, len(model.spec.state), next(model.parameters()).device
-    x = torch.randn(T, B, model.input_size, device=device)
-    state = tuple(torch.randn(model.num_layers, B, H, device=device) for _ in range(K))
-    return x, state, torch.randn(T, B, H, device=device)
 
 
 def _close(a, b, tol):

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from random_cells import ALL_OPS, random_cells
+from random_cells import ALL_OPS, outputs_and_grads, random_cells, random_inputs
 
 from nas.cell import KNOWN_CELLS, CellRNN, CellSpec, fused, known_cell
 from nas.cell.gpustages import Stages
@@ -43,22 +43,10 @@ def pair(spec, size=8, layers=1):
     return model, ref
 
 
-def run(model, x, state, dout):
-    x = x.clone().requires_grad_(True)
-    state = tuple(s.clone().requires_grad_(True) for s in state)
-    out, final = model(x, state)
-    loss = (out * dout).sum() + sum((f * f).sum() for f in final)
-    grads = torch.autograd.grad(loss, [x, *state, *model.parameters()])
-    return [out, *final, *grads]
-
-
 def relative_error(model, ref, T=5, B=3):
-    H, L, K = model.hidden_size, model.num_layers, len(model.spec.state)
-    x = torch.randn(T, B, H, device=DEVICE)
-    state = tuple(torch.randn(L, B, H, device=DEVICE) for _ in range(K))
-    dout = torch.randn(T, B, H, device=DEVICE)
-    got, want = run(model, x, state, dout), run(ref, x, state, dout)
-    return max(float(((a - b).abs().max() / (b.abs().max() + 1)).detach()) for a, b in zip(got, want))
+    x, state, dout = random_inputs(model, T, B, DEVICE)
+    got, want = outputs_and_grads(model, x, state, dout), outputs_and_grads(ref, x, state, dout)
+    return max(float((a - b).abs().max() / (b.abs().max() + 1)) for a, b in zip(got, want))
 
 
 @pytest.mark.parametrize("name", KNOWN_CELLS)
