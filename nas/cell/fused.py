@@ -172,6 +172,11 @@ def sequence(cell, xs: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple
     The buffers are written with out=, so every tensor must have one dtype: the promoted dtype of
     input, state and parameters, or under autocast the autocast dtype, for the whole recurrence (as
     autocast runs torch.nn.LSTM), with autocast off inside."""
+    if xs.is_cuda and xs.device.index != torch.cuda.current_device():
+        # Triton kernels and CUDA graph capture use the current device's stream: make it xs's
+        # (a search worker on cuda:1 does not call set_device).
+        with torch.cuda.device(xs.device):
+            return sequence(cell, xs, state)
     device = xs.device.type
     if torch.is_autocast_enabled(device):
         dtype = torch.get_autocast_dtype(device)
