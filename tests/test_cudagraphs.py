@@ -122,3 +122,14 @@ def test_cpu_runs_without_graphs():
     for _ in range(3):
         model(torch.randn(4, 2, 8))[0].sum().backward()
     assert not model.layers[0]._graphs.runners and not model.layers[0]._graphs.seen
+
+
+@MODES
+def test_second_backward_of_one_call_is_an_error(mode):
+    graphed, _ = _pair(known_cell("gru"), mode)
+    x, state, _ = _inputs(graphed, 5, 2)
+    graphed(x, state), graphed(x, state)  # captured
+    out, _ = graphed(x, state)
+    out.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward per forward"):
+        out.sum().backward()

@@ -10,11 +10,13 @@ import pytest
 import torch
 from random_cells import ALL_OPS, marked_names, random_cells
 
-from nas.cell import KNOWN_CELLS, OPS, CellRNN, compile_cell, kernels, known_cell
+from nas.cell import KNOWN_CELLS, OPS, CellRNN, CellSpec, compile_cell, kernels, known_cell
 from nas.cell import fused as fused_module
+from nas.cell.known import f, lin
 from nas.cell.lower import lower
 from nas.cell.ops import render
 from nas.cell.seqgen import generate
+from nas.cell.seqlayout import Layout
 
 B, I, H = 3, 5, 4
 TOL = {"rtol": 1e-10, "atol": 1e-12}
@@ -96,6 +98,31 @@ def test_short_sequences(T):
 
 def test_every_op():
     assert_same(ALL_OPS, layers=2)
+
+
+# A product's source in the columns of another product (b = tanh(W [x, h]) is activated in place):
+# that G buffer must keep its values for the weight gradients after the loop, so it cannot also
+# hold the backward's gradient (seqlayout.Layout._hosts).
+SOURCE_IN_SLAB = CellSpec.from_dict({"state": ["h"], "nodes": {
+    "a": lin("x", "h"), "b": f("tanh", "a"), "c": lin("b"), "h_new": f("sigmoid", "c")},
+    "outputs": {"h": "h_new"}})
+
+
+def test_gradients_written_into_the_forward_buffers():
+    assert Layout(lower(known_cell("lstm"))).hosts == {"G1": "dG1"}
+    assert Layout(lower(SOURCE_IN_SLAB)).hosts == {"G2": "dG2"}
+    assert Layout(lower(known_cell("nas_cell"))).hosts == {"G1": "dG1", "V9": "dxo0"}
+    assert_same(SOURCE_IN_SLAB, layers=2)
+
+
+def test_second_backward_through_a_retained_graph_is_an_error():
+    # The backward writes its gradients into saved buffers: a second one must fail autograd's
+    # version check (as after any in-place change), never give wrong gradients.
+    rnn = CellRNN(known_cell("darts_v2"), I, H)
+    out, _ = rnn(torch.randn(4, B, I))
+    out.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward per forward"):
+        out.sum().backward()
 
 
 def test_without_any_fast_form(monkeypatch):

@@ -10,7 +10,8 @@ Two paths compute the same function (tests/test_fast_path.py holds them to it):
 - the fast path (default, `fused=True`): the whole-sequence code of nas.cell.seqgen, run as one
   autograd node per layer with a generated backward (nas.cell.fused); under torch.no_grad it keeps
   nothing for backward. Its output may not be modified in place (autograd raises, as for
-  torch.nn.LSTM), and it does not support double backward.
+  torch.nn.LSTM), and it does not support double backward nor a second backward through a
+  retained graph (both raise).
 - the reference path (`fused=False`): the step code of nas.cell.lower under autograd, op by op.
 
 On a GPU the fast path's elementwise work is one generated Triton kernel per stage of a step

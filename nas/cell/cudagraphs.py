@@ -33,6 +33,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from nas.cell.fused import ONE_BACKWARD
+
 # How many shapes one cell keeps graphs for (training T, validation T, sampling ...): each holds
 # static buffers about the size of the activations of one sequence.
 MAX_SHAPES = 4
@@ -158,6 +160,8 @@ class Runner:
 
     def backward(self, saved: _Saved, dout: Tensor, dfin, X, xo, w) -> tuple:
         """The generated backward of the call that returned `saved`; X, xo, w: that call's inputs."""
+        if saved not in self._live:  # its backward ran: the static buffers may hold gradients now
+            raise RuntimeError(ONE_BACKWARD)
         if saved.copies is not None:  # evicted: put this call's values back
             _load([self.X, *self.xo, *self.w], [X, *xo, *w])
             _load(list(self.saved), saved.copies)

@@ -13,7 +13,9 @@ autograd) computes, with the whole-sequence code of nas.cell.seqgen:
 - on a GPU, a shape seen twice runs as CUDA graphs (nas.cell.cudagraphs): one launch per sequence
   instead of several per step.
 
-Double backward is not supported (the generated backward is not itself differentiable).
+Double backward is not supported (the generated backward is not itself differentiable), nor a
+second backward through a retained graph (the CPU backward writes its gradients into the forward's
+buffers, nas.cell.seqlayout.Layout.hosts): it raises ONE_BACKWARD; `fused=False` supports both.
 """
 
 from __future__ import annotations
@@ -118,6 +120,10 @@ def program(spec: CellSpec) -> Program:
     return Program(code, namespace["forward"], namespace["backward"])
 
 
+ONE_BACKWARD = ("CellRNN: one backward per forward on the fast path (a second backward through a "
+                "retained graph is not supported); use CellRNN(..., fused=False) for that")
+
+
 class _Sequence(torch.autograd.Function):
     """apply(program, T, sizes, graphs, X, *base, *xo, *init, *w) -> (outputs, *final states).
 
@@ -142,7 +148,10 @@ class _Sequence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, *dfin):
-        X, *rest = ctx.saved_tensors
+        try:
+            X, *rest = ctx.saved_tensors
+        except RuntimeError as err:  # autograd's version check: a backward already ran
+            raise RuntimeError(ONE_BACKWARD) from err
         nxo = ctx.sizes[1]
         xo, w, saved = rest[:nxo], rest[nxo:len(rest) - ctx.n_saved], rest[len(rest) - ctx.n_saved:]
         if ctx.runner is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from nas.cell.gpustages import Stages
 from nas.cell.lower import Plan
 from nas.cell.ops import render
-from nas.cell.seqgen import SeqCode
+from nas.cell.seqgen import SeqCode, state_buffers
 from nas.cell.spec import INPUT
 from nas.cell.tritonops import TRITON
 
@@ -240,9 +240,7 @@ def forward_source(st: Stages, d: _Driver, kernels: list[_Kernel]) -> str:
     head = ["def forward(T, keep, X, base, xo, init, wt):",
             "    B, H = init[0].shape",
             "    N, n, grid = B * H, T if keep else 1, (triton.cdiv(B * H, BLOCK),)"]
-    for j in range(len(st.spec.state)):
-        rows = "T + 1" if j == 0 else "T + 1 if keep else 2"  # no_grad: two slots, in turn
-        head += [f"    S{j} = init[0].new_empty({rows}, B, H)", f"    S{j}[0] = init[{j}]"]
+    head += state_buffers(len(st.spec.state))
     for j, k in enumerate(st.rec):
         head += [f"    G{k} = init[0].new_empty(n, B, {len(st.plan.groups[k].bias_rows)} * H)",
                  f"    wt{k} = wt[{j}]"]

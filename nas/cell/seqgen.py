@@ -109,25 +109,36 @@ def forward_source(lay: Layout) -> str:
         if o in lay.state or o == INPUT or lay.where[o] != ("next", k):
             e(f"{lay.slot(e, k, 1)}.copy_({lay.val(e, o)})")
     finals = "".join(f"_last(S{k}, T), " for k in range(len(spec.state)))
-    saved = "".join(f"{b}, " for b in lay.buffers)
+    saved = "".join(f"{lay.saved(b)}, " for b in lay.buffers)
     tail = [f"    return S0[1:], ({finals}), ({saved})"]
     return "\n".join(_forward_head(lay, e) + e.lines + tail) + "\n"
+
+
+def state_buffers(K: int) -> list[str]:
+    """The forward's state histories S<k>, (T + 1, B, H) with the initial state in row 0; under
+    no_grad all but S0 (the outputs) are two slots used in turn."""
+    head = []
+    for k in range(K):
+        rows = "T + 1" if k == 0 else "T + 1 if keep else 2"
+        head += [f"    S{k} = init[0].new_empty({rows}, B, H)", f"    S{k}[0] = init[{k}]"]
+    return head
 
 
 def _forward_head(lay: Layout, e: Emitter) -> list[str]:
     bases = lay.bases()
     head = ["def forward(T, keep, X, base, xo, init, wt):",
             "    B, H = init[0].shape",
-            "    n = T if keep else 1"]
-    for k in range(len(lay.spec.state)):
-        rows = "T + 1" if k == 0 else "T + 1 if keep else 2"  # no_grad: two slots, in turn
-        head += [f"    S{k} = init[0].new_empty({rows}, B, H)", f"    S{k}[0] = init[{k}]"]
+            "    n = T if keep else 1"] + state_buffers(len(lay.spec.state))
     for j, k in enumerate(lay.rec):
         head.append(f"    wt{k} = wt[{j}]")
         if bases[j] == "bias":
             head.append(f"    b{k} = base[{j}]")
     for b in lay.buffers[len(lay.spec.state):]:
-        head.append(f"    {b} = init[0].new_empty(n, B, {lay.width.get(b, 1)} * H)")
+        if b in lay.hosts:  # (one more row: for a gradient of the backward, see Layout._hosts)
+            head += [f"    {b}x = init[0].new_empty(n + 1 if keep else 1, B, {lay.width.get(b, 1)} * H)",
+                     f"    {b} = {b}x[:n]"]
+        else:
+            head.append(f"    {b} = init[0].new_empty(n, B, {lay.width.get(b, 1)} * H)")
     head += [f"    xo{j} = xo[{j}]" for j in range(len(lay.xonly))]
     head += [f"    {name} = {expr}" for name, expr in e.lists.items()]
     return head + ["    for t in range(T):"]

@@ -7,6 +7,8 @@ folded into as few calls as possible when its last reader has been processed (`G
 a plain alias costs nothing, and each further term is one fused call (add_, addcmul_, addmm_) on a
 tensor the step owns, never on one it shares. After the loop, one GEMM per recurrent group gives
 its weight gradient over all steps: dW_k = dG_k^T @ S_k, with (T*B) as the inner dimension.
+The (T, B, .) gradient buffers live, where they can, in the forward's buffers, one row behind
+(seqlayout.Layout._hosts): the backward then writes into memory that is mapped and cached.
 """
 
 from __future__ import annotations
@@ -233,13 +235,19 @@ def _family(lay: Layout, e: Emitter, grads: Grads, i: int) -> None:
 def _head(lay: Layout, e: Emitter) -> list[str]:
     spec = lay.spec
     head = ["def backward(T, dout, dfin, X, xo, w, saved):",
-            f"    {''.join(f'{b}, ' for b in lay.buffers)}= saved",
+            f"    {''.join(f'{lay.saved(b)}, ' for b in lay.buffers)}= saved",
             "    B, H = S0.shape[1], S0.shape[2]",
             "    Z = S0.new_zeros(B, H)"]
     for j, k in enumerate(lay.rec):
-        head += [f"    dG{k} = S0.new_empty(T, B, {lay.width[f'G{k}']} * H)", f"    w{k} = w[{j}]"]
+        if f"G{k}" not in lay.hosts:
+            head.append(f"    dG{k} = S0.new_empty(T, B, {lay.width[f'G{k}']} * H)")
+        head.append(f"    w{k} = w[{j}]")
     for j in range(len(lay.xonly)):
-        head += [f"    xo{j} = xo[{j}]", f"    dxo{j} = xo{j}.new_empty(xo{j}.shape)"]
+        head.append(f"    xo{j} = xo[{j}]")
+        if f"dxo{j}" not in lay.hosts.values():
+            head.append(f"    dxo{j} = xo{j}.new_empty(xo{j}.shape)")
+    for b, grad in lay.hosts.items():  # the gradient's row t is the host's row t + 1
+        head += [f"    {b} = {b}x[:T]", f"    {grad} = {b}x[1:]"]
     if "dx_" in e.lists:
         head.append("    dX = X.new_empty(X.shape)")
     for r, run in enumerate(lay.runs):

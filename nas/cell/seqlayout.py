@@ -103,8 +103,33 @@ class Layout:
         self.buffers += [f"G{k}" for k in self.rec if k not in self.into_state]
         self.buffers += [b for b in self.width if b.startswith("F")]
         self.buffers += [w[1] for w in self.where.values() if w[0] == "buf"]
+        self.hosts = self._hosts()
 
     # -- analysis ------------------------------------------------------------------------------
+    def _hosts(self) -> dict[str, str]:
+        """Forward buffers that also hold a gradient buffer of the backward, one row behind (host
+        -> dG<k> or dxo<j>): the forward gives the host T + 1 rows, and backward step t writes the
+        gradient's row t into the host's row t + 1, which only step t + 1 (already done) read. So
+        the backward allocates fewer (T, B, .) buffers: it writes into memory that is already
+        mapped and cached. G<k> holds dG<k>; a dxo<j> goes to a buffer of its width, if one is
+        left. Not a buffer whose columns hold the source of a product: the weight-gradient GEMMs
+        read the sources after the loop. (A second backward through a retained graph then fails
+        autograd's check of the saved tensors' versions, as after any in-place change.)"""
+        sources = {self.where[v][1] for v in (self.root(self.plan.groups[k].source) for k in self.rec)
+                   if v in self.where and self.where[v][0] in ("col", "buf")}
+        hosts = {f"G{k}": f"dG{k}" for k in self.rec if k not in self.into_state and f"G{k}" not in sources}
+        free = [b for b in self.buffers if b[0] in "FV" and b not in sources]
+        for j in range(len(self.xonly)):
+            b = next((b for b in free if self.width.get(b, 1) == self.width[f"xo{j}"]), None)
+            if b is not None:
+                free.remove(b)
+                hosts[b] = f"dxo{j}"
+        return hosts
+
+    def saved(self, b: str) -> str:
+        """The name under which buffer b is saved: a host's whole T + 1 rows."""
+        return f"{b}x" if b in self.hosts else b
+
     def root(self, v: str) -> str:
         """The value an identity chain stands for."""
         while v in self.node and self.node[v].op == "identity":
