@@ -87,6 +87,9 @@ class _Driver:
         b = f"d{buf}" if grad else buf
         return self.view(f"{b.lower()}_{c}", f"_steps({b}, T, {c} * H, {c + 1} * H)")
 
+    def next_state(self, k: int) -> str:
+        return self.view(f"s{k}_", f"_hist(S{k}, T)", "[t + 1]")
+
     def home(self, v: str) -> str:
         """Where value v is stored at step t (a single view)."""
         st = self.st
@@ -97,8 +100,7 @@ class _Driver:
             j = st.state[v]
             return self.view(f"s{j}_", f"_hist(S{j}, T)")
         if v in st.outputs:
-            k = st.outputs.index(v)
-            return self.view(f"s{k}_", f"_hist(S{k}, T)", "[t + 1]")
+            return self.next_state(st.outputs.index(v))
         if v in self.vbuf:
             return self.view(self.vbuf[v].lower() + "_", f"_steps({self.vbuf[v]}, T)")
         return self.cols(*st.columns(v)[0])
@@ -168,11 +170,11 @@ def forward_kernel(st: Stages, d: _Driver, s: int) -> _Kernel | None:
     for n in st.nodes(s):
         if n.name in st.kept:
             kern.store(d.home(n.name), var[n.name])
-        for k, v in enumerate(st.outputs):
-            if v == n.name and d.home(n.name) != d.view(f"s{k}_", f"_hist(S{k}, T)", "[t + 1]"):
-                kern.store(d.view(f"s{k}_", f"_hist(S{k}, T)", "[t + 1]"), var[n.name])
+        for k, v in enumerate(st.outputs):  # a value that is several new states: the others
+            if v == n.name and d.home(n.name) != d.next_state(k):
+                kern.store(d.next_state(k), var[n.name])
     for v, k in st.exports(s):
-        kern.store(d.view(f"s{k}_", f"_hist(S{k}, T)", "[t + 1]"), var[v])
+        kern.store(d.next_state(k), var[v])
     for v in st.materialized:
         if st.stage[v] == s:
             kern.store(d.home(v), var[v])
@@ -258,6 +260,12 @@ def _saved(st: Stages, d: _Driver) -> str:
 
 def backward_source(st: Stages, d: _Driver, kernels: list[_Kernel]) -> str:
     contrib = st.contributors()
+    body = ["    for t in range(T - 1, -1, -1):"] + [f"        {x}" for x in _backward_loop(st, d, kernels, contrib)]
+    return "\n".join(_backward_head(st, d, contrib) + d.head() + body + [_backward_tail(st, d)]) + "\n"
+
+
+def _backward_loop(st: Stages, d: _Driver, kernels: list[_Kernel], contrib: dict) -> list[str]:
+    """One step in reverse: each stage's kernel, then the products that ran before it."""
     loop = []
     for kind, s in st.events():
         if kind == "stage":
@@ -268,15 +276,20 @@ def backward_source(st: Stages, d: _Driver, kernels: list[_Kernel]) -> str:
             continue
         for k in st.groups_in_batch(s):
             v = st.root(st.plan.groups[k].source)
-            beta = ", beta=0" if contrib[v][0] == (kind, s) else ""
+            beta = ", beta=0" if contrib[v][0] == (kind, s) else ""  # the first contribution writes
             loop.append(f"{d.grad(v)}.addmm_({d.view(f'dg{k}_', f'_steps(dG{k}, T)')}, w{k}{beta})")
             if contrib[v][-1] == (kind, s):
-                first = d.grad(v)
-                loop += [f"{sec}.copy_({first})" for sec in d.secondaries(v)]
+                loop += [f"{sec}.copy_({d.grad(v)})" for sec in d.secondaries(v)]
+    # The carries: dN (this step's gradient of the previous state) becomes dC; a state nothing
+    # reads carries zeros.
     K = len(st.spec.state)
     unread = [j for j, s in enumerate(st.spec.state) if s not in contrib]
-    swap = [f"dC{j}, dN{j} = dN{j}, dC{j}" for j in range(K) if j not in unread]
-    loop += swap + [f"dC{j} = Z" for j in unread]
+    loop += [f"dC{j}, dN{j} = dN{j}, dC{j}" for j in range(K) if j not in unread]
+    return loop + [f"dC{j} = Z" for j in unread]
+
+
+def _backward_head(st: Stages, d: _Driver, contrib: dict) -> list[str]:
+    K = len(st.spec.state)
     head = ["def backward(T, dout, dfin, X, xo, w, saved):",
             f"    {_saved(st, d)}= saved",
             "    B, H = S0.shape[1], S0.shape[2]",
@@ -290,19 +303,21 @@ def backward_source(st: Stages, d: _Driver, kernels: list[_Kernel]) -> str:
         head.append("    dX = torch.empty_like(X)")
     head += [f"    dC{j} = dfin[{j}].clone(memory_format=torch.contiguous_format)" for j in range(K)]
     head += [f"    dN{j} = S0.new_empty(B, H)" for j in range(K)]
-    head += [f"    dA{i} = S0.new_empty(B, H)" for i, n in enumerate(st.elementwise) if n.name in contrib]
+    return head + [f"    dA{i} = S0.new_empty(B, H)" for i, n in enumerate(st.elementwise) if n.name in contrib]
+
+
+def _backward_tail(st: Stages, d: _Driver) -> str:
+    """dX, dbase (per group: its dG, or summed for a bias vector), dxo, the initial states'
+    gradients, and each group's weight gradient as one GEMM over all steps."""
     bases = st.lay.bases()
-    dbase = []
-    for j, k in enumerate(st.rec):
-        dbase.append("None" if bases[j] is None else f"dG{k}.sum((0, 1))" if bases[j] == "bias" else f"dG{k}")
+    dbase = ["None" if bases[j] is None else f"dG{k}.sum((0, 1))" if bases[j] == "bias" else f"dG{k}"
+             for j, k in enumerate(st.rec)]
     dw = [f"torch.mm(dG{k}.flatten(0, 1).t(), {d.seq(st.root(st.plan.groups[k].source))}.flatten(0, 1))"
           for k in st.rec]
     dxo = "".join(f"dxo{j}, " for j in range(len(st.lay.xonly)))
-    dinit = "".join(f"dC{j}, " for j in range(K))
-    tail = (f"    return ({'dX' if st.plan.needs_raw_x else 'None'}, ({''.join(x + ', ' for x in dbase)}), "
+    dinit = "".join(f"dC{j}, " for j in range(len(st.spec.state)))
+    return (f"    return ({'dX' if st.plan.needs_raw_x else 'None'}, ({''.join(x + ', ' for x in dbase)}), "
             f"({dxo}), ({dinit}), ({''.join(x + ', ' for x in dw)}))")
-    body = ["    for t in range(T - 1, -1, -1):"] + [f"        {x}" for x in loop]
-    return "\n".join(head + d.head() + body + [tail]) + "\n"
 
 
 def generate(plan: Plan) -> tuple[SeqCode, str]:
