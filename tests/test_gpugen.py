@@ -117,3 +117,22 @@ def test_under_emulated_cuda_graphs(gpu_code):
     for _ in range(3):  # eager, captured, replayed
         assert relative_error(model, ref) < 1e-5
     assert model.layers[0]._graphs.runners
+
+
+def test_probe_runs_the_kernels_once_per_device(gpu_code):
+    fused.triton_works.cache_clear()
+    assert fused.triton_works(torch.device(DEVICE))
+    assert fused.triton_works.cache_info().currsize == 1
+
+
+def test_kernels_that_fail_fall_back_with_a_warning(gpu_code, monkeypatch):
+    def broken(spec):
+        raise RuntimeError("no compiler for this GPU")
+
+    monkeypatch.setattr(fused, "gpu_program", broken)
+    fused.triton_works.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="Triton kernels do not run.*no compiler"):
+            assert not fused.triton_works(torch.device(DEVICE))
+    finally:
+        fused.triton_works.cache_clear()

@@ -23,9 +23,10 @@ from __future__ import annotations
 import importlib.util
 import linecache
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import torch
 from torch import Tensor
@@ -102,11 +103,55 @@ def gpu_program(spec: CellSpec) -> Program | None:
 def select(cell, xs: Tensor, dtype: torch.dtype) -> Program:
     """The program for this call: the GPU kernels for a CUDA float32/16 run, else the torch code."""
     if xs.is_cuda and dtype in (torch.float32, torch.bfloat16, torch.float16) and cell.triton and \
-            os.environ.get("NAS_TRITON", "1") != "0":
+            os.environ.get("NAS_TRITON", "1") != "0" and triton_works(xs.device):
         prog = gpu_program(cell.spec)
         if prog is not None:
             return prog
     return program(cell.spec)
+
+
+# A cell with every op, run once per device before the first real one: a GPU or driver that
+# Triton cannot compile for (or a broken install) costs a warning and the torch kernels, not a
+# crash in the middle of a search.
+_PROBE = {"state": ["h", "c"], "nodes": {
+    "a": {"op": "linear", "in": ["x", "h"]}, "g": {"op": "sigmoid", "in": ["a"]},
+    "t": {"op": "tanh", "in": ["c"]}, "r": {"op": "relu", "in": ["a"]},
+    "l": {"op": "leaky_relu", "in": ["t"]}, "s": {"op": "sub", "in": ["r", "l"]},
+    "m": {"op": "mean", "in": ["s", "g"]}, "b": {"op": "blend", "in": ["g", "m", "h"]},
+    "p": {"op": "mul", "in": ["b", "t"]}, "q": {"op": "add", "in": ["p", "c"]},
+    "i": {"op": "identity", "in": ["q"]}}, "outputs": {"h": "b", "c": "i"}}
+
+
+_probing: set = set()
+
+
+@cache
+def triton_works(device: torch.device) -> bool:
+    """Whether the generated Triton kernels compile and run on `device` (checked once, by training
+    the probe cell for one step there)."""
+    if device in _probing:
+        return True  # the probe itself runs them
+    if importlib.util.find_spec("triton") is None:
+        return False
+    from nas.cell.compile import CellRNN
+
+    _probing.add(device)
+    try:
+        with torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            rnn = CellRNN(CellSpec.from_dict(_PROBE), 16, 16).to(device)
+            for layer in rnn.layers:
+                layer.cuda_graphs = False
+            out, final = rnn(torch.randn(3, 2, 16, device=device))
+            (out.sum() + final[1].sum()).backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    except Exception as err:  # noqa: BLE001 - any failure means: do not use them
+        warnings.warn(f"nas: the Triton kernels do not run on {device} ({type(err).__name__}: {err}); "
+                      f"using the torch kernels instead", RuntimeWarning, stacklevel=2)
+        return False
+    finally:
+        _probing.discard(device)
+    return True
 
 
 @lru_cache(maxsize=4096)
