@@ -95,6 +95,17 @@ ALL_OPS = CellSpec.from_dict({"state": ["h", "c"], "nodes": {
 }, "outputs": {"h": "out", "c": "c_new"}})
 
 
+# Two products of one round read one value (h, and an identity of h): the second must add to the
+# first's gradient, not overwrite it.
+SHARED_SOURCE = CellSpec.from_dict({"state": ["h"], "nodes": {
+    "n1": {"op": "identity", "in": ["h"]}, "n2": {"op": "linear", "in": ["h", "n1", "x"]},
+    "n3": {"op": "tanh", "in": ["n2"]}}, "outputs": {"h": "n3"}})
+# A product of an identity of x.
+X_SOURCE = CellSpec.from_dict({"state": ["h"], "nodes": {
+    "n1": {"op": "identity", "in": ["x"]}, "n2": {"op": "linear", "in": ["n1", "h"]},
+    "n3": {"op": "sigmoid", "in": ["n2"]}}, "outputs": {"h": "n3"}})
+
+
 # -- running a model on random data, for the tests that compare two paths of the same cell --------
 def random_inputs(model, T: int, B: int, device=None) -> tuple:
     """(x, initial state, gradient of the output) for a CellRNN, on `device` (default: its own)."""

@@ -413,3 +413,12 @@ def test_step_code_reads_like_the_cell():
     assert source.startswith("def step(xw, x, s0, s1, w1, b1):")
     assert "torch.nn.functional.linear(s0, w1, b1)" in source
     assert source.count("torch.sigmoid") == 3 and source.count("torch.tanh") == 2
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_empty_sequence(fused):
+    rnn = CellRNN(known_cell("lstm"), 3, 4, num_layers=2, fused=fused)
+    state = (torch.randn(2, 5, 4), torch.randn(2, 5, 4))
+    out, final = rnn(torch.randn(0, 5, 3), state)
+    assert out.shape == (0, 5, 4)
+    assert all(torch.equal(a, b) for a, b in zip(final, state))

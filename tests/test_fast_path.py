@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from random_cells import ALL_OPS, marked_names, random_cells
+from random_cells import ALL_OPS, SHARED_SOURCE, X_SOURCE, marked_names, random_cells
 
 from nas.cell import KNOWN_CELLS, OPS, CellRNN, CellSpec, compile_cell, kernels, known_cell
 from nas.cell import fused as fused_module
@@ -106,6 +106,11 @@ def test_every_op():
 SOURCE_IN_SLAB = CellSpec.from_dict({"state": ["h"], "nodes": {
     "a": lin("x", "h"), "b": f("tanh", "a"), "c": lin("b"), "h_new": f("sigmoid", "c")},
     "outputs": {"h": "h_new"}})
+
+
+@pytest.mark.parametrize("spec", [SHARED_SOURCE, X_SOURCE], ids=["shared source", "x source"])
+def test_awkward_products(spec):
+    assert_same(spec, layers=2)
 
 
 def test_gradients_written_into_the_forward_buffers():

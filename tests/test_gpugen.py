@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from random_cells import ALL_OPS, outputs_and_grads, random_cells, random_inputs
+from random_cells import ALL_OPS, SHARED_SOURCE, X_SOURCE, outputs_and_grads, random_cells, random_inputs
 
 from nas.cell import KNOWN_CELLS, CellRNN, CellSpec, fused, known_cell
 from nas.cell.gpustages import Stages
@@ -73,6 +73,20 @@ def test_random_cells_match_the_torch_code(gpu_code):
     assert compared >= count * 0.8
 
 
+@pytest.mark.parametrize("spec", [SHARED_SOURCE, X_SOURCE], ids=["shared source", "x source"])
+def test_awkward_products(gpu_code, spec):
+    assert relative_error(*pair(spec, layers=2)) < 1e-5
+
+
+def test_double_backward_raises(gpu_code):
+    model, _ = pair(known_cell("lstm"))
+    x = torch.randn(4, 2, 8, device=DEVICE, requires_grad=True)
+    out, _ = model(x)
+    (g,) = torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="marked with @once_differentiable"):
+        g.norm().backward()
+
+
 def test_no_grad_forward_matches(gpu_code):
     model, ref = pair(known_cell("darts_v2"))
     x = torch.randn(6, 2, 8, device=DEVICE)
@@ -120,9 +134,20 @@ def test_under_emulated_cuda_graphs(gpu_code):
 
 
 def test_probe_runs_the_kernels_once_per_device(gpu_code):
-    fused.triton_works.cache_clear()
+    fused._probe.cache_clear()
     assert fused.triton_works(torch.device(DEVICE))
-    assert fused.triton_works.cache_info().currsize == 1
+    assert fused.triton_works(torch.device(DEVICE))
+    assert fused._probe.cache_info().currsize == 1
+
+
+def test_probe_trains_in_any_mode_and_keeps_the_random_state(gpu_code):
+    fused._probe.cache_clear()
+    torch.manual_seed(5)
+    with torch.inference_mode():
+        assert fused.triton_works(torch.device(DEVICE))
+    after_probe = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after_probe, torch.rand(3))
 
 
 def test_kernels_that_fail_fall_back_with_a_warning(gpu_code, monkeypatch):
@@ -130,9 +155,9 @@ def test_kernels_that_fail_fall_back_with_a_warning(gpu_code, monkeypatch):
         raise RuntimeError("no compiler for this GPU")
 
     monkeypatch.setattr(fused, "gpu_program", broken)
-    fused.triton_works.cache_clear()
+    fused._probe.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="Triton kernels do not run.*no compiler"):
             assert not fused.triton_works(torch.device(DEVICE))
     finally:
-        fused.triton_works.cache_clear()
+        fused._probe.cache_clear()

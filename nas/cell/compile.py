@@ -175,6 +175,8 @@ class CompiledCell(nn.Module):
 
     def sequence(self, xs: Tensor, state: State) -> tuple[Tensor, State]:
         """Run the cell over xs: (T, B, I) from `state`; returns (outputs (T, B, H), final state)."""
+        if xs.shape[0] == 0:  # no steps: no outputs, the state as it was
+            return xs.new_zeros(0, xs.shape[1], self.hidden_size), tuple(state)
         # One step without gradients (sampling) is cheaper in the step code than with the sequence
         # buffers set up; from two steps on, or with gradients, the fast path wins.
         if self.fused and (xs.shape[0] > 1 or torch.is_grad_enabled()):

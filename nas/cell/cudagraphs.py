@@ -14,9 +14,10 @@ for training, backward) and their outputs:
 - the outputs the caller keeps (the sequence output, final states, gradients that can reach
   leaves) are cloned out, because the next replay overwrites the static buffers;
 - the values saved for backward stay in the static buffers while they are valid: the usual
-  forward, backward, forward, ... costs no copy. If the runner must replay its forward while an
-  earlier call still awaits its backward (two forwards, then two backwards), the earlier call's
-  saved values are first copied out (`_Saved.evict`) and copied back in for its backward.
+  forward, backward, forward, ... costs no copy. If the runner must replay while the buffers hold
+  the values of a call that still awaits its backward (two forwards, then two backwards, in any
+  order), that call's values are first copied out (`_Saved.evict`), and copied back in for its
+  backward.
 
 The graph computes what the eager code computes, with the same kernels: tests/test_cudagraphs.py
 compares the two on a GPU (skipped where there is none).
@@ -114,8 +115,9 @@ class Runner:
         self.T, self.keep = T, keep
         self.X, self.base, self.xo = _static(X), [_static(b) for b in base], [_static(t) for t in xo]
         self.init, self.w = [_static(s) for s in init], [_static(t) for t in w]
-        self._pending: weakref.ref | None = None  # the last call's _Saved
+        self._occupant: weakref.ref | None = None  # the call whose saved values are in the buffers
         self._live: weakref.WeakSet = weakref.WeakSet()  # calls whose backward has not run yet
+        self.evictions = 0  # saved values copied out (a plain training loop makes none)
         self._load(X, base, xo, init, w)
         B, H = init[0].shape
         self.dout = init[0].new_empty(T, B, H).normal_()  # the backward's static inputs
@@ -144,17 +146,23 @@ class Runner:
     def _load(self, X, base, xo, init, w) -> None:
         _load([self.X, *self.base, *self.xo, *self.init, *self.w], [X, *base, *xo, *init, *w])
 
+    def _vacate(self) -> None:
+        """Copy out the saved values now in the static buffers if their backward is still to come."""
+        occupant = self._occupant() if self._occupant is not None else None
+        if occupant is not None and occupant in self._live and occupant.copies is None:
+            occupant.evict(self)
+            self.evictions += 1
+
     def forward(self, X, base, xo, init, w) -> tuple[Tensor, tuple, _Saved | None]:
-        pending = self._pending() if self._pending is not None else None
-        if pending is not None and pending.copies is None:
-            pending.evict(self)  # an earlier call still needs its saved values: copy them out
+        self._vacate()
         self._load(X, base, xo, init, w)
         self.replay_forward()
         out, finals = self.out.clone(), _clone(self.finals)
         if not self.keep:
+            self._occupant = None
             return out, finals, None
         saved = _Saved()
-        self._pending = weakref.ref(saved)
+        self._occupant = weakref.ref(saved)
         self._live.add(saved)
         return out, finals, saved
 
@@ -162,13 +170,17 @@ class Runner:
         """The generated backward of the call that returned `saved`; X, xo, w: that call's inputs."""
         if saved not in self._live:  # its backward ran: the static buffers may hold gradients now
             raise RuntimeError(ONE_BACKWARD)
-        if saved.copies is not None:  # evicted: put this call's values back
+        if saved.copies is not None:  # evicted: put this call's values back, after the occupant's
+            self._vacate()
             _load([self.X, *self.xo, *self.w], [X, *xo, *w])
             _load(list(self.saved), saved.copies)
+            saved.copies = None
+            self._occupant = weakref.ref(saved)
         self.dout.copy_(dout)
         _load(self.dfin, dfin)
         self.replay_backward()
         self._live.discard(saved)
+        self._occupant = None  # a backward may write into the saved buffers (nas.cell.seqgrad)
         dX, dbase, dxo, dinit, dw = self.grads
         # The gradients of x, the initial state and the weights may reach leaves (.grad keeps
         # them): copies. Those of the x products go only into this backward pass's own nodes (the
@@ -213,7 +225,7 @@ class GraphCache:
             return None
         try:
             runner = Runner(prog, T, keep, transpose, X, base, xo, init, w, self.capture)
-        except RuntimeError as err:  # an op that cannot be captured: this shape stays eager
+        except Exception as err:  # noqa: BLE001 - whatever stops a capture: this shape stays eager
             warnings.warn(f"CUDA graph capture failed, running eagerly: {err}", RuntimeWarning, stacklevel=3)
             runner = None
         self.runners[key] = runner

@@ -13,9 +13,10 @@ autograd) computes, with the whole-sequence code of nas.cell.seqgen:
 - on a GPU, a shape seen twice runs as CUDA graphs (nas.cell.cudagraphs): one launch per sequence
   instead of several per step.
 
-Double backward is not supported (the generated backward is not itself differentiable), nor a
-second backward through a retained graph (the CPU backward writes its gradients into the forward's
-buffers, nas.cell.seqlayout.Layout.hosts): it raises ONE_BACKWARD; `fused=False` supports both.
+Double backward is not supported (the generated backward is not itself differentiable: it raises),
+nor a second backward through a retained graph (the CPU backward writes its gradients into the
+forward's buffers, nas.cell.seqlayout.Layout.hosts, and so may a CUDA graph's): it raises
+ONE_BACKWARD. `fused=False` supports both.
 """
 
 from __future__ import annotations
@@ -97,13 +98,15 @@ def gpu_program(spec: CellSpec) -> Program | None:
     name = f"<cell gpu {spec.canonical_hash()}>"
     linecache.cache[name] = (len(source), None, source.splitlines(keepends=True), name)
     exec(compile(source, name, "exec"), namespace)  # noqa: S102 - generated: no spec text in it
+    if os.environ.get("TRITON_INTERPRET") != "1":  # (the interpreter reads it again at each call)
+        del linecache.cache[name]  # Triton read it when the kernels were defined; searches make thousands
     return Program(code, namespace["forward"], namespace["backward"])
 
 
 def select(cell, xs: Tensor, dtype: torch.dtype) -> Program:
     """The program for this call: the GPU kernels for a CUDA float32/16 run, else the torch code."""
     if xs.is_cuda and dtype in (torch.float32, torch.bfloat16, torch.float16) and cell.triton and \
-            os.environ.get("NAS_TRITON", "1") != "0" and triton_works(xs.device):
+            os.environ.get("NAS_TRITON", "1") != "0" and triton_works(xs.device, dtype):
         prog = gpu_program(cell.spec)
         if prog is not None:
             return prog
@@ -125,29 +128,39 @@ _PROBE = {"state": ["h", "c"], "nodes": {
 _probing: set = set()
 
 
-@cache
-def triton_works(device: torch.device) -> bool:
-    """Whether the generated Triton kernels compile and run on `device` (checked once, by training
-    the probe cell for one step there)."""
+def triton_works(device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the generated Triton kernels compile and run on `device` in `dtype` (checked once,
+    by training the probe cell for one step there; not during a CUDA graph capture)."""
     if device in _probing:
         return True  # the probe itself runs them
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return False  # a probe would break the caller's capture: the torch kernels, this once
+    return _probe(device, dtype)
+
+
+@cache
+def _probe(device: torch.device, dtype: torch.dtype) -> bool:
     if importlib.util.find_spec("triton") is None:
         return False
     from nas.cell.compile import CellRNN
 
     _probing.add(device)
+    # Whatever mode the first real call runs in (inference_mode, no_grad, autocast), the probe
+    # trains; and it leaves the random number generators as it found them (seeded runs).
+    forked = [device.index or 0] if device.type == "cuda" else []
     try:
-        with torch.enable_grad(), torch.autocast(device.type, enabled=False):
-            rnn = CellRNN(CellSpec.from_dict(_PROBE), 16, 16).to(device)
+        with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=forked), \
+                torch.autocast(device.type, enabled=False):
+            rnn = CellRNN(CellSpec.from_dict(_PROBE), 16, 16).to(device, dtype)
             for layer in rnn.layers:
                 layer.cuda_graphs = False
-            out, final = rnn(torch.randn(3, 2, 16, device=device))
+            out, final = rnn(torch.randn(3, 2, 16, device=device, dtype=dtype))
             (out.sum() + final[1].sum()).backward()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     except Exception as err:  # noqa: BLE001 - any failure means: do not use them
-        warnings.warn(f"nas: the Triton kernels do not run on {device} ({type(err).__name__}: {err}); "
-                      f"using the torch kernels instead", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"nas: the Triton kernels do not run on {device} in {dtype} ({type(err).__name__}: "
+                      f"{err}); using the torch kernels instead", RuntimeWarning, stacklevel=3)
         return False
     finally:
         _probing.discard(device)
@@ -192,6 +205,7 @@ class _Sequence(torch.autograd.Function):
         return (out, *(f.clone() for f in finals))
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the generated backward is not differentiable
     def backward(ctx, dout, *dfin):
         try:
             X, *rest = ctx.saved_tensors

@@ -130,6 +130,8 @@ class _Driver:
     def seq(self, v: str) -> str:
         """Value v over all steps, (T, B, H), for the weight gradients."""
         st = self.st
+        if st.kind(v) == "x":  # a product of identity(x)
+            return "X"
         if st.kind(v) == "state":
             return f"S{st.state[v]}[:T]"
         if v in st.outputs:
@@ -274,10 +276,14 @@ def _backward_loop(st: Stages, d: _Driver, kernels: list[_Kernel], contrib: dict
                 kernels.append(kern)
                 loop.append(kern.launch(d.strides))
             continue
+        wrote: set[str] = set()  # two products of one round can read one value (h and id(h))
         for k in st.groups_in_batch(s):
             v = st.root(st.plan.groups[k].source)
-            beta = ", beta=0" if contrib[v][0] == (kind, s) else ""  # the first contribution writes
+            first = contrib[v][0] == (kind, s) and v not in wrote  # the first contribution writes
+            wrote.add(v)
+            beta = ", beta=0" if first else ""
             loop.append(f"{d.grad(v)}.addmm_({d.view(f'dg{k}_', f'_steps(dG{k}, T)')}, w{k}{beta})")
+        for v in dict.fromkeys(st.root(st.plan.groups[k].source) for k in st.groups_in_batch(s)):
             if contrib[v][-1] == (kind, s):
                 loop += [f"{sec}.copy_({d.grad(v)})" for sec in d.secondaries(v)]
     # The carries: dN (this step's gradient of the previous state) becomes dC; a state nothing

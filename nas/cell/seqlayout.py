@@ -287,6 +287,8 @@ class Layout:
 
     def seq(self, v: str) -> str:
         """Value v over all steps, a (T, B, H) tensor (for the weight-gradient GEMMs)."""
+        if v == INPUT:  # a product of identity(x)
+            return "X"
         if v in self.state:
             return f"S{self.state[v]}[:T]"
         kind = self.where[v]

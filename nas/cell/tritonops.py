@@ -20,8 +20,9 @@ TRITON: dict[str, tuple[str, tuple[str, ...]]] = {
     "mean": ("({sum}) * {inv_n}", ("{g} * {inv_n}",)),
     "tanh": ("2.0 * tl.sigmoid(2.0 * {a}) - 1.0", ("{g} * (1.0 - {y} * {y})",)),
     "sigmoid": ("tl.sigmoid({a})", ("{g} * {y} * (1.0 - {y})",)),
-    # relu(NaN) is NaN, as in torch (a NaN must reach the loss: that is how divergence is seen).
-    "relu": ("tl.where({a} < 0.0, 0.0, {a})", ("tl.where({y} > 0.0, {g}, 0.0)",)),
+    # relu(NaN) is NaN, as in torch (a NaN must reach the loss: that is how divergence is seen);
+    # its gradient is torch's threshold_backward: zero where y <= 0, else g (NaN included).
+    "relu": ("tl.where({a} < 0.0, 0.0, {a})", ("tl.where({y} <= 0.0, 0.0, {g})",)),
     "leaky_relu": ("tl.where({a} > 0.0, {a}, {a} * {negative_slope!r})",
                    ("tl.where({a} > 0.0, {g}, {g} * {negative_slope!r})",)),
 }
