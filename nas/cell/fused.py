@@ -183,17 +183,25 @@ ONE_BACKWARD = ("CellRNN: one backward per forward on the fast path (a second ba
 
 
 class _Sequence(torch.autograd.Function):
-    """apply(program, T, sizes, graphs, X, *base, *xo, *init, *w) -> (outputs, *final states).
+    """apply(program, T, K, graphs, X, xw, *bias, *init, *w) -> (outputs, *final states).
 
-    graphs: the cell's GraphCache on a GPU (nas.cell.cudagraphs), else None."""
+    xw: the x products of the whole sequence (or None), bias: per recurrent group its bias vector
+    (or None); the Function cuts both into the program's inputs (`_inputs`) and sends the
+    gradients back as one tensor each (`_input_grads`): autograd would otherwise record a slice
+    per piece and add up full-size zero-padded gradients. graphs: the cell's GraphCache on a GPU
+    (nas.cell.cudagraphs), else None."""
 
     @staticmethod
-    def forward(ctx, prog: Program, T: int, sizes: tuple[int, int, int], graphs, X, *tensors):
-        base, xo, init, w = _split(tensors, sizes)
+    def forward(ctx, prog: Program, T: int, K: int, graphs, X, xw, *tensors):
+        nb = len(prog.code.bases)
+        bias, init, w = tensors[:nb], tensors[nb:nb + K], tensors[nb + K:]
+        base, xo = _inputs(prog, xw, bias, T, init[0])
         rows = T * init[0].shape[0]
         runner = None if graphs is None else graphs.runner(
             prog, T, True, lambda ws: _transposed(ws, rows), X, base, xo, init, w)
-        ctx.prog, ctx.T, ctx.sizes, ctx.runner = prog, T, sizes, runner
+        ctx.prog, ctx.T, ctx.n_xo, ctx.runner = prog, T, len(xo), runner
+        ctx.xw_shape = None if xw is None else xw.shape
+        ctx.bias_shapes = [None if b is None else b.shape for b in bias]
         if runner is not None:
             out, finals, ctx.held = runner.forward(X, base, xo, init, w)
             ctx.n_saved = 0
@@ -211,14 +219,75 @@ class _Sequence(torch.autograd.Function):
             X, *rest = ctx.saved_tensors
         except RuntimeError as err:  # autograd's version check: a backward already ran
             raise RuntimeError(ONE_BACKWARD) from err
-        nxo = ctx.sizes[1]
+        nxo = ctx.n_xo
         xo, w, saved = rest[:nxo], rest[nxo:len(rest) - ctx.n_saved], rest[len(rest) - ctx.n_saved:]
         if ctx.runner is not None:
             dX, dbase, dxo, dinit, dw = ctx.runner.backward(ctx.held, dout, dfin, X, xo, w)
-            return (None, None, None, None, dX, *dbase, *dxo, *dinit, *dw)
-        dX, dbase, dxo, dinit, dw = ctx.prog.backward(ctx.T, dout, dfin, X, xo, w, saved)
-        # The initial states' gradients may alias each other (zeros): hand out copies.
-        return (None, None, None, None, dX, *dbase, *dxo, *(d.clone() for d in dinit), *dw)
+        else:
+            dX, dbase, dxo, dinit, dw = ctx.prog.backward(ctx.T, dout, dfin, X, xo, w, saved)
+            dinit = [d.clone() for d in dinit]  # the initial states' gradients may alias (zeros)
+        dxw, dbias = _input_grads(ctx.prog, dbase, dxo, ctx.xw_shape, ctx.bias_shapes, dout.shape[-1])
+        return (None, None, None, None, dX, dxw, *dbias, *dinit, *dw)
+
+
+def _inputs(prog: Program, xw: Tensor | None, bias, T: int, like: Tensor) -> tuple[list, list]:
+    """The program's `base` (per recurrent group: what its product is added to, see
+    seqgen.SeqCode.bases) and `xo` inputs, as views of xw and bias where they can be."""
+    B, H = like.shape
+
+    def piece(kind: str, lo: int, hi: int, b: Tensor | None) -> Tensor:
+        if kind == "x":
+            return xw if lo == 0 and hi * H == xw.shape[-1] else xw[..., lo * H:hi * H]
+        if b is None:
+            return like.new_zeros(T, B, (hi - lo) * H)
+        return b[lo * H:hi * H].expand(T, B, (hi - lo) * H)
+
+    bases: list[Tensor | None] = []
+    for how, b in zip(prog.code.bases, bias):
+        if how is None or how == "bias":
+            bases.append(None if how is None else b)
+        else:
+            parts = [piece(kind, lo, hi, b) for kind, lo, hi in how]
+            bases.append(parts[0] if len(parts) == 1 else torch.cat(parts, -1))
+    return bases, [piece("x", lo, hi, None) for lo, hi in prog.code.xonly]
+
+
+def _input_grads(prog: Program, dbase, dxo, xw_shape, bias_shapes, H: int) -> tuple:
+    """The gradients of xw and of each group's bias from those of the program's inputs: the
+    x pieces of the bases and the xo cover xw's columns once each."""
+    dxw: Tensor | None = None
+    covered = 0
+
+    def put(lo: int, hi: int, grad: Tensor) -> None:
+        nonlocal dxw, covered
+        covered += (hi - lo) * H
+        if grad.shape[-1] == xw_shape[-1]:
+            dxw = grad  # the whole of xw: no copy
+            return
+        if dxw is None:
+            dxw = grad.new_empty(xw_shape)
+        dxw[..., lo * H:hi * H] = grad
+
+    dbias: list[Tensor | None] = []
+    for how, d, shape in zip(prog.code.bases, dbase, bias_shapes):
+        if how is None or how == "bias":
+            dbias.append(None if how is None else d)
+            continue
+        db, col = None, 0
+        for kind, lo, hi in how:
+            block = d[..., col:col + (hi - lo) * H]
+            col += (hi - lo) * H
+            if kind == "x":
+                put(lo, hi, block)
+            elif shape is not None:  # a bias piece, expanded over (T, B) in the forward
+                db = d.new_zeros(shape) if db is None else db
+                db[lo * H:hi * H] = block.sum((0, 1))
+        dbias.append(db)
+    for (lo, hi), d in zip(prog.code.xonly, dxo):
+        put(lo, hi, d)
+    if xw_shape is not None and covered != xw_shape[-1]:
+        raise AssertionError(f"fused: the inputs cover {covered} of xw's {xw_shape[-1]} columns")
+    return dxw, dbias
 
 
 def _transposed(weights, rows: int) -> list[Tensor]:
@@ -226,11 +295,6 @@ def _transposed(weights, rows: int) -> list[Tensor]:
     # than on the transposed view at B = 32, and the copy costs about one step's product; so only
     # when the sequence has enough rows (T * B) to pay for it.
     return [w.t().contiguous() if rows >= 256 else w.t() for w in weights]
-
-
-def _split(tensors: tuple, sizes: tuple[int, int, int]) -> tuple:
-    nb, nxo, K = sizes
-    return (tensors[:nb], tensors[nb:nb + nxo], tensors[nb + nxo:nb + nxo + K], tensors[nb + nxo + K:])
 
 
 def sequence(cell, xs: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -260,34 +324,20 @@ def _run(cell, xs: Tensor, state: tuple[Tensor, ...], dtype: torch.dtype):
     prog = select(cell, xs, dtype)
     x_bias, flat = cell._group_params()
     flat = [None if t is None else t.to(dtype) for t in flat]
-    T, B, H = xs.shape[0], xs.shape[1], cell.hidden_size
+    T, B = xs.shape[0], xs.shape[1]
     xw = None
     if cell.plan.group(INPUT):
         xw = torch.nn.functional.linear(xs, cell.weight_x.to(dtype), None if x_bias is None else x_bias.to(dtype))
 
-    def piece(kind: str, lo: int, hi: int, bias: Tensor | None) -> Tensor:
-        if kind == "x":
-            return xw if lo == 0 and hi * H == xw.shape[-1] else xw[..., lo * H:hi * H]
-        if bias is None:
-            return xs.new_zeros(T, B, (hi - lo) * H)
-        return bias[lo * H:hi * H].expand(T, B, (hi - lo) * H)
-
-    bases: list[Tensor | None] = []
-    for j, how in enumerate(prog.code.bases):
-        bias = flat[2 * j + 1]
-        if how is None or how == "bias":
-            bases.append(None if how is None else bias)
-        else:
-            parts = [piece(kind, lo, hi, bias) for kind, lo, hi in how]
-            bases.append(parts[0] if len(parts) == 1 else torch.cat(parts, -1))
-    xo = [piece("x", lo, hi, None) for lo, hi in prog.code.xonly]
+    bias = flat[1::2]
     X = xs if prog.code.raw_x else None
     weights = flat[0::2]
-    tensors = [*bases, *xo, *state, *weights]
     graphs = cell._graphs if cell.cuda_graphs and (xs.is_cuda or cell._graphs.emulated) else None
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (X, *tensors)):
-        out, *finals = _Sequence.apply(prog, T, (len(bases), len(xo), len(state)), graphs, X, *tensors)
+    tensors = [X, xw, *bias, *state, *weights]
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        out, *finals = _Sequence.apply(prog, T, len(state), graphs, *tensors)
         return out, tuple(finals)
+    bases, xo = _inputs(prog, xw, bias, T, state[0])
     runner = None if graphs is None else graphs.runner(
         prog, T, False, lambda ws: _transposed(ws, T * B), X, bases, xo, state, weights)
     if runner is not None:
