@@ -422,3 +422,13 @@ def test_empty_sequence(fused):
     out, final = rnn(torch.randn(0, 5, 3), state)
     assert out.shape == (0, 5, 4)
     assert all(torch.equal(a, b) for a, b in zip(final, state))
+
+
+def test_torch_save_and_load_a_whole_model(tmp_path):
+    rnn = CellRNN(known_cell("gru"), 5, 7, num_layers=2)
+    x = torch.randn(4, 3, 5)
+    rnn(x), rnn(x)  # CUDA graphs (on a GPU) and caches exist: they are rebuilt, not saved
+    torch.save(rnn, tmp_path / "rnn.pt")
+    loaded = torch.load(tmp_path / "rnn.pt", weights_only=False)
+    torch.testing.assert_close(loaded(x)[0], rnn(x)[0])
+    assert loaded.layers[0]._graphs.runners == {}

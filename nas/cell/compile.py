@@ -66,14 +66,12 @@ class CompiledCell(nn.Module):
         self.triton = True
         self.cuda_graphs = True
         self._graphs = GraphCache()
-        self.plan, code = _plan(spec)
+        self.plan = _plan(spec)[0]
         if self.plan.needs_raw_x and input_size != hidden_size:
             raise CellError(f"compile_cell: cell {spec.name or spec.canonical_hash()!r} applies "
                             f"elementwise ops to x, which needs input_size == hidden_size, got "
                             f"input_size={input_size}, hidden_size={hidden_size}")
-        namespace = {"torch": torch, "H": hidden_size}
-        exec(code, namespace)  # noqa: S102 - the plan's own generated code: no spec text reaches it
-        self._step = namespace["step"]
+        self._step = self._make_step()
         self._weights: list[str] = []
         for g in self.plan.groups:
             rows = len(g.bias_rows) * hidden_size
@@ -87,6 +85,24 @@ class CompiledCell(nn.Module):
         self._bias_init = [spec.node(n).option("bias_init") for n in biased]
         self._bias_index = self._make_bias_index(biased)
         self.reset_parameters()
+
+    def _make_step(self):
+        namespace = {"torch": torch, "H": self.hidden_size}
+        exec(_plan(self.spec)[1], namespace)  # noqa: S102 - the plan's own generated code: no spec text in it
+        return namespace["step"]
+
+    # Pickling (torch.save(model)): the generated step function and the CUDA graphs are rebuilt,
+    # not stored.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_step", None)
+        state.pop("_graphs", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._step = self._make_step()
+        self._graphs = GraphCache()
 
     def _make_bias_index(self, biased: list[str]) -> list[Tensor | None]:
         """Per group, the gather index of its bias vector into cat(bias, zeros(H))."""

@@ -193,16 +193,13 @@ class Runner:
 
 
 class GraphCache:
-    """The runners of one cell, by shape; not copied with the module (a deep copy starts empty:
-    graphs point at the original's buffers)."""
+    """The runners of one cell, by shape. Not copied or saved with the module (CompiledCell's
+    __getstate__): graphs point at the original's buffers; a copy starts with an empty cache."""
 
     def __init__(self, capture: Callable = capture_cuda) -> None:
         self.capture = capture
         self.runners: OrderedDict[tuple, Runner | None] = OrderedDict()
         self.seen: OrderedDict[tuple, int] = OrderedDict()
-
-    def __deepcopy__(self, memo) -> GraphCache:
-        return GraphCache(self.capture)
 
     @property
     def emulated(self) -> bool:
