@@ -54,8 +54,6 @@ def capture_cuda(fn: Callable, pool) -> tuple[Callable, object]:
     return graph.replay, out
 
 
-capture_cuda.pool = torch.cuda.graph_pool_handle  # one memory pool per runner, shared by its graphs
-
 
 def capture_emulated(fn: Callable, pool) -> tuple[Callable, object]:
     """What capture_cuda does, on any device, for the tests of the bookkeeping on machines without a
@@ -67,8 +65,6 @@ def capture_emulated(fn: Callable, pool) -> tuple[Callable, object]:
             dst.copy_(src)
     return replay, out
 
-
-capture_emulated.pool = lambda: None
 
 
 def _leaves(tree) -> list[Tensor]:
@@ -112,7 +108,7 @@ class Runner:
 
     def __init__(self, prog, T: int, keep: bool, transpose: Callable, X, base, xo, init, w,
                  capture: Callable) -> None:
-        self.T, self.keep = T, keep
+        self.keep = keep
         self.X, self.base, self.xo = _static(X), [_static(b) for b in base], [_static(t) for t in xo]
         self.init, self.w = [_static(s) for s in init], [_static(t) for t in w]
         self._occupant: weakref.ref | None = None  # the call whose saved values are in the buffers
@@ -129,7 +125,9 @@ class Runner:
         def backward():
             return prog.backward(T, self.dout, self.dfin, self.X, self.xo, self.w, self.saved)
 
+        pool = None
         if capture is capture_cuda:
+            pool = torch.cuda.graph_pool_handle()  # one memory pool per runner, shared by its graphs
             # Warm up on a side stream (cuBLAS workspaces, the allocator), then capture: torch's recipe.
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -138,7 +136,6 @@ class Runner:
                 if keep:
                     backward()
             torch.cuda.current_stream().wait_stream(side)
-        pool = capture.pool()
         self.replay_forward, (self.out, self.finals, self.saved) = capture(forward, pool)
         if keep:
             self.replay_backward, self.grads = capture(backward, pool)
