@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nas.cell import CellRNN, CellSpec, fused, known_cell
 from nas.cell import compile as cell_compile
+from nas.cell.probe import c_works
 
 SIZES = ((32, 64, 256), (128, 256, 512))  # (batch, steps, hidden)
 BASELINE = {"lstm": "torch.nn.LSTM", "gru": "torch.nn.GRU"}
@@ -74,16 +75,20 @@ def graph_cells(count: int, seed: int, min_live: int = 8) -> dict[str, CellSpec]
 
 
 def prepare_ms(spec: CellSpec, hidden: int, device: str) -> float:
-    """Cold preparation of one cell: caches cleared, then build it and its sequence code (on a GPU,
-    the Triton kernels' source too; Triton compiles them at the first step: see first ms)."""
+    """Cold preparation of one cell: caches cleared, then build it and its sequence code (on the
+    CPU, its C kernels compiled too; on a GPU, the Triton kernels' source: Triton compiles them at
+    the first step, see first ms)."""
     cell_compile._plan.cache_clear()
     fused.program.cache_clear()
     fused.gpu_program.cache_clear()
+    fused.c_program.cache_clear()
     start = time.perf_counter()
     CellRNN(spec, hidden, hidden)
     fused.program(spec)
     if device.startswith("cuda"):
         fused.gpu_program(spec)
+    elif c_works(torch.float32):
+        fused.c_program(spec, torch.float32)
     return (time.perf_counter() - start) * 1e3
 
 
@@ -94,7 +99,7 @@ def stored_cells(path: str) -> dict[str, CellSpec]:
 
 
 def variant(model: CellRNN, **attributes) -> CellRNN:
-    """The model with each layer's cuda_graphs / triton switch set."""
+    """The model with each layer's cuda_graphs / triton / c_kernels switch set."""
     for layer in model.layers:
         for key, value in attributes.items():
             setattr(layer, key, value)
@@ -112,8 +117,9 @@ def make_models(hidden: int, cells: dict[str, CellSpec], args, device: str) -> t
         models[f"CellRNN({name})"] = CellRNN(spec, hidden, hidden)
         if args.eager and device.startswith("cuda"):
             models[f"CellRNN({name}, no graphs)"] = variant(CellRNN(spec, hidden, hidden), cuda_graphs=False)
-        if args.torch_kernels and device.startswith("cuda"):
-            models[f"CellRNN({name}, torch kernels)"] = variant(CellRNN(spec, hidden, hidden), triton=False)
+        if args.torch_kernels:
+            models[f"CellRNN({name}, torch kernels)"] = variant(CellRNN(spec, hidden, hidden), triton=False,
+                                                                 c_kernels=False)
         if args.reference:
             models[f"CellRNN({name}, fused=False)"] = CellRNN(spec, hidden, hidden, fused=False)
     return models, prep
@@ -273,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--reference", action="store_true", help="also time CellRNN(..., fused=False)")
     p.add_argument("--eager", action="store_true", help="GPU: also time the fast path without CUDA graphs")
     p.add_argument("--torch-kernels", action="store_true",
-                   help="GPU: also time the torch code of the fast path (no Triton kernels)")
+                   help="also time the torch code of the fast path (no Triton / C kernels)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (as the GPU trainer runs)")
     p.add_argument("--graph-cells", help="take the graph cells from this earlier run's JSON")
     p.add_argument("--no-memory", action="store_true", help="skip the memory columns")

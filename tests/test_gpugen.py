@@ -11,7 +11,7 @@ import pytest
 import torch
 from random_cells import ALL_OPS, SHARED_SOURCE, X_SOURCE, outputs_and_grads, random_cells, random_inputs
 
-from nas.cell import KNOWN_CELLS, CellRNN, CellSpec, fused, known_cell
+from nas.cell import KNOWN_CELLS, CellRNN, CellSpec, fused, known_cell, probe
 from nas.cell.gpustages import Stages
 from nas.cell.lower import lower
 from nas.cell.ops import OPS
@@ -29,7 +29,7 @@ def gpu_code(monkeypatch):
     def select(cell, xs, dtype):
         if cell.triton:
             return fused.gpu_program(cell.spec)
-        return torch_select(cell, xs, dtype)
+        return torch_select(cell, xs, dtype) if xs.is_cuda else fused.program(cell.spec)  # not C
 
     monkeypatch.setattr(fused, "select", select)
 
@@ -106,8 +106,9 @@ def test_stages_of_known_cells():
     assert Stages(lower(known_cell("nas_cell"))).count == 1
 
 
-def test_the_cpu_runs_the_torch_code():
+def test_the_cpu_never_runs_the_triton_code():
     cell = CellRNN(known_cell("lstm"), 4, 4).layers[0]
+    cell.c_kernels = False
     assert fused.select(cell, torch.zeros(2, 1, 4), torch.float32) is fused.program(cell.spec)
 
 
@@ -134,17 +135,17 @@ def test_under_emulated_cuda_graphs(gpu_code):
 
 
 def test_probe_runs_the_kernels_once_per_device(gpu_code):
-    fused._probe.cache_clear()
-    assert fused.triton_works(torch.device(DEVICE))
-    assert fused.triton_works(torch.device(DEVICE))
-    assert fused._probe.cache_info().currsize == 1
+    probe._probe.cache_clear()
+    assert probe.triton_works(torch.device(DEVICE))
+    assert probe.triton_works(torch.device(DEVICE))
+    assert probe._probe.cache_info().currsize == 1
 
 
 def test_probe_trains_in_any_mode_and_keeps_the_random_state(gpu_code):
-    fused._probe.cache_clear()
+    probe._probe.cache_clear()
     torch.manual_seed(5)
     with torch.inference_mode():
-        assert fused.triton_works(torch.device(DEVICE))
+        assert probe.triton_works(torch.device(DEVICE))
     after_probe = torch.rand(3)
     torch.manual_seed(5)
     assert torch.equal(after_probe, torch.rand(3))
@@ -155,9 +156,9 @@ def test_kernels_that_fail_fall_back_with_a_warning(gpu_code, monkeypatch):
         raise RuntimeError("no compiler for this GPU")
 
     monkeypatch.setattr(fused, "gpu_program", broken)
-    fused._probe.cache_clear()
+    probe._probe.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="Triton kernels do not run.*no compiler"):
-            assert not fused.triton_works(torch.device(DEVICE))
+            assert not probe.triton_works(torch.device(DEVICE))
     finally:
-        fused._probe.cache_clear()
+        probe._probe.cache_clear()

@@ -14,10 +14,12 @@ Two paths compute the same function (tests/test_fast_path.py holds them to it):
   retained graph (both raise).
 - the reference path (`fused=False`): the step code of nas.cell.lower under autograd, op by op.
 
-On a GPU the fast path's elementwise work is one generated Triton kernel per stage of a step
-(nas.cell.gpugen; float32/bf16/fp16, when Triton is installed), and a shape seen twice is replayed
-as CUDA graphs (nas.cell.cudagraphs). `cell.triton = False` / `cell.cuda_graphs = False` (or the
-environment variables NAS_TRITON=0 / NAS_CUDA_GRAPHS=0) turn either off.
+The fast path's elementwise work is one generated kernel per stage of a step: on a GPU a Triton
+kernel (nas.cell.gpugen; float32/bf16/fp16, when Triton is installed), on the CPU a C function
+(nas.cell.cgen; float32/float64, when a C compiler is found), and on a GPU a shape seen twice is
+replayed as CUDA graphs (nas.cell.cudagraphs). `cell.triton = False` / `cell.c_kernels = False` /
+`cell.cuda_graphs = False` (or the environment variables NAS_TRITON=0 / NAS_C_KERNELS=0 /
+NAS_CUDA_GRAPHS=0) turn each off: the torch kernels (one call per op) run instead.
 
 Parameters of a layer (state_dict names): `weight_x` ((n_x * H, I), all linear terms on x),
 `weight_<src>` ((n * H, H), the terms on state vector or node <src>), and `bias` ((n_b * H,), the
@@ -65,6 +67,8 @@ class CompiledCell(nn.Module):
         # shapes as CUDA graphs (nas.cell.cudagraphs); these switch either off for this cell.
         self.triton = True
         self.cuda_graphs = True
+        # On the CPU it runs fused C kernels (nas.cell.cgen) where a C compiler is found.
+        self.c_kernels = True
         self._graphs = GraphCache()
         self.plan = _plan(spec)[0]
         if self.plan.needs_raw_x and input_size != hidden_size:
@@ -101,6 +105,7 @@ class CompiledCell(nn.Module):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("c_kernels", True)  # pickled before the C kernels existed
         self._step = self._make_step()
         self._graphs = GraphCache()
 

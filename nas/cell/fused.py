@@ -27,14 +27,15 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import lru_cache
 
 import torch
 from torch import Tensor
 
-from nas.cell import gpugen
+from nas.cell import cgen, gpugen, mkl
 from nas.cell.kernels import ATEN_BACKWARDS
 from nas.cell.lower import lower
+from nas.cell.probe import c_works, triton_works
 from nas.cell.seqgen import SeqCode, generate
 from nas.cell.spec import INPUT, CellSpec
 
@@ -103,68 +104,45 @@ def gpu_program(spec: CellSpec) -> Program | None:
     return Program(code, namespace["forward"], namespace["backward"])
 
 
+@lru_cache(maxsize=1024)
+def c_program(spec: CellSpec, dtype: torch.dtype) -> Program | None:
+    """The CPU form of `program` with one fused C kernel per stage (nas.cell.cgen), for float32 or
+    float64; None (after a warning) when an op has no C form or the compiler fails."""
+    plan = lower(spec)
+    if not cgen.supported(plan):
+        return None
+    packed = dtype == torch.float32 and mkl.available()
+    code, source = cgen.generate(plan, packed)
+    try:
+        kernels = cgen.build(source, dtype)
+    except cgen.CompileError as err:
+        warnings.warn(f"nas: could not compile the C kernels of cell {spec.canonical_hash()[:12]} ({err}); "
+                      f"it runs the torch kernels", RuntimeWarning, stacklevel=2)
+        return None
+    namespace = {"torch": torch, "_steps": _steps, "_hist": _hist, "_last": _last,
+                 "_unit_columns": cgen._unit_columns, **kernels}
+    if packed:
+        namespace.update(_pack=mkl.pack, _mm=mkl.compute())
+    source = code.forward_source + "\n" + code.backward_source
+    exec(compile(source, f"<cell c {spec.name or 'cell'}>", "exec"), namespace)  # noqa: S102 - generated: no spec text in it
+    return Program(code, namespace["forward"], namespace["backward"])
+
+
 def select(cell, xs: Tensor, dtype: torch.dtype) -> Program:
-    """The program for this call: the GPU kernels for a CUDA float32/16 run, else the torch code."""
-    if xs.is_cuda and dtype in (torch.float32, torch.bfloat16, torch.float16) and cell.triton and \
-            os.environ.get("NAS_TRITON", "1") != "0" and triton_works(xs.device, dtype):
-        prog = gpu_program(cell.spec)
+    """The program for this call: the GPU kernels for a CUDA float32/16 run, the C kernels for a
+    CPU float32/64 run (when they work here), else the torch code."""
+    if xs.is_cuda:
+        if dtype in (torch.float32, torch.bfloat16, torch.float16) and cell.triton and \
+                os.environ.get("NAS_TRITON", "1") != "0" and triton_works(xs.device, dtype):
+            prog = gpu_program(cell.spec)
+            if prog is not None:
+                return prog
+    elif dtype in cgen.DTYPES and cell.c_kernels and os.environ.get("NAS_C_KERNELS", "1") != "0" \
+            and c_works(dtype):
+        prog = c_program(cell.spec, dtype)
         if prog is not None:
             return prog
     return program(cell.spec)
-
-
-# A cell with every op, run once per device before the first real one: a GPU or driver that
-# Triton cannot compile for (or a broken install) costs a warning and the torch kernels, not a
-# crash in the middle of a search.
-_PROBE = {"state": ["h", "c"], "nodes": {
-    "a": {"op": "linear", "in": ["x", "h"]}, "g": {"op": "sigmoid", "in": ["a"]},
-    "t": {"op": "tanh", "in": ["c"]}, "r": {"op": "relu", "in": ["a"]},
-    "l": {"op": "leaky_relu", "in": ["t"]}, "s": {"op": "sub", "in": ["r", "l"]},
-    "m": {"op": "mean", "in": ["s", "g"]}, "b": {"op": "blend", "in": ["g", "m", "h"]},
-    "p": {"op": "mul", "in": ["b", "t"]}, "q": {"op": "add", "in": ["p", "c"]},
-    "i": {"op": "identity", "in": ["q"]}}, "outputs": {"h": "b", "c": "i"}}
-
-
-_probing: set = set()
-
-
-def triton_works(device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
-    """Whether the generated Triton kernels compile and run on `device` in `dtype` (checked once,
-    by training the probe cell for one step there; not during a CUDA graph capture)."""
-    if device in _probing:
-        return True  # the probe itself runs them
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return False  # a probe would break the caller's capture: the torch kernels, this once
-    return _probe(device, dtype)
-
-
-@cache
-def _probe(device: torch.device, dtype: torch.dtype) -> bool:
-    if importlib.util.find_spec("triton") is None:
-        return False
-    from nas.cell.compile import CellRNN
-
-    _probing.add(device)
-    # Whatever mode the first real call runs in (inference_mode, no_grad, autocast), the probe
-    # trains; and it leaves the random number generators as it found them (seeded runs).
-    forked = [device.index or 0] if device.type == "cuda" else []
-    try:
-        with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=forked), \
-                torch.autocast(device.type, enabled=False):
-            rnn = CellRNN(CellSpec.from_dict(_PROBE), 16, 16).to(device, dtype)
-            for layer in rnn.layers:
-                layer.cuda_graphs = False
-            out, final = rnn(torch.randn(3, 2, 16, device=device, dtype=dtype))
-            (out.sum() + final[1].sum()).backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    except Exception as err:  # noqa: BLE001 - any failure means: do not use them
-        warnings.warn(f"nas: the Triton kernels do not run on {device} in {dtype} ({type(err).__name__}: "
-                      f"{err}); using the torch kernels instead", RuntimeWarning, stacklevel=3)
-        return False
-    finally:
-        _probing.discard(device)
-    return True
 
 
 @lru_cache(maxsize=4096)

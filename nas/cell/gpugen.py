@@ -26,13 +26,19 @@ from nas.cell.tritonops import TRITON
 BLOCK = 256
 
 
-def supported(plan: Plan) -> bool:
-    return all(n.op == "linear" or n.op in TRITON for n in plan.spec.nodes)
+def supported(plan: Plan, ops: dict = TRITON) -> bool:
+    """Every elementwise op of the plan has a form in `ops` (a kernel language's templates)."""
+    return all(n.op == "linear" or n.op in ops for n in plan.spec.nodes)
 
 
-class _Kernel:
+class TritonKernel:
     """One Triton kernel over the B * H elements of a step: its pointer arguments (per-step views
-    named by the driver) and its body."""
+    named by the driver) and its body. (nas.cell.cgen's CKernel is the same for C on the CPU.)"""
+
+    OPS = TRITON  # the ops' templates in this kernel language
+    # The driver's lines before the loop (forward and backward; backward only).
+    SETUP: tuple[str, ...] = ("    N, grid = B * H, (triton.cdiv(B * H, BLOCK),)",)
+    BACKWARD_SETUP: tuple[str, ...] = ()
 
     def __init__(self, name: str) -> None:
         self.name, self.views, self.body = name, [], []
@@ -42,12 +48,15 @@ class _Kernel:
             self.views.append(view)
         return self.views.index(view)
 
+    def assign(self, var: str, expr: str) -> None:
+        self.body.append(f"{var} = {expr}")
+
     def load(self, views: list[str], var: str) -> str:
         parts = []
         for v in views:
             i = self._ptr(v)
             parts.append(f"tl.load(p{i} + r * r{i} + c * c{i}, mask=m).to(tl.float32)")
-        self.body.append(f"{var} = {' + '.join(parts)}")
+        self.assign(var, " + ".join(parts))
         return var
 
     def store(self, view: str, value: str) -> None:
@@ -61,26 +70,53 @@ class _Kernel:
                 "    m = o < N", "    r = o // H", "    c = o - r * H"]
         return "\n".join(head + [f"    {line}" for line in self.body]) + "\n"
 
-    def launch(self, strides: dict[str, str]) -> str:
-        args = "".join(f"{v}, *{strides[v]}, " for v in self.views)
+    def launch(self, d: _Driver) -> str:
+        args = "".join(f"{v}, *{d.strides[v]}, " for v in self.views)
         return f"{self.name}[grid](N, H, {args}BLOCK={BLOCK})"
+
+    @staticmethod
+    def lists(d: _Driver) -> list[str]:
+        """The driver's lines, once per call, for the per-step view lists: nothing more here."""
+        return []
+
+    # The products of a step (torch's here; nas.cell.cgen.PackedCKernel calls MKL's packed GEMM).
+    @staticmethod
+    def weight(name: str) -> list[str]:
+        """The driver's lines, once per call, preparing weight `name` for the products."""
+        return []
+
+    @staticmethod
+    def product(d: _Driver, src: str, wt: str, out: str, base: str | None) -> list[str]:
+        """out = base + src @ wt (base: None, a bias vector or a per-step view)."""
+        if base is None:
+            return [f"torch.mm({src}, {wt}, out={out})"]
+        return [f"torch.addmm({base}, {src}, {wt}, out={out})"]
+
+    @staticmethod
+    def grad_product(d: _Driver, dg: str, w: str, target: str, first: bool) -> list[str]:
+        """target (+)= dg @ w: the first contribution writes, the others add."""
+        return [f"{target}.addmm_({dg}, {w}{', beta=0' if first else ''})"]
 
 
 class _Driver:
     """Names of per-step view lists (built once before the loop) and of their strides."""
 
-    def __init__(self, st: Stages) -> None:
-        self.st, self.lists, self.strides = st, {}, {}
+    def __init__(self, st: Stages, kernel: type = TritonKernel) -> None:
+        self.st, self.Kernel, self.lists, self.strides = st, kernel, {}, {}
+        # Per view: its data pointer and row stride (for kernels that take raw pointers: C).
+        self.pointers: dict[str, tuple[str, str]] = {}
         self.vbuf = {v: f"V{i}" for i, v in enumerate(sorted(st.kept - set(st.outputs)) + st.materialized)}
 
     def view(self, name: str, expr: str, index: str = "[t]") -> str:
         """`name[t]` of the list `expr`, whose elements all share one stride."""
         self.lists.setdefault(name, expr)
         self.strides[f"{name}{index}"] = f"st_{name}"
+        self.pointers[f"{name}{index}"] = (f"pp_{name}{index}", f"st_{name}[0]")
         return f"{name}{index}"
 
     def plain(self, name: str) -> str:
         self.strides[name] = "(H, 1)"  # a contiguous (B, H) accumulator
+        self.pointers[name] = (f"{name}.data_ptr()", "H")
         return name
 
     def cols(self, buf: str, c: int, grad: bool = False) -> str:
@@ -143,10 +179,10 @@ class _Driver:
 
     def head(self) -> list[str]:
         return [f"    {n} = {e}" for n, e in self.lists.items()] + \
-               [f"    st_{n} = {n}[0].stride()" for n in self.lists]
+               [f"    st_{n} = {n}[0].stride()" for n in self.lists] + self.Kernel.lists(self)
 
 
-def _upstream(d: _Driver, k_outputs: list[int], kern: _Kernel, var: str) -> list[str]:
+def _upstream(d: _Driver, k_outputs: list[int], kern: TritonKernel, var: str) -> list[str]:
     """Loads of the gradients a value gets as the new state(s) k: the carry, and dout for h."""
     terms = []
     for k in k_outputs:
@@ -156,18 +192,18 @@ def _upstream(d: _Driver, k_outputs: list[int], kern: _Kernel, var: str) -> list
     return terms
 
 
-def _compute(st: Stages, d: _Driver, s: int, kern: _Kernel) -> dict[str, str]:
+def _compute(st: Stages, d: _Driver, s: int, kern: TritonKernel) -> dict[str, str]:
     """Loads and node values of stage s in `kern`; returns value -> variable."""
     var = {v: kern.load(d.reads(v), f"u{i}") for i, v in enumerate(st.stage_reads(s))}
     for i, n in enumerate(st.nodes(s)):
-        expr, _ = TRITON[n.op]
+        expr, _ = kern.OPS[n.op]
         var[n.name] = f"n{i}"
-        kern.body.append(f"n{i} = {render(expr, [var[st.root(a)] for a in n.inputs], dict(n.options))}")
+        kern.assign(f"n{i}", render(expr, [var[st.root(a)] for a in n.inputs], dict(n.options)))
     return var
 
 
-def forward_kernel(st: Stages, d: _Driver, s: int) -> _Kernel | None:
-    kern = _Kernel(f"_f{s}")
+def forward_kernel(st: Stages, d: _Driver, s: int) -> TritonKernel | None:
+    kern = d.Kernel(f"_f{s}")
     var = _compute(st, d, s, kern)
     for n in st.nodes(s):
         if n.name in st.kept:
@@ -183,8 +219,8 @@ def forward_kernel(st: Stages, d: _Driver, s: int) -> _Kernel | None:
     return kern if kern.views else None
 
 
-def backward_kernel(st: Stages, d: _Driver, s: int, contrib: dict) -> _Kernel | None:
-    kern = _Kernel(f"_b{s}")
+def backward_kernel(st: Stages, d: _Driver, s: int, contrib: dict) -> TritonKernel | None:
+    kern = d.Kernel(f"_b{s}")
     var = _compute(st, d, s, kern)
     nodes = st.nodes(s)
     terms: dict[str, list[str]] = {}
@@ -198,12 +234,12 @@ def backward_kernel(st: Stages, d: _Driver, s: int, contrib: dict) -> _Kernel | 
         ext.setdefault(v, []).extend(_upstream(d, [k], kern, f"x{len(ext)}_"))
     q = 0
     for i, n in reversed(list(enumerate(nodes))):
-        kern.body.append(f"g{i} = {' + '.join(terms[n.name]) or '0.0'}")
-        _, grads = TRITON[n.op]
+        kern.assign(f"g{i}", " + ".join(terms[n.name]) or "0.0")
+        _, grads = kern.OPS[n.op]
         operands = [var[st.root(a)] for a in n.inputs]
         for j, a in enumerate(n.inputs):
             template = grads[min(j, len(grads) - 1)]
-            kern.body.append(f"q{q} = {render(template, operands, dict(n.options), y=f'n{i}', g=f'g{i}')}")
+            kern.assign(f"q{q}", render(template, operands, dict(n.options), y=f"n{i}", g=f"g{i}"))
             r = st.root(a)
             (terms if r in terms else ext).setdefault(r, []).append(f"q{q}")
             q += 1
@@ -211,7 +247,7 @@ def backward_kernel(st: Stages, d: _Driver, s: int, contrib: dict) -> _Kernel | 
         total, target = " + ".join(parts), d.grad(v)
         if contrib[v][0] != ("stage", s):  # an earlier contribution wrote it: add to it
             total = f"{kern.load([target], f'w{i}')} + {total}"
-        kern.body.append(f"t{i} = {total}")
+        kern.assign(f"t{i}", total)
         kern.store(target, f"t{i}")
         if contrib[v][-1] == ("stage", s):  # the last contribution: the other groups' columns too
             for sec in d.secondaries(v):
@@ -223,7 +259,7 @@ def _gemm_source(st: Stages, d: _Driver, k: int) -> str:
     return d.home(st.root(st.plan.groups[k].source))
 
 
-def forward_source(st: Stages, d: _Driver, kernels: list[_Kernel]) -> str:
+def forward_source(st: Stages, d: _Driver, kernels: list[TritonKernel]) -> str:
     bases = st.lay.bases()
     loop = []
     for s in range(st.count):
@@ -231,23 +267,20 @@ def forward_source(st: Stages, d: _Driver, kernels: list[_Kernel]) -> str:
             j = st.rec.index(k)
             out = d.view(f"g{k}_", f"_steps(G{k}, T)")
             src = _gemm_source(st, d, k)
-            if bases[j] is None:
-                loop.append(f"torch.mm({src}, wt{k}, out={out})")
-            elif bases[j] == "bias":
-                loop.append(f"torch.addmm(base[{j}], {src}, wt{k}, out={out})")
-            else:
-                loop.append(f"torch.addmm({d.view(f'b{k}_', f'base[{j}].unbind(0)')}, {src}, wt{k}, out={out})")
+            base = None if bases[j] is None else f"base[{j}]" if bases[j] == "bias" else \
+                d.view(f"b{k}_", f"base[{j}].unbind(0)")
+            loop += d.Kernel.product(d, src, f"wt{k}", out, base)
         kern = forward_kernel(st, d, s)
         if kern is not None:
             kernels.append(kern)
-            loop.append(kern.launch(d.strides))
+            loop.append(kern.launch(d))
     head = ["def forward(T, keep, X, base, xo, init, wt):",
             "    B, H = init[0].shape",
-            "    N, n, grid = B * H, T if keep else 1, (triton.cdiv(B * H, BLOCK),)"]
+            "    n = T if keep else 1", *d.Kernel.SETUP]
     head += state_buffers(len(st.spec.state))
     for j, k in enumerate(st.rec):
         head += [f"    G{k} = init[0].new_empty(n, B, {len(st.plan.groups[k].bias_rows)} * H)",
-                 f"    wt{k} = wt[{j}]"]
+                 f"    wt{k} = wt[{j}]", *d.Kernel.weight(f"wt{k}")]
     head += [f"    {b} = init[0].new_empty(n, B, H)" for b in d.vbuf.values()]
     head += [f"    xo{j} = xo[{j}]" for j in range(len(st.lay.xonly))]
     finals = "".join(f"_last(S{j}, T), " for j in range(len(st.spec.state)))
@@ -260,13 +293,13 @@ def _saved(st: Stages, d: _Driver) -> str:
     return "".join(f"{n}, " for n in names)
 
 
-def backward_source(st: Stages, d: _Driver, kernels: list[_Kernel]) -> str:
+def backward_source(st: Stages, d: _Driver, kernels: list[TritonKernel]) -> str:
     contrib = st.contributors()
     body = ["    for t in range(T - 1, -1, -1):"] + [f"        {x}" for x in _backward_loop(st, d, kernels, contrib)]
     return "\n".join(_backward_head(st, d, contrib) + d.head() + body + [_backward_tail(st, d)]) + "\n"
 
 
-def _backward_loop(st: Stages, d: _Driver, kernels: list[_Kernel], contrib: dict) -> list[str]:
+def _backward_loop(st: Stages, d: _Driver, kernels: list[TritonKernel], contrib: dict) -> list[str]:
     """One step in reverse: each stage's kernel, then the products that ran before it."""
     loop = []
     for kind, s in st.events():
@@ -274,15 +307,14 @@ def _backward_loop(st: Stages, d: _Driver, kernels: list[_Kernel], contrib: dict
             kern = backward_kernel(st, d, s, contrib)
             if kern is not None:
                 kernels.append(kern)
-                loop.append(kern.launch(d.strides))
+                loop.append(kern.launch(d))
             continue
         wrote: set[str] = set()  # two products of one round can read one value (h and id(h))
         for k in st.groups_in_batch(s):
             v = st.root(st.plan.groups[k].source)
             first = contrib[v][0] == (kind, s) and v not in wrote  # the first contribution writes
             wrote.add(v)
-            beta = ", beta=0" if first else ""
-            loop.append(f"{d.grad(v)}.addmm_({d.view(f'dg{k}_', f'_steps(dG{k}, T)')}, w{k}{beta})")
+            loop += d.Kernel.grad_product(d, d.view(f"dg{k}_", f"_steps(dG{k}, T)"), f"w{k}", d.grad(v), first)
         for v in dict.fromkeys(st.root(st.plan.groups[k].source) for k in st.groups_in_batch(s)):
             if contrib[v][-1] == (kind, s):
                 loop += [f"{sec}.copy_({d.grad(v)})" for sec in d.secondaries(v)]
@@ -299,10 +331,10 @@ def _backward_head(st: Stages, d: _Driver, contrib: dict) -> list[str]:
     head = ["def backward(T, dout, dfin, X, xo, w, saved):",
             f"    {_saved(st, d)}= saved",
             "    B, H = S0.shape[1], S0.shape[2]",
-            "    N, grid = B * H, (triton.cdiv(B * H, BLOCK),)",
-            "    Z = S0.new_zeros(B, H)"]
+            "    Z = S0.new_zeros(B, H)", *d.Kernel.SETUP, *d.Kernel.BACKWARD_SETUP]
     head += [f"    dG{k} = S0.new_empty(T, B, {len(st.plan.groups[k].bias_rows)} * H)" for k in st.rec]
-    head += [f"    w{k} = w[{j}]" for j, k in enumerate(st.rec)]
+    for j, k in enumerate(st.rec):
+        head += [f"    w{k} = w[{j}]", *d.Kernel.weight(f"w{k}")]
     for j, i in enumerate(st.lay.xonly):
         head += [f"    xo{j} = xo[{j}]", f"    dxo{j} = S0.new_empty(T, B, {len(st.plan.families[i].members)} * H)"]
     if st.plan.needs_raw_x:
@@ -326,12 +358,13 @@ def _backward_tail(st: Stages, d: _Driver) -> str:
             f"({dxo}), ({dinit}), ({''.join(x + ', ' for x in dw)}))")
 
 
-def generate(plan: Plan) -> tuple[SeqCode, str]:
-    """(the code's description and driver source, the Triton kernels' source)."""
+def generate(plan: Plan, kernel: type = TritonKernel) -> tuple[SeqCode, str]:
+    """(the code's description and driver source, the kernels' source): Triton kernels, or
+    those of another kernel class with TritonKernel's interface (nas.cell.cgen.CKernel: C)."""
     st = Stages(plan)
-    kernels: list[_Kernel] = []
-    fwd = forward_source(st, _Driver(st), kernels)
-    bwd = backward_source(st, _Driver(st), kernels)
+    kernels: list[TritonKernel] = []
+    fwd = forward_source(st, _Driver(st, kernel), kernels)
+    bwd = backward_source(st, _Driver(st, kernel), kernels)
     xg = plan.group(INPUT)
     xonly = tuple((plan.offset(xg, i), plan.offset(xg, i) + len(plan.families[i].members))
                   for i in st.lay.xonly)

@@ -1,0 +1,160 @@
+"""Whole-sequence code for the CPU: per step, the products (torch) and one fused C kernel per stage.
+
+The torch code of nas.cell.seqgen makes one call per elementwise op: at search sizes each costs a
+few microseconds of dispatch for a fraction of that in arithmetic, and darts_v2 spends more time in
+them than in its products. Here the stages of a step (nas.cell.gpustages) become C functions, as
+they become Triton kernels on a GPU (nas.cell.gpugen, which generates both: the same driver, with
+CKernel in place of its Triton kernel class). A kernel loops over the (B, H) elements of a step once,
+computing the stage's nodes in registers; its backward recomputes the stage from the same loads.
+The driver calls it through ctypes with each view's data pointer and row stride (columns are
+contiguous: the driver makes X and dout so).
+
+The source is compiled with the system's C compiler (`cc`, or $CC) into a private temporary
+directory and loaded from there (about 0.1-0.3 s per new cell, once per process; nothing is left on
+disk). No compiler, a failed compile, or results that differ from the torch code's (the probe,
+nas.cell.probe) mean the torch code runs instead, with one warning.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+
+import torch
+
+from nas.cell import gpugen
+from nas.cell.cops import C_OPS, PRELUDE
+from nas.cell.lower import Plan
+from nas.cell.seqgen import SeqCode
+
+DTYPES = {torch.float32: "float", torch.float64: "double"}
+FLAGS = ["-O3", "-march=native", "-std=gnu11", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
+EXTRA_FLAGS = {"float": ["-fsingle-precision-constant"], "double": ["-DNAS_DOUBLE"]}
+
+
+class CompileError(RuntimeError):
+    """The C compiler is missing or rejected the generated source."""
+
+
+class CKernel(gpugen.TritonKernel):
+    """One C function over the B * H elements of a step (the products stay torch's)."""
+
+    OPS = C_OPS
+    SETUP = ("    X = None if X is None else X.contiguous()",)
+    BACKWARD_SETUP = ("    dout = dout.contiguous()",)
+
+    def assign(self, var: str, expr: str) -> None:
+        self.body.append(f"T {var} = {expr};")
+
+    def load(self, views: list[str], var: str) -> str:
+        self.assign(var, " + ".join(f"p{self._ptr(v)}[c]" for v in views))
+        return var
+
+    def store(self, view: str, value: str) -> None:
+        self.body.append(f"p{self._ptr(view)}[c] = {value};")
+
+    def source(self) -> str:
+        n = len(self.views)
+        params = "".join(f", intptr_t a{i}, int64_t r{i}" for i in range(n))
+        rows = [f"        T *p{i} = (T *)a{i} + r * r{i};" for i in range(n)]
+        # Each element is read and written at its own index only, in every view (views are
+        # distinct columns or buffers, or the same view): no dependence between iterations.
+        return "\n".join([f"void {self.name}(int64_t B, int64_t H{params}) {{",
+                          "    for (int64_t r = 0; r < B; r++) {", *rows,
+                          "#pragma GCC ivdep",
+                          "        for (int64_t c = 0; c < H; c++) {",
+                          *[f"            {line}" for line in self.body], "        }", "    }", "}"]) + "\n"
+
+    def launch(self, d: gpugen._Driver) -> str:
+        args = "".join(f", {p}, {s}" for p, s in (d.pointers[v] for v in self.views))
+        return f"{self.name}(B, H{args})"
+
+    @staticmethod
+    def lists(d: gpugen._Driver) -> list[str]:
+        """Per view list: its elements' data pointers, and a check that its columns are contiguous."""
+        lines = [f"    pp_{n} = [v.data_ptr() for v in {n}]" for n in d.lists]
+        if d.lists:
+            lines.append(f"    _unit_columns({', '.join(f'st_{n}' for n in d.lists)})")
+        return lines
+
+
+class PackedCKernel(CKernel):
+    """CKernel whose driver runs the per-step products with MKL's packed GEMM (nas.cell.mkl):
+    each weight is packed once per call, for float32 where libtorch exports MKL's functions."""
+
+    @staticmethod
+    def weight(name: str) -> list[str]:
+        return [f"    K_{name}, N_{name} = {name}.shape",
+                f"    pk_{name} = _pack({name}, B)",
+                f"    P_{name} = pk_{name}.data_ptr()"]
+
+    @staticmethod
+    def product(d: gpugen._Driver, src: str, wt: str, out: str, base: str | None) -> list[str]:
+        (a, lda), (c, ldc) = d.pointers[src], d.pointers[out]
+        copy = [] if base is None else [f"{out}.copy_({base})"]
+        beta = "0.0" if base is None else "1.0"
+        return copy + [f"_mm(101, 111, 151, B, N_{wt}, K_{wt}, {a}, {lda}, P_{wt}, 0, {beta}, {c}, {ldc})"]
+
+    @staticmethod
+    def grad_product(d: gpugen._Driver, dg: str, w: str, target: str, first: bool) -> list[str]:
+        (a, lda), (c, ldc) = d.pointers[dg], d.pointers[target]
+        beta = "0.0" if first else "1.0"
+        return [f"_mm(101, 111, 151, B, N_{w}, K_{w}, {a}, {lda}, P_{w}, 0, {beta}, {c}, {ldc})"]
+
+
+def _unit_columns(*strides: tuple[int, ...]) -> None:
+    if any(s[1] != 1 for s in strides):
+        raise AssertionError(f"cgen: a (B, H) view with non-contiguous columns reached a C kernel: {strides}")
+
+
+def generate(plan: Plan, packed: bool = False) -> tuple[SeqCode, str]:
+    """(the code's description and driver source, the C source of its kernels, prelude included);
+    packed: the products run MKL's packed GEMM (float32 only: PackedCKernel)."""
+    code, kernels = gpugen.generate(plan, PackedCKernel if packed else CKernel)
+    return code, PRELUDE + "\n" + kernels
+
+
+def supported(plan: Plan) -> bool:
+    return gpugen.supported(plan, C_OPS)
+
+
+def compiler() -> list[str] | None:
+    """The C compiler's command ($CC, else cc, gcc or clang), or None when there is none."""
+    if os.environ.get("CC"):
+        return shlex.split(os.environ["CC"])
+    for name in ("cc", "gcc", "clang"):
+        if shutil.which(name):
+            return [name]
+    return None
+
+
+def build(source: str, dtype: torch.dtype) -> dict[str, object]:
+    """Compile `source` for `dtype`; its kernels by name, to be called with Python ints."""
+    cc = compiler()
+    if cc is None:
+        raise CompileError("no C compiler found (cc, gcc or clang; or set $CC)")
+    with tempfile.TemporaryDirectory(prefix="nas-c-") as tmp:
+        src, lib = os.path.join(tmp, "cell.c"), os.path.join(tmp, "cell.so")
+        with open(src, "w") as f:
+            f.write(source)
+        try:
+            done = subprocess.run([*cc, *FLAGS, *EXTRA_FLAGS[DTYPES[dtype]], src, "-o", lib],
+                                  capture_output=True, text=True, timeout=120, check=False)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise CompileError(f"{cc[0]}: {err}") from err
+        if done.returncode != 0:
+            raise CompileError(f"{cc[0]} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+        handle = ctypes.CDLL(lib)  # mapped now: the file can go with its directory
+    kernels = {}
+    for line in source.splitlines():
+        if line.startswith("void _"):  # void _f0(int64_t B, int64_t H, intptr_t a0, int64_t r0, ...) {
+            fn = getattr(handle, line.split("(")[0].split()[1])
+            # Every argument is 64 bits: declared, ctypes converts Python ints to int64_t
+            # (undeclared, they would pass as 32-bit ints).
+            fn.argtypes, fn.restype = [ctypes.c_int64] * (line.count(",") + 1), None
+            kernels[fn.__name__] = fn
+    return kernels

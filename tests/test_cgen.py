@@ -1,0 +1,246 @@
+"""The CPU's C kernels (nas.cell.cgen: one fused C function per stage of a step) against the torch
+code of the fast path and the registry. tests/test_fast_path.py runs its whole suite (float64,
+against the reference path) with them and without them; here: the ops' C forms on awkward values,
+float32, the switches, and what happens when the compiler is missing or wrong."""
+
+import copy
+import math
+import pickle
+
+import pytest
+import torch
+from random_cells import ALL_OPS, marked_names, outputs_and_grads, random_cells, random_inputs
+
+from nas.cell import KNOWN_CELLS, OPS, CellRNN, cgen, fused, known_cell, mkl, probe
+from nas.cell.cops import C_OPS, PRELUDE
+from nas.cell.lower import lower
+from nas.cell.ops import render
+
+pytestmark = pytest.mark.skipif(cgen.compiler() is None, reason="no C compiler")
+
+SPECIAL = [0.0, -0.0, 1e-30, -1e-30, 1e-7, -1e-7, 1e-3, -1e-3, 0.05, -0.05, 0.0999, -0.0999, 0.1, -0.1,
+           0.1001, -0.1001, 0.3, -0.3, 0.5, -0.5, 1.0, -1.0, 2.5, -2.5, 9.0, -9.0, 20.0, -20.0, 44.0,
+           -44.0, 87.5, -87.5, 88.5, -88.5, 100.0, -100.0, 800.0, -800.0, 1e30, -1e30,
+           math.inf, -math.inf, math.nan]
+OPTIONS = {"leaky_relu": {"negative_slope": 0.2}}
+
+
+def _values(dtype):
+    special = torch.tensor(SPECIAL, dtype=dtype)
+    gen = torch.Generator().manual_seed(0)
+    spread = torch.randn(2000, generator=gen, dtype=torch.float64) * torch.logspace(-3, 1.5, 2000, dtype=torch.float64)
+    return torch.cat([special, spread.to(dtype)])
+
+
+def _arity(name):
+    return 2 if name == "mean" else OPS[name].arity[0]
+
+
+def _harness(name):
+    """C functions computing op `name`'s value and each operand's gradient over arrays."""
+    expr, grads = C_OPS[name]
+    n, opts = _arity(name), OPTIONS.get(name, {})
+    operands = [f"a{i}[i]" for i in range(n)]
+    params = "".join(f", intptr_t p{i}" for i in range(n))
+    lines = [f"void _value(int64_t N, intptr_t y_{params}) {{",
+             "    T *y = (T *)y_;", *[f"    T *a{i} = (T *)p{i};" for i in range(n)],
+             f"    for (int64_t i = 0; i < N; i++) y[i] = {render(expr, operands, opts)};", "}"]
+    for j in range(n):
+        template = grads[min(j, len(grads) - 1)]
+        lines += [f"void _grad{j}(int64_t N, intptr_t d_, intptr_t y_, intptr_t g_{params}) {{",
+                  "    T *d = (T *)d_, *y = (T *)y_, *g = (T *)g_;",
+                  *[f"    T *a{i} = (T *)p{i};" for i in range(n)],
+                  "#pragma GCC ivdep",
+                  f"    for (int64_t i = 0; i < N; i++) d[i] = {render(template, operands, opts, y='y[i]', g='g[i]')};",
+                  "}"]
+    return PRELUDE + "\n".join(lines) + "\n"
+
+
+def _torch_op(name, operands, dtype):
+    """The registry's value, an incoming gradient, and torch autograd's operand gradients (autograd,
+    not the registry's templates: its relu passes the gradient at NaN, as the kernels do)."""
+    op = OPS[name]
+    names = [f"a{i}" for i in range(len(operands))]
+    leaves = [a.clone().requires_grad_() for a in operands]
+    env = {"torch": torch, **dict(zip(names, leaves))}
+    y = eval(render(op.expr, names, {**op.options, **OPTIONS.get(name, {})}), env)
+    g = torch.linspace(-2, 2, y.numel(), dtype=dtype)
+    grads = torch.autograd.grad(y, leaves, g, allow_unused=True)
+    return y.detach(), g, [torch.zeros_like(g) if d is None else d for d in grads]
+
+
+def assert_near(got, want, scale, rtol):
+    """Equal NaNs and infinities; elsewhere within rtol of |want| + scale (the magnitude of what
+    went in: a few units in the last place of the inputs, for sums that cancel) and 1e-30 (exp of
+    a very negative number is the smallest normal number here, 0 in torch)."""
+    assert torch.equal(got.isnan(), want.isnan())
+    finite = want.isfinite()
+    assert torch.equal(got[~finite & ~want.isnan()], want[~finite & ~want.isnan()])
+    bound = rtol * (want.abs() + scale.nan_to_num(posinf=0.0)) + 1e-30
+    err = (got - want).abs()
+    bad = finite & ~(err <= bound)
+    assert not bad.any(), f"{int(bad.sum())} values off, e.g. got {got[bad][:3]}, want {want[bad][:3]}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", sorted(C_OPS))
+def test_op_matches_the_registry_on_awkward_values(name, dtype):
+    assert set(C_OPS) == set(OPS) - {"linear"}
+    values = _values(dtype)
+    operands = [values.roll(17 * i) for i in range(_arity(name))]
+    y, g, grads = _torch_op(name, operands, dtype)
+    lib = cgen.build(_harness(name), dtype)
+    got = torch.empty_like(values)
+    lib["_value"](values.numel(), got.data_ptr(), *(a.data_ptr() for a in operands))
+    magnitude = torch.stack([1 + a.abs() for a in operands]).prod(0)
+    rtol = 4e-7 if dtype == torch.float32 else 1e-15  # a few units in the last place
+    assert_near(got, y, magnitude - 1, rtol)
+    for j, want in enumerate(grads):
+        d = torch.empty_like(values)
+        lib[f"_grad{j}"](values.numel(), d.data_ptr(), y.data_ptr(), g.data_ptr(), *(a.data_ptr() for a in operands))
+        assert_near(d, want, g.abs() * magnitude, rtol)
+
+
+def pair(spec, size=8, layers=2, dtype=torch.float32):
+    torch.manual_seed(0)
+    model = CellRNN(spec, size, size, num_layers=layers).to(dtype=dtype)
+    ref = copy.deepcopy(model)
+    for layer in ref.layers:
+        layer.c_kernels = False
+    return model, ref
+
+
+def relative_error(model, ref, T=5, B=3):
+    x, state, dout = random_inputs(model, T, B, "cpu")
+    got, want = outputs_and_grads(model, x, state, dout), outputs_and_grads(ref, x, state, dout)
+    return max(float((a - b).abs().max() / (b.abs().max() + 1)) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("name", KNOWN_CELLS)
+def test_known_cells_in_float32_match_the_torch_code(name):
+    model, ref = pair(known_cell(name))
+    assert fused.select(model.layers[0], torch.zeros(1), torch.float32) is fused.c_program(model.layers[0].spec,
+                                                                                        torch.float32)
+    assert relative_error(model, ref) < 1e-5
+
+
+def test_random_cells_and_every_op_in_float32():
+    compared = 0
+    for spec in [ALL_OPS, *random_cells(12, 12)]:
+        err = relative_error(*pair(spec, size=6), T=4, B=2)
+        if math.isnan(err):
+            continue  # an unbounded random cell overflowed in both
+        assert err < 1e-4, spec.to_json()
+        compared += 1
+    assert compared >= 10
+
+
+def test_strided_input_and_output_gradient():
+    # batch_first transposes x; an expanded output gradient has stride 0: the C kernels need unit
+    # column strides, which the driver makes.
+    torch.manual_seed(0)
+    model = CellRNN(known_cell("mut1"), 6, 6, batch_first=True)  # mut1 reads x elementwise
+    ref = copy.deepcopy(model)
+    for layer in ref.layers:
+        layer.c_kernels = False
+    x = torch.randn(3, 4, 6).transpose(0, 1)  # (B=4, T=3, 6), not contiguous
+    got, want = [], []
+    for m, out in ((model, got), (ref, want)):
+        xi = x.clone().requires_grad_()
+        y, _ = m(xi)
+        y.sum().backward()  # dout: ones expanded, stride 0
+        out += [y.detach(), xi.grad, *(p.grad for p in m.parameters())]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_switches_pick_the_torch_code(monkeypatch):
+    layer = CellRNN(known_cell("lstm"), 4, 4).layers[0]
+    xs = torch.zeros(2, 1, 4)
+    assert fused.select(layer, xs, torch.float32) is fused.c_program(layer.spec, torch.float32)
+    assert fused.select(layer, xs, torch.float64) is fused.c_program(layer.spec, torch.float64)
+    assert fused.select(layer, xs, torch.bfloat16) is fused.program(layer.spec)
+    layer.c_kernels = False
+    assert fused.select(layer, xs, torch.float32) is fused.program(layer.spec)
+    layer.c_kernels = True
+    monkeypatch.setenv("NAS_C_KERNELS", "0")
+    assert fused.select(layer, xs, torch.float32) is fused.program(layer.spec)
+
+
+def test_a_pickled_cell_keeps_its_switch():
+    rnn = CellRNN(known_cell("gru"), 4, 4)
+    rnn.layers[0].c_kernels = False
+    back = pickle.loads(pickle.dumps(rnn))
+    assert back.layers[0].c_kernels is False
+    state = back.layers[0].__dict__.copy()
+    del state["c_kernels"]  # a cell pickled before the switch existed
+    old = type(back.layers[0]).__new__(type(back.layers[0]))
+    old.__setstate__(state)
+    assert old.c_kernels is True
+
+
+def test_no_compiler_means_the_torch_code_and_one_warning(monkeypatch):
+    monkeypatch.setattr(cgen, "compiler", lambda: None)
+    probe._c_probe.cache_clear()
+    fused.c_program.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="C kernels do not work here.*no C compiler"):
+            assert not probe.c_works(torch.float32)
+        layer = CellRNN(known_cell("lstm"), 4, 4).layers[0]
+        assert fused.select(layer, torch.zeros(2, 1, 4), torch.float32) is fused.program(layer.spec)
+    finally:
+        probe._c_probe.cache_clear()
+        fused.c_program.cache_clear()
+
+
+def test_wrong_results_are_caught_by_the_probe(monkeypatch):
+    # A compiler that miscompiled the kernels: here, a sigmoid that is off by 1%.
+    wrong = {**C_OPS, "sigmoid": ("0.99 * nas_sigmoid({a})", C_OPS["sigmoid"][1])}
+    monkeypatch.setattr(cgen.CKernel, "OPS", wrong)
+    probe._c_probe.cache_clear()
+    fused.c_program.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="C kernels do not work here.*differ from the torch code"):
+            assert not probe.c_works(torch.float64)
+    finally:
+        probe._c_probe.cache_clear()
+        fused.c_program.cache_clear()
+
+
+def test_a_cell_that_fails_to_compile_runs_the_torch_code(monkeypatch):
+    assert probe.c_works(torch.float32)
+
+    def broken(source, dtype):
+        raise cgen.CompileError("cc failed (1): error: out of memory")
+
+    monkeypatch.setattr(cgen, "build", broken)
+    spec = known_cell("enas")
+    fused.c_program.cache_clear()
+    try:
+        model = CellRNN(spec, 4, 4)
+        with pytest.warns(RuntimeWarning, match="could not compile the C kernels.*out of memory"):
+            out, _ = model(torch.randn(3, 2, 4))
+        assert torch.isfinite(out).all()
+    finally:
+        fused.c_program.cache_clear()
+
+
+def test_generated_code_names_nothing_from_the_spec():
+    code, source = cgen.generate(lower(marked_names(known_cell("nas_cell"))))
+    for text in (source, code.forward_source, code.backward_source):
+        assert "NODE_" not in text and "STATE_" not in text
+
+
+
+@pytest.mark.skipif(not mkl.available(), reason="this torch exports no MKL packed GEMM")
+def test_packed_products_match_torch():
+    a, w = torch.randn(5, 7), torch.randn(6, 7)
+    for b in (w.t(), w.t().contiguous(), torch.randn(7, 12)[:, ::2]):  # W^T, contiguous, strided
+        c = torch.randn(5, b.shape[1])
+        want = c + a @ b
+        packed = mkl.pack(b, 5)
+        mkl.compute()(mkl.ROW_MAJOR, mkl.NO_TRANS, mkl.PACKED, 5, b.shape[1], 7, a.data_ptr(), 7,
+                      packed.data_ptr(), 0, 1.0, c.data_ptr(), b.shape[1])
+        torch.testing.assert_close(c, want)
+    assert "_mm(" in fused.c_program(known_cell("lstm"), torch.float32).code.forward_source
+    assert "_mm(" not in fused.c_program(known_cell("lstm"), torch.float64).code.forward_source  # no dgemm
