@@ -244,3 +244,48 @@ def test_packed_products_match_torch():
         torch.testing.assert_close(c, want)
     assert "_mm(" in fused.c_program(known_cell("lstm"), torch.float32).code.forward_source
     assert "_mm(" not in fused.c_program(known_cell("lstm"), torch.float64).code.forward_source  # no dgemm
+
+
+def test_pool_reuses_idle_blocks_and_never_one_in_use():
+    pool = cgen.Pool(minimum=0)
+    like = torch.empty(0)
+    a = pool.take(like, (4, 8))
+    a.fill_(1.0)
+    b = pool.take(like, (4, 8))  # a is in use: another block
+    assert a.data_ptr() != b.data_ptr()
+    view = a[1:]
+    del a
+    c = pool.take(like, (4, 8))  # a's block is still referenced by a view
+    assert c.data_ptr() not in (view.data_ptr() - 32, b.data_ptr()) and bool((view == 1).all())
+    kept = view.data_ptr() - 32
+    del view
+    assert pool.take(like, (4, 8)).data_ptr() == kept  # now idle: reused
+    assert pool.take(like, (2, 3)).shape == (2, 3)
+
+
+def test_pool_lets_unused_blocks_go():
+    pool = cgen.Pool(expiry=100, minimum=0)
+    like = torch.empty(0)
+    burst = [pool.take(like, (16,)) for _ in range(10)]  # e.g. outputs kept in a list
+    del burst
+    for _ in range(200):
+        pool.take(like, (8,))
+    assert list(pool.blocks) == [32] and len(pool.blocks[32]) == 1
+
+
+def test_training_steps_reuse_the_pooled_buffers():
+    cgen.POOL.clear()
+    rnn = CellRNN(known_cell("darts_v2"), 128, 128)
+    x = torch.randn(64, 64, 128)  # buffers of 64 x 64 x 128 floats and more: pooled (>= 1 MiB)
+    for step in range(6):
+        out, _ = rnn(x)
+        out.sum().backward()
+        if step == 2:
+            blocks = sum(len(v) for v in cgen.POOL.blocks.values())
+    assert blocks > 0 and sum(len(v) for v in cgen.POOL.blocks.values()) == blocks  # none new
+    with torch.no_grad():
+        kept = [rnn(x)[0] for _ in range(3)]  # outputs from pooled blocks, held by the caller
+        want = rnn(x)[0]
+    assert len({o.data_ptr() for o in kept}) == 3
+    for o in kept:
+        assert torch.equal(o, want)

@@ -120,7 +120,7 @@ def c_program(spec: CellSpec, dtype: torch.dtype) -> Program | None:
                       f"it runs the torch kernels", RuntimeWarning, stacklevel=2)
         return None
     namespace = {"torch": torch, "_steps": _steps, "_hist": _hist, "_last": _last,
-                 "_unit_columns": cgen._unit_columns, **kernels}
+                 "_unit_columns": cgen._unit_columns, "_take": cgen.POOL.take, **kernels}
     if packed:
         namespace.update(_pack=mkl.pack, _mm=mkl.compute())
     source = code.forward_source + "\n" + code.backward_source

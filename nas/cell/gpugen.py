@@ -79,6 +79,11 @@ class TritonKernel:
         """The driver's lines, once per call, for the per-step view lists: nothing more here."""
         return []
 
+    @staticmethod
+    def empty(like: str, shape: str) -> str:
+        """An expression allocating a large buffer of `shape` (a tuple's text) like tensor `like`."""
+        return f"{like}.new_empty({shape})"
+
     # The products of a step (torch's here; nas.cell.cgen.PackedCKernel calls MKL's packed GEMM).
     @staticmethod
     def weight(name: str) -> list[str]:
@@ -277,11 +282,11 @@ def forward_source(st: Stages, d: _Driver, kernels: list[TritonKernel]) -> str:
     head = ["def forward(T, keep, X, base, xo, init, wt):",
             "    B, H = init[0].shape",
             "    n = T if keep else 1", *d.Kernel.SETUP]
-    head += state_buffers(len(st.spec.state))
+    head += state_buffers(len(st.spec.state), d.Kernel.empty)
     for j, k in enumerate(st.rec):
-        head += [f"    G{k} = init[0].new_empty(n, B, {len(st.plan.groups[k].bias_rows)} * H)",
+        head += [f"    G{k} = {d.Kernel.empty('init[0]', f'n, B, {len(st.plan.groups[k].bias_rows)} * H')}",
                  f"    wt{k} = wt[{j}]", *d.Kernel.weight(f"wt{k}")]
-    head += [f"    {b} = init[0].new_empty(n, B, H)" for b in d.vbuf.values()]
+    head += [f"    {b} = {d.Kernel.empty('init[0]', 'n, B, H')}" for b in d.vbuf.values()]
     head += [f"    xo{j} = xo[{j}]" for j in range(len(st.lay.xonly))]
     finals = "".join(f"_last(S{j}, T), " for j in range(len(st.spec.state)))
     tail = f"    return S0[1:], ({finals}), ({_saved(st, d)})"
@@ -332,11 +337,12 @@ def _backward_head(st: Stages, d: _Driver, contrib: dict) -> list[str]:
             f"    {_saved(st, d)}= saved",
             "    B, H = S0.shape[1], S0.shape[2]",
             "    Z = S0.new_zeros(B, H)", *d.Kernel.SETUP, *d.Kernel.BACKWARD_SETUP]
-    head += [f"    dG{k} = S0.new_empty(T, B, {len(st.plan.groups[k].bias_rows)} * H)" for k in st.rec]
+    head += [f"    dG{k} = {d.Kernel.empty('S0', f'T, B, {len(st.plan.groups[k].bias_rows)} * H')}" for k in st.rec]
     for j, k in enumerate(st.rec):
         head += [f"    w{k} = w[{j}]", *d.Kernel.weight(f"w{k}")]
     for j, i in enumerate(st.lay.xonly):
-        head += [f"    xo{j} = xo[{j}]", f"    dxo{j} = S0.new_empty(T, B, {len(st.plan.families[i].members)} * H)"]
+        head += [f"    xo{j} = xo[{j}]",
+                 f"    dxo{j} = {d.Kernel.empty('S0', f'T, B, {len(st.plan.families[i].members)} * H')}"]
     if st.plan.needs_raw_x:
         head.append("    dX = torch.empty_like(X)")
     head += [f"    dC{j} = dfin[{j}].clone(memory_format=torch.contiguous_format)" for j in range(K)]
