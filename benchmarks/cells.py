@@ -22,7 +22,8 @@ Columns:
     peak MiB    CPU: the highest total of tensor bytes allocated during one step and not yet
                 freed, above the level before it (torch.profiler memory timeline: every
                 allocation and free of the step; parameters and optimizer state allocated before
-                the step are not counted). CUDA: the device memory reserved for the model at the
+                the step are not counted; the C code's buffer pool is emptied first, so its
+                buffers count, although between steps the pool keeps them). CUDA: the device memory reserved for the model at the
                 peak of a step (caching allocator emptied before its warm-up and after it), above
                 its parameters, gradients and Adam state: the step's tensors and what the model
                 holds between steps (CUDA graphs' static buffers and memory pools). Reserved
@@ -48,7 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nas.cell import CellRNN, CellSpec, fused, known_cell
+from nas.cell import CellRNN, CellSpec, cgen, fused, known_cell
 from nas.cell import compile as cell_compile
 from nas.cell.probe import c_works
 
@@ -199,6 +200,9 @@ def peak_mib(step: Stepper, x: torch.Tensor) -> float | None:
         return step.cuda_peak / 2**20  # measured during the warm-up of time_steps
     from torch.profiler import ProfilerActivity, profile
 
+    # The C code's large buffers come from a pool that keeps them between steps (nas.cell.cgen.Pool):
+    # emptied first, the step allocates them again, inside the measurement.
+    cgen.POOL.clear()
     try:
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
                      with_stack=True) as prof:

@@ -10,13 +10,10 @@ An op missing here makes its cells run the torch kernels on the CPU instead (nas
 
 from __future__ import annotations
 
+from nas.cell.ops import arithmetic_templates
+
 C_OPS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "identity": ("{a}", ("{g}",)),
-    "add": ("{a} + {b}", ("{g}", "{g}")),
-    "sub": ("{a} - {b}", ("{g}", "-{g}")),
-    "mul": ("{a} * {b}", ("{g} * {b}", "{g} * {a}")),
-    "blend": ("{c} + {a} * ({b} - {c})", ("{g} * ({b} - {c})", "{g} * {a}", "{g} - {g} * {a}")),
-    "mean": ("({sum}) * {inv_n}", ("{g} * {inv_n}",)),
+    **arithmetic_templates(),  # identity, add, sub, mul, blend, mean: the registry's own text
     "tanh": ("nas_tanh({a})", ("{g} * (1.0 - {y} * {y})",)),
     "sigmoid": ("nas_sigmoid({a})", ("{g} * {y} * (1.0 - {y})",)),
     # relu(NaN) is NaN, as in torch; its gradient is torch's threshold_backward: zero where y <= 0.

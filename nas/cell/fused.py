@@ -1,7 +1,9 @@
 """The fast path of CompiledCell.sequence: one autograd node per layer and sequence.
 
 `sequence(cell, xs, state)` computes what the reference path (the step code of nas.cell.lower under
-autograd) computes, with the whole-sequence code of nas.cell.seqgen:
+autograd) computes, with whole-sequence code (`select` picks it per call): on the CPU, fused C
+kernels per stage of a step (nas.cell.cgen, float32/64, where a C compiler works), else one torch
+call per op (nas.cell.seqgen); on a GPU, fused Triton kernels (nas.cell.gpugen), else the torch code.
 
 - the x products, xw = x @ W_x^T + b_x over all steps, stay an ordinary autograd op (one GEMM
   forward, two backward), and so do the slices and concatenations that make each recurrent group's
@@ -14,9 +16,9 @@ autograd) computes, with the whole-sequence code of nas.cell.seqgen:
   instead of several per step.
 
 Double backward is not supported (the generated backward is not itself differentiable: it raises),
-nor a second backward through a retained graph (the CPU backward writes its gradients into the
-forward's buffers, nas.cell.seqlayout.Layout.hosts, and so may a CUDA graph's): it raises
-ONE_BACKWARD. `fused=False` supports both.
+nor, on the torch code, a second backward through a retained graph (its backward writes its
+gradients into the forward's buffers, nas.cell.seqlayout.Layout.hosts, and so may a CUDA graph's):
+it raises ONE_BACKWARD. (The C code's backward leaves them alone.) `fused=False` supports both.
 """
 
 from __future__ import annotations

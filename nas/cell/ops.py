@@ -96,6 +96,15 @@ _register(Op("leaky_relu", (1, 1), False,
 _register(Op("identity", (1, 1), False, "{a}", ("{g}",), symbol="id"))
 
 
+# The ops whose templates are plain arithmetic on their operands: the same text is C, Triton and
+# torch, so the fused kernels' tables (nas.cell.cops, nas.cell.tritonops) take them from here.
+ARITHMETIC = ("identity", "add", "sub", "mul", "blend", "mean")
+
+
+def arithmetic_templates() -> dict[str, tuple[str, tuple[str, ...]]]:
+    return {name: (OPS[name].expr, OPS[name].grad) for name in ARITHMETIC}
+
+
 def get_op(name: str) -> Op:
     """The registered op called `name`; KeyError-free lookup is the spec validator's job."""
     return OPS[name]

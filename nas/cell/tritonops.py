@@ -11,13 +11,10 @@ tanh is 2 sigmoid(2a) - 1: tl has no tanh that also runs in Triton's CPU interpr
 
 from __future__ import annotations
 
+from nas.cell.ops import arithmetic_templates
+
 TRITON: dict[str, tuple[str, tuple[str, ...]]] = {
-    "identity": ("{a}", ("{g}",)),
-    "add": ("{a} + {b}", ("{g}", "{g}")),
-    "sub": ("{a} - {b}", ("{g}", "-{g}")),
-    "mul": ("{a} * {b}", ("{g} * {b}", "{g} * {a}")),
-    "blend": ("{c} + {a} * ({b} - {c})", ("{g} * ({b} - {c})", "{g} * {a}", "{g} - {g} * {a}")),
-    "mean": ("({sum}) * {inv_n}", ("{g} * {inv_n}",)),
+    **arithmetic_templates(),  # identity, add, sub, mul, blend, mean: the registry's own text
     "tanh": ("2.0 * tl.sigmoid(2.0 * {a}) - 1.0", ("{g} * (1.0 - {y} * {y})",)),
     "sigmoid": ("tl.sigmoid({a})", ("{g} * {y} * (1.0 - {y})",)),
     # relu(NaN) is NaN, as in torch (a NaN must reach the loss: that is how divergence is seen);
