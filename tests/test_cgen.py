@@ -11,8 +11,9 @@ import pytest
 import torch
 from random_cells import ALL_OPS, marked_names, outputs_and_grads, random_cells, random_inputs
 
-from nas.cell import KNOWN_CELLS, OPS, CellRNN, cgen, fused, known_cell, mkl, probe
+from nas.cell import KNOWN_CELLS, OPS, CellRNN, CellSpec, cgen, fused, gpugen, known_cell, mkl, probe
 from nas.cell.cops import C_OPS, PRELUDE
+from nas.cell.gpustages import Stages
 from nas.cell.lower import lower
 from nas.cell.ops import render
 
@@ -289,3 +290,20 @@ def test_training_steps_reuse_the_pooled_buffers():
     assert len({o.data_ptr() for o in kept}) == 3
     for o in kept:
         assert torch.equal(o, want)
+
+
+LINEAR_OF_LINEAR = CellSpec.from_dict({"state": ["h"], "nodes": {
+    "a": {"op": "linear", "in": ["x", "h"]}, "b": {"op": "linear", "in": ["a"]},
+    "t": {"op": "tanh", "in": ["b"]}}, "outputs": {"h": "t"}})
+
+
+def test_gradients_written_into_the_forward_buffers():
+    def hosted(spec):
+        st = Stages(lower(spec))
+        return gpugen.hosted(st, gpugen._Driver(st, cgen.CKernel))
+
+    assert hosted(known_cell("darts_v2")) == [1, 2, 3, 4, 5, 6]
+    assert hosted(LINEAR_OF_LINEAR) == [2]  # a's values, in G1, are read again for W_b's gradient
+    for spec in (LINEAR_OF_LINEAR, known_cell("darts_v2")):
+        model, ref = pair(spec, dtype=torch.float64)
+        assert relative_error(model, ref) < 1e-12

@@ -46,6 +46,7 @@ class CKernel(gpugen.TritonKernel):
     """One C function over the B * H elements of a step (the products stay torch's)."""
 
     OPS = C_OPS
+    HOSTS = True
     SETUP = ("    X = None if X is None else X.contiguous()",)
     BACKWARD_SETUP = ("    dout = dout.contiguous()",)
 

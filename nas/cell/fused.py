@@ -16,9 +16,9 @@ call per op (nas.cell.seqgen); on a GPU, fused Triton kernels (nas.cell.gpugen),
   instead of several per step.
 
 Double backward is not supported (the generated backward is not itself differentiable: it raises),
-nor, on the torch code, a second backward through a retained graph (its backward writes its
-gradients into the forward's buffers, nas.cell.seqlayout.Layout.hosts, and so may a CUDA graph's):
-it raises ONE_BACKWARD. (The C code's backward leaves them alone.) `fused=False` supports both.
+nor a second backward through a retained graph (the CPU backward writes its gradients into the
+forward's buffers, nas.cell.seqlayout.Layout.hosts and nas.cell.gpugen.hosted, and so may a CUDA
+graph's): it raises ONE_BACKWARD. `fused=False` supports both.
 """
 
 from __future__ import annotations
@@ -43,8 +43,11 @@ from nas.cell.spec import INPUT, CellSpec
 
 
 def _steps(buf: Tensor, T: int, lo: int | None = None, hi: int | None = None) -> list[Tensor]:
-    """Per-step views of columns lo:hi of a (T, B, .) buffer; of a (1, B, .) scratch, T times."""
+    """Per-step views of columns lo:hi of a (T, B, .) buffer (or of the first T rows of a
+    (T + 1, B, .) one: nas.cell.gpugen.hosted); of a (1, B, .) scratch, T times."""
     view = buf if lo is None else buf[:, :, lo:hi]
+    if view.shape[0] == T + 1:
+        return view.unbind(0)[:T]
     return view.unbind(0) if view.shape[0] == T else [view[0]] * T
 
 
@@ -122,7 +125,8 @@ def c_program(spec: CellSpec, dtype: torch.dtype) -> Program | None:
                       f"it runs the torch kernels", RuntimeWarning, stacklevel=2)
         return None
     namespace = {"torch": torch, "_steps": _steps, "_hist": _hist, "_last": _last,
-                 "_unit_columns": cgen._unit_columns, "_take": cgen.POOL.take, **kernels}
+                 "_unit_columns": cgen._unit_columns, "_take": cgen.POOL.take,
+                 "_overwritten": lambda *ts: torch.autograd.graph.increment_version(ts), **kernels}
     if packed:
         namespace.update(_pack=mkl.pack, _mm=mkl.compute())
     source = code.forward_source + "\n" + code.backward_source

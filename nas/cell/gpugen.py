@@ -36,6 +36,7 @@ class TritonKernel:
     named by the driver) and its body. (nas.cell.cgen's CKernel is the same for C on the CPU.)"""
 
     OPS = TRITON  # the ops' templates in this kernel language
+    HOSTS = False  # the backward writes dG into G (see `hosted`): not under CUDA graphs
     # The driver's lines before the loop (forward and backward; backward only).
     SETUP: tuple[str, ...] = ("    N, grid = B * H, (triton.cdiv(B * H, BLOCK),)",)
     BACKWARD_SETUP: tuple[str, ...] = ()
@@ -284,13 +285,26 @@ def forward_source(st: Stages, d: _Driver, kernels: list[TritonKernel]) -> str:
             "    n = T if keep else 1", *d.Kernel.SETUP]
     head += state_buffers(len(st.spec.state), d.Kernel.empty)
     for j, k in enumerate(st.rec):
-        head += [f"    G{k} = {d.Kernel.empty('init[0]', f'n, B, {len(st.plan.groups[k].bias_rows)} * H')}",
+        rows = "T + 1 if keep else 1" if k in hosted(st, d) else "n"
+        head += [f"    G{k} = {d.Kernel.empty('init[0]', f'{rows}, B, {len(st.plan.groups[k].bias_rows)} * H')}",
                  f"    wt{k} = wt[{j}]", *d.Kernel.weight(f"wt{k}")]
     head += [f"    {b} = {d.Kernel.empty('init[0]', 'n, B, H')}" for b in d.vbuf.values()]
     head += [f"    xo{j} = xo[{j}]" for j in range(len(st.lay.xonly))]
     finals = "".join(f"_last(S{j}, T), " for j in range(len(st.spec.state)))
     tail = f"    return S0[1:], ({finals}), ({_saved(st, d)})"
     return "\n".join(head + d.head() + ["    for t in range(T):"] + [f"        {x}" for x in loop] + [tail]) + "\n"
+
+
+def hosted(st: Stages, d: _Driver) -> list[int]:
+    """The groups whose gradients dG the backward writes into their forward buffer G, one row
+    behind (G has T + 1 rows; dG_t is row t + 1, G_{t+1}'s, which step t + 1's backward no longer
+    needs): for kernels that ask for it (HOSTS), and unless a product's source lives in G (its
+    weight gradient reads it after the loop)."""
+    if not d.Kernel.HOSTS:
+        return []
+    in_g = {d.st.columns(v)[0][0] for k in st.rec
+            if d.st.kind(v := st.root(st.plan.groups[k].source)) == "linear" and v not in d.vbuf}
+    return [k for k in st.rec if f"G{k}" not in in_g]
 
 
 def _saved(st: Stages, d: _Driver) -> str:
@@ -301,7 +315,9 @@ def _saved(st: Stages, d: _Driver) -> str:
 def backward_source(st: Stages, d: _Driver, kernels: list[TritonKernel]) -> str:
     contrib = st.contributors()
     body = ["    for t in range(T - 1, -1, -1):"] + [f"        {x}" for x in _backward_loop(st, d, kernels, contrib)]
-    return "\n".join(_backward_head(st, d, contrib) + d.head() + body + [_backward_tail(st, d)]) + "\n"
+    # The gradients overwrote saved buffers: autograd's version check then stops a second backward.
+    bump = [f"    _overwritten({', '.join(f'G{k}' for k in hosted(st, d))})"] if hosted(st, d) else []
+    return "\n".join(_backward_head(st, d, contrib) + d.head() + body + bump + [_backward_tail(st, d)]) + "\n"
 
 
 def _backward_loop(st: Stages, d: _Driver, kernels: list[TritonKernel], contrib: dict) -> list[str]:
@@ -337,7 +353,8 @@ def _backward_head(st: Stages, d: _Driver, contrib: dict) -> list[str]:
             f"    {_saved(st, d)}= saved",
             "    B, H = S0.shape[1], S0.shape[2]",
             "    Z = S0.new_zeros(B, H)", *d.Kernel.SETUP, *d.Kernel.BACKWARD_SETUP]
-    head += [f"    dG{k} = {d.Kernel.empty('S0', f'T, B, {len(st.plan.groups[k].bias_rows)} * H')}" for k in st.rec]
+    head += [f"    dG{k} = G{k}[1:]" if k in hosted(st, d) else
+             f"    dG{k} = {d.Kernel.empty('S0', f'T, B, {len(st.plan.groups[k].bias_rows)} * H')}" for k in st.rec]
     for j, k in enumerate(st.rec):
         head += [f"    w{k} = w[{j}]", *d.Kernel.weight(f"w{k}")]
     for j, i in enumerate(st.lay.xonly):
