@@ -10,7 +10,7 @@ against torch.nn.LSTM, CellRNN(gru) against torch.nn.GRU, every other cell again
     python benchmarks/cells.py --reference              # also the reference path (fused=False)
     python benchmarks/cells.py --threads 1              # as a search worker runs
     python benchmarks/cells.py --json runs/bench/cells.json
-    python benchmarks/cells.py --device cuda --eager --graph-cells benchmarks/results/cpu_small_2threads_quiet.json
+    python benchmarks/cells.py --device cuda --eager --graph-cells benchmarks/results/cpu_small_2threads.json
                                  # GPU: also without CUDA graphs; the CPU runs' graph cells (no optuna)
 
 Columns:

@@ -11,7 +11,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT="${OUT:-runs/gpu}"
 mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1  # one log of everything; the numbers also as JSON
-CELLS_JSON=benchmarks/results/cpu_small_2threads_quiet.json
+CELLS_JSON=benchmarks/results/cpu_small_2threads.json
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
