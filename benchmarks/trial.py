@@ -6,8 +6,9 @@ worker runs it (model build, training, intermediate and final validation), timed
                                                                 # the GPU trainer, 300 steps
 
 Reported per cell: chars/s of the optimizer steps (EvalResult.chars_per_sec), the trial's wall time
-and its validation bpc. Variants (GPU): default (Triton kernels in CUDA graphs), torch (the torch
-code in CUDA graphs: NAS_TRITON=0), eager (Triton kernels without graphs: NAS_CUDA_GRAPHS=0).
+and its validation bpc. Variants: default (CPU: the C kernels; GPU: Triton kernels in CUDA graphs),
+torch (the per-op torch code: NAS_C_KERNELS=0 NAS_TRITON=0; on a GPU still in CUDA graphs), eager
+(GPU: Triton kernels without graphs: NAS_CUDA_GRAPHS=0).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def main() -> None:
     rows = []
     for cell in args.cells.split(","):
         for name in args.variants.split(","):
-            os.environ["NAS_TRITON"] = "0" if name == "torch" else "1"
+            os.environ["NAS_TRITON"] = os.environ["NAS_C_KERNELS"] = "0" if name == "torch" else "1"
             os.environ["NAS_CUDA_GRAPHS"] = "0" if name == "eager" else "1"
             start = time.perf_counter()
             res = evaluate(known_cell(cell), cfg, seed=0)

@@ -17,12 +17,14 @@ nas.cell.probe) mean the torch code runs instead, with one warning.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import math
 import os
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 
@@ -34,7 +36,11 @@ from nas.cell.lower import Plan
 from nas.cell.seqgen import SeqCode
 
 DTYPES = {torch.float32: "float", torch.float64: "double"}
-FLAGS = ["-O3", "-march=native", "-std=gnu11", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
+# -ffp-contract=off: no fused multiply-adds where the templates say a * b + c, so the kernels round
+# like torch's separate ops (ill-conditioned random cells amplify any difference); the exp
+# polynomial asks for its FMAs itself.
+FLAGS = ["-O3", "-march=native", "-std=gnu11", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math",
+         "-ffp-contract=off"]
 EXTRA_FLAGS = {"float": ["-fsingle-precision-constant"], "double": ["-DNAS_DOUBLE"]}
 
 
@@ -79,6 +85,10 @@ class CKernel(gpugen.TritonKernel):
     def empty(like: str, shape: str) -> str:
         return f"_take({like}, ({shape}))"
 
+    @staticmethod
+    def strides(view: str) -> str:
+        return f"_strides({view})"
+
     def launch(self, d: gpugen._Driver) -> str:
         args = "".join(f", {p}, {s}" for p, s in (d.pointers[v] for v in self.views))
         return f"{self.name}(B, H{args})"
@@ -117,17 +127,21 @@ class PackedCKernel(CKernel):
 
 
 class Pool:
-    """Large buffers for the C code, kept for reuse. A fresh allocation of this size comes from
-    mmap, and touching it costs a page fault per 4 KiB: for darts_v2 at batch 128 x 256 steps x
-    hidden 512, 865k faults and about a quarter of a training step. A block is handed out again
-    only when nothing else references its storage (no tensor, view or autograd graph). Like torch's
-    CUDA caching allocator, the pool keeps what was in use together at the peak (so a training loop
-    stops allocating after its first steps); unlike it, a block nobody took for `expiry` requests
-    (a few dozen training steps) is let go, so a burst (outputs kept in a list) is not kept."""
+    """Large buffers for the C code's intermediate values, kept for reuse. A fresh allocation of
+    this size comes from mmap, and touching it costs a page fault per 4 KiB: for darts_v2 at batch
+    128 x 256 steps x hidden 512, 865k faults and about a quarter of a training step.
+
+    A block is handed out again only when nothing else references its storage (no tensor, view,
+    storage object or autograd graph) and it was never shared with another process; a request takes
+    the smallest idle block of 1 to 2 times its size. Like torch's CUDA caching allocator, the pool
+    keeps what was in use together at the peak, so a training loop stops allocating after its first
+    steps. It cannot grow without bound: before allocating, it lets go of idle blocks (least
+    recently used first) until it holds at most twice what is in use, and a block nobody took for
+    `expiry` requests goes too. The outputs and states that a call returns never come from it."""
 
     def __init__(self, expiry: int = 1024, minimum: int = 1 << 20) -> None:
         self.expiry, self.minimum = expiry, minimum
-        self.blocks: dict[int, list[list]] = {}  # bytes -> [block, the request that last took it]
+        self.blocks: list[list] = []  # [bytes, block, the request that last took it], by size
         self.requests = 0
         self.lock = threading.Lock()
 
@@ -135,46 +149,78 @@ class Pool:
         nbytes = math.prod(shape) * like.element_size()
         if nbytes < self.minimum or not _USE_COUNT:  # malloc reuses small blocks without faults
             return like.new_empty(shape)
-        with self.lock:
+        with self.lock:  # (the view is made inside: from then on the block is not idle)
             self.requests += 1
             if self.requests % 64 == 0:
-                self._expire()
-            entries = self.blocks.setdefault(nbytes, [])
-            entry = next((e for e in entries if _idle(e[0])), None)
+                self._release(lambda e: e[2] < self.requests - self.expiry)
+            entry = next((e for e in self.blocks[bisect.bisect_left(self.blocks, nbytes, key=_size):]
+                          if e[0] < 2 * nbytes and _idle(e[1])), None)
             if entry is None:
-                entry = [torch.empty(nbytes, dtype=torch.uint8), 0]
-                entries.append(entry)
-            entry[1] = self.requests
-        return entry[0].view(like.dtype).view(shape)
+                entry = self._allocate(nbytes)
+            entry[2] = self.requests
+            return entry[1][:nbytes].view(like.dtype).view(shape)
 
-    def _expire(self) -> None:
-        old = self.requests - self.expiry
-        for nbytes, entries in list(self.blocks.items()):
-            entries[:] = [e for e in entries if e[1] > old or not _idle(e[0])]
-            if not entries:
-                del self.blocks[nbytes]
+    def _allocate(self, nbytes: int) -> list:
+        busy = sum(e[0] for e in self.blocks if not _idle(e[1]))
+        held = sum(e[0] for e in self.blocks)
+        gone = set()
+        for e in sorted((e for e in self.blocks if _idle(e[1])), key=lambda e: e[2]):
+            if held + nbytes <= 2 * (busy + nbytes):
+                break
+            gone.add(id(e))
+            held -= e[0]
+        self.blocks[:] = [e for e in self.blocks if id(e) not in gone]
+        size = _rounded(nbytes)
+        entry = [size, torch.empty(size, dtype=torch.uint8), 0]
+        bisect.insort(self.blocks, entry, key=_size)
+        return entry
+
+    def _release(self, old) -> None:
+        # Shared blocks belong to the processes they were sent to now: never reused.
+        self.blocks[:] = [e for e in self.blocks if not e[1].is_shared() and not (old(e) and _idle(e[1]))]
 
     def clear(self) -> None:
         with self.lock:
             self.blocks.clear()
 
 
+def _size(entry: list) -> int:
+    return entry[0]
+
+
+def _rounded(nbytes: int) -> int:
+    """Up to the next of 8 sizes per octave (at most 12.5% more): a longer sequence next time may
+    still fit."""
+    step = 1 << max(nbytes.bit_length() - 4, 0)
+    return -(-nbytes // step) * step
+
+
 # How many references a storage has (private to torch, present since 2.0; without it, no pool).
 _USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)
 
 
-def _references(block: torch.Tensor) -> int:
-    storage = block.untyped_storage()  # kept alive while its count is read
-    return _USE_COUNT(storage._cdata)
+def _references(block: torch.Tensor) -> tuple[int, int]:
+    """(C++ references to the block's storage, Python references to its storage object): a caller
+    holding only the storage object shows in the second."""
+    storage = block.untyped_storage()
+    return _USE_COUNT(storage._cdata), sys.getrefcount(storage)
 
 
 def _idle(block: torch.Tensor) -> bool:
-    """Only the pool references the block."""
-    return _references(block) == _IDLE
+    """Only the pool references the block, and it was never shared with another process."""
+    return not block.is_shared() and _references(block) == _IDLE
 
 
-_IDLE = _references(torch.empty(1)) if _USE_COUNT else 0  # a tensor nothing else references
+_IDLE = _references(torch.empty(1)) if _USE_COUNT else (0, 0)  # a tensor nothing else references
 POOL = Pool()
+
+
+def _strides(view: torch.Tensor) -> tuple[int, int]:
+    """A (B, H) view's strides, with those of size-1 dimensions (which torch may report as
+    anything) made what they would be in a contiguous view: MKL checks them, and the kernels'
+    unit-column check must not fail on H = 1."""
+    (rows, cols), (r, c) = view.shape, view.stride()
+    return (r if rows > 1 else cols, c if cols > 1 else 1)
 
 
 def _unit_columns(*strides: tuple[int, ...]) -> None:

@@ -27,9 +27,9 @@ C_OPS: dict[str, tuple[str, tuple[str, ...]]] = {
 # written here in plain arithmetic that vectorizes: exp(x) = 2^n exp(r), n = round(x / ln 2),
 # r = x - n ln 2 (ln 2 split in a high part exact in n * hi and a low part, Cody & Waite 1980),
 # |r| <= ln(2) / 2, exp(r) by its Taylor series to r^7 (float: truncation error < 6e-9
-# relative) or r^13 (double: < 5e-18), and 2^n built in the exponent bits. x is clamped where
-# exp over- or underflows (a NaN passes the clamps and comes out NaN), so exp(-inf) is the smallest
-# normal number rather than 0: below 1.2e-38 (float), which sigmoid and tanh cannot tell apart.
+# relative) or r^13 (double: < 5e-18) in fused multiply-adds, and 2^n built in the exponent bits.
+# Beyond EXP_HI exp is inf and below EXP_LO 0 (torch gives numbers up to 3.4e38 and down to
+# 1e-45 there: sigmoid and tanh cannot tell); a NaN passes the comparisons and comes out NaN.
 # tanh(a) = sign(a) (1 - e) / (1 + e) with e = exp(-2|a|), and its Taylor series to a^13 below
 # |a| = 0.1, where 1 - e would cancel (truncation error < 2e-17 relative there).
 PRELUDE = r"""
@@ -47,13 +47,14 @@ typedef uint64_t U;
 #define BIAS 1023
 #define MANTISSA 52
 #define FLOOR __builtin_floor
+#define FMA __builtin_fma
 static inline T exp_reduced(T r) {
     T p = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0; p = p * r + 1.0 / 39916800.0; p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0; p = p * r + 1.0 / 40320.0; p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0; p = p * r + 1.0 / 120.0; p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0; p = p * r + 0.5; p = p * r + 1.0;
-    return p * r + 1.0;
+    p = FMA(p, r, 1.0 / 479001600.0); p = FMA(p, r, 1.0 / 39916800.0); p = FMA(p, r, 1.0 / 3628800.0);
+    p = FMA(p, r, 1.0 / 362880.0); p = FMA(p, r, 1.0 / 40320.0); p = FMA(p, r, 1.0 / 5040.0);
+    p = FMA(p, r, 1.0 / 720.0); p = FMA(p, r, 1.0 / 120.0); p = FMA(p, r, 1.0 / 24.0);
+    p = FMA(p, r, 1.0 / 6.0); p = FMA(p, r, 0.5); p = FMA(p, r, 1.0);
+    return FMA(p, r, 1.0);
 }
 #else
 typedef float T;
@@ -66,23 +67,26 @@ typedef uint32_t U;
 #define BIAS 127
 #define MANTISSA 23
 #define FLOOR __builtin_floorf
+#define FMA __builtin_fmaf
 static inline T exp_reduced(T r) {
     T p = 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0; p = p * r + 1.0 / 120.0; p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0; p = p * r + 0.5; p = p * r + 1.0;
-    return p * r + 1.0;
+    p = FMA(p, r, 1.0 / 720.0); p = FMA(p, r, 1.0 / 120.0); p = FMA(p, r, 1.0 / 24.0);
+    p = FMA(p, r, 1.0 / 6.0); p = FMA(p, r, 0.5); p = FMA(p, r, 1.0);
+    return FMA(p, r, 1.0);
 }
 #endif
 
 static inline T nas_exp(T x) {
-    x = x > EXP_HI ? EXP_HI : x;
-    x = x < EXP_LO ? EXP_LO : x;
-    T n = FLOOR(x * 1.44269504088896340736 + 0.5);
-    T r = (x - n * LN2_HI) - n * LN2_LO;
+    T y = x > EXP_HI ? EXP_HI : x;
+    y = y < EXP_LO ? EXP_LO : y;
+    T n = FLOOR(y * 1.44269504088896340736 + 0.5);
+    T r = (y - n * LN2_HI) - n * LN2_LO;
     U bits = ((U)(I)n + BIAS) << MANTISSA;
     T scale;
     memcpy(&scale, &bits, sizeof scale);
-    return exp_reduced(r) * scale;
+    T e = exp_reduced(r) * scale;
+    e = x > EXP_HI ? (T)__builtin_inf() : e;
+    return x < EXP_LO ? 0.0 : e;
 }
 
 static inline T nas_sigmoid(T a) { return 1.0 / (1.0 + nas_exp(-a)); }
@@ -95,7 +99,7 @@ static inline T nas_tanh(T a) {
     T p = 21844.0 / 6081075.0;
     p = p * s - 1382.0 / 155925.0; p = p * s + 62.0 / 2835.0; p = p * s - 17.0 / 315.0;
     p = p * s + 2.0 / 15.0; p = p * s - 1.0 / 3.0;
-    T small = a + a * s * p;
+    T small = a * (1.0 + s * p);  /* a * (...), not a + ...: tanh(-0) is -0 */
     return m < 0.1 ? small : (a < 0.0 ? -t : t);
 }
 """

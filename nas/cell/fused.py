@@ -125,7 +125,7 @@ def c_program(spec: CellSpec, dtype: torch.dtype) -> Program | None:
                       f"it runs the torch kernels", RuntimeWarning, stacklevel=2)
         return None
     namespace = {"torch": torch, "_steps": _steps, "_hist": _hist, "_last": _last,
-                 "_unit_columns": cgen._unit_columns, "_take": cgen.POOL.take,
+                 "_unit_columns": cgen._unit_columns, "_strides": cgen._strides, "_take": cgen.POOL.take,
                  "_overwritten": lambda *ts: torch.autograd.graph.increment_version(ts), **kernels}
     if packed:
         namespace.update(_pack=mkl.pack, _mm=mkl.compute())

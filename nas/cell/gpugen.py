@@ -81,6 +81,11 @@ class TritonKernel:
         return []
 
     @staticmethod
+    def strides(view: str) -> str:
+        """An expression for the (row, column) strides of a (B, H) view."""
+        return f"{view}.stride()"
+
+    @staticmethod
     def empty(like: str, shape: str) -> str:
         """An expression allocating a large buffer of `shape` (a tuple's text) like tensor `like`."""
         return f"{like}.new_empty({shape})"
@@ -185,7 +190,7 @@ class _Driver:
 
     def head(self) -> list[str]:
         return [f"    {n} = {e}" for n, e in self.lists.items()] + \
-               [f"    st_{n} = {n}[0].stride()" for n in self.lists] + self.Kernel.lists(self)
+               [f"    st_{n} = {self.Kernel.strides(f'{n}[0]')}" for n in self.lists] + self.Kernel.lists(self)
 
 
 def _upstream(d: _Driver, k_outputs: list[int], kern: TritonKernel, var: str) -> list[str]:
@@ -283,7 +288,7 @@ def forward_source(st: Stages, d: _Driver, kernels: list[TritonKernel]) -> str:
     head = ["def forward(T, keep, X, base, xo, init, wt):",
             "    B, H = init[0].shape",
             "    n = T if keep else 1", *d.Kernel.SETUP]
-    head += state_buffers(len(st.spec.state), d.Kernel.empty)
+    head += state_buffers(len(st.spec.state))  # returned to the caller: never pooled
     for j, k in enumerate(st.rec):
         rows = "T + 1 if keep else 1" if k in hosted(st, d) else "n"
         head += [f"    G{k} = {d.Kernel.empty('init[0]', f'{rows}, B, {len(st.plan.groups[k].bias_rows)} * H')}",

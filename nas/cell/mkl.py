@@ -20,7 +20,9 @@ import torch
 from torch import Tensor
 
 ROW_MAJOR, NO_TRANS, TRANS, PACKED, B_MATRIX = 101, 111, 112, 151, 162  # cblas enum values
-_INTS = [ctypes.c_int] * 3 + [ctypes.c_int64] * 3
+# The unsuffixed functions are MKL's LP64 interface: MKL_INT is a 32-bit int (the ILP64 ones end in _64).
+_INT = ctypes.c_int
+_INTS = [_INT] * 6
 
 
 @cache
@@ -33,12 +35,12 @@ def _library() -> ctypes.CDLL | None:
     names = ("cblas_sgemm_pack_get_size", "cblas_sgemm_pack", "cblas_sgemm_compute")
     if not all(hasattr(lib, n) for n in names):
         return None
-    lib.cblas_sgemm_pack_get_size.argtypes = [ctypes.c_int] + [ctypes.c_int64] * 3
+    lib.cblas_sgemm_pack_get_size.argtypes = [_INT] * 4
     lib.cblas_sgemm_pack_get_size.restype = ctypes.c_size_t
-    lib.cblas_sgemm_pack.argtypes = _INTS + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+    lib.cblas_sgemm_pack.argtypes = _INTS + [ctypes.c_float, ctypes.c_void_p, _INT, ctypes.c_void_p]
     lib.cblas_sgemm_pack.restype = None
-    lib.cblas_sgemm_compute.argtypes = _INTS + [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
-                                                ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_int64]
+    lib.cblas_sgemm_compute.argtypes = _INTS + [ctypes.c_void_p, _INT, ctypes.c_void_p, _INT, ctypes.c_float,
+                                                ctypes.c_void_p, _INT]
     lib.cblas_sgemm_compute.restype = None
     return lib
 
@@ -50,13 +52,15 @@ def available() -> bool:
 def pack(b: Tensor, rows: int) -> Tensor:
     """b (K, N) float32, the right factor of (rows, K) @ (K, N) products, in MKL's packed format
     (a byte tensor that must outlive the products; rows: their row count, M)."""
-    if b.stride(1) == 1:
-        trans, src, ld = NO_TRANS, b, b.stride(0)
-    elif b.stride(0) == 1:  # the transpose of a row-major matrix (W^T of a weight W)
-        trans, src, ld = TRANS, b, b.stride(1)
-    else:
-        trans, src, ld = NO_TRANS, b.contiguous(), b.shape[1]
     K, N = b.shape
+    # MKL wants a leading dimension of at least the row length, also where a size-1 dimension
+    # makes the stride meaningless (torch may report 1 there).
+    if b.is_contiguous():
+        trans, src, ld = NO_TRANS, b, N
+    elif b.t().is_contiguous():  # the transpose of a row-major matrix (W^T of a weight W)
+        trans, src, ld = TRANS, b, K
+    else:
+        trans, src, ld = NO_TRANS, b.contiguous(), N
     lib = _library()
     out = torch.empty(lib.cblas_sgemm_pack_get_size(B_MATRIX, rows, N, K) + 64, dtype=torch.uint8)
     lib.cblas_sgemm_pack(ROW_MAJOR, B_MATRIX, trans, rows, N, K, 1.0, src.data_ptr(), ld, out.data_ptr())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import threading
 import warnings
 from functools import cache
 
@@ -30,6 +31,7 @@ PROBE = {"state": ["h", "c"], "nodes": {
     "i": {"op": "identity", "in": ["q"]}}, "outputs": {"h": "b", "c": "i"}}
 
 _probing: set = set()  # the probes running now (their own calls use the kernels unchecked)
+_lock = threading.RLock()
 
 
 def triton_works(device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
@@ -44,9 +46,10 @@ def triton_works(device: torch.device, dtype: torch.dtype = torch.float32) -> bo
 
 def c_works(dtype: torch.dtype) -> bool:
     """Whether the C kernels compile here and compute what the torch code computes, in `dtype`."""
-    if ("c", dtype) in _probing:
-        return True
-    return _c_probe(dtype)
+    if ("c", dtype, threading.get_ident()) in _probing:
+        return True  # the probe's own calls (other threads wait for its verdict in _c_probe)
+    with _lock:
+        return _c_probe(dtype)
 
 
 @contextlib.contextmanager
@@ -96,7 +99,7 @@ def _c_probe(dtype: torch.dtype) -> bool:
 
     cpu = torch.device("cpu")
     try:
-        with _probing_as(("c", dtype), cpu), warnings.catch_warnings():
+        with _probing_as(("c", dtype, threading.get_ident()), cpu), warnings.catch_warnings():
             # c_program's warning that the compiler failed: here, the probe's failure.
             warnings.filterwarnings("error", message="nas: could not compile", category=RuntimeWarning)
             spec = CellSpec.from_dict(PROBE)

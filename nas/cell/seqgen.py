@@ -25,7 +25,6 @@ Variable names are generated, never taken from the spec.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from nas.cell.kernels import KERNELS
@@ -115,15 +114,13 @@ def forward_source(lay: Layout) -> str:
     return "\n".join(_forward_head(lay, e) + e.lines + tail) + "\n"
 
 
-def state_buffers(K: int, empty: Callable[[str, str], str] | None = None) -> list[str]:
+def state_buffers(K: int) -> list[str]:
     """The forward's state histories S<k>, (T + 1, B, H) with the initial state in row 0; under
-    no_grad all but S0 (the outputs) are two slots used in turn. empty(like, shape): the
-    allocating expression (default: like.new_empty(shape))."""
+    no_grad all but S0 (the outputs) are two slots used in turn."""
     head = []
     for k in range(K):
-        rows = "T + 1" if k == 0 else "(T + 1 if keep else 2)"
-        alloc = empty("init[0]", f"{rows}, B, H") if empty else f"init[0].new_empty({rows}, B, H)"
-        head += [f"    S{k} = {alloc}", f"    S{k}[0] = init[{k}]"]
+        rows = "T + 1" if k == 0 else "T + 1 if keep else 2"
+        head += [f"    S{k} = init[0].new_empty({rows}, B, H)", f"    S{k}[0] = init[{k}]"]
     return head
 
 
