@@ -2,6 +2,7 @@
 (the step code under autograd, `fused=False`): same outputs, final states and gradients, in float64,
 for every known cell and random cells; and the fast forms of the ops against the registry templates."""
 
+import contextlib
 import re
 import statistics
 import time
@@ -132,11 +133,16 @@ def test_gradients_written_into_the_forward_buffers():
     assert_same(SOURCE_IN_SLAB, layers=2)
 
 
-def test_second_backward_through_a_retained_graph_is_an_error():
-    # The backward writes its gradients into saved buffers: a second one must fail autograd's
-    # version check (as after any in-place change), never give wrong gradients.
+@pytest.mark.parametrize("hooks", [False, True], ids=["plain", "saved-tensor hooks"])
+def test_second_backward_through_a_retained_graph_is_an_error(hooks):
+    # The backward writes its gradients into saved buffers: a second one must fail (autograd's
+    # version check, as after any in-place change; under saved-tensor hooks, which bypass that
+    # check, the Function's own flag), never give wrong gradients.
     rnn = CellRNN(known_cell("darts_v2"), I, H)
-    out, _ = rnn(torch.randn(4, B, I))
+    context = torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t) if hooks else \
+        contextlib.nullcontext()
+    with context:
+        out, _ = rnn(torch.randn(4, B, I))
     out.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="one backward per forward"):
         out.sum().backward()

@@ -199,6 +199,12 @@ class _Sequence(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable  # the generated backward is not differentiable
     def backward(ctx, dout, *dfin):
+        # A second backward would read buffers the first overwrote. Autograd's version check
+        # catches it, unless saved-tensor hooks (save_on_cpu, even identity hooks) bypass it:
+        # hence the flag too.
+        if getattr(ctx, "backward_ran", False):
+            raise RuntimeError(ONE_BACKWARD)
+        ctx.backward_ran = True
         try:
             X, *rest = ctx.saved_tensors
         except RuntimeError as err:  # autograd's version check: a backward already ran
