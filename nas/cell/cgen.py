@@ -30,7 +30,7 @@ import threading
 
 import torch
 
-from nas.cell import gpugen
+from nas.cell import gpugen, mkl
 from nas.cell.cops import C_OPS, PRELUDE
 from nas.cell.lower import Plan
 from nas.cell.seqgen import SeqCode
@@ -114,16 +114,19 @@ class PackedCKernel(CKernel):
 
     @staticmethod
     def product(d: gpugen._Driver, src: str, wt: str, out: str, base: str | None) -> list[str]:
-        (a, lda), (c, ldc) = d.pointers[src], d.pointers[out]
-        copy = [] if base is None else [f"{out}.copy_({base})"]
-        beta = "0.0" if base is None else "1.0"
-        return copy + [f"_mm(101, 111, 151, B, N_{wt}, K_{wt}, {a}, {lda}, P_{wt}, 0, {beta}, {c}, {ldc})"]
+        copy = [] if base is None else [f"{out}.copy_({base})"]  # then added to: beta 1
+        return copy + [_packed_product(d, src, wt, out, add=base is not None)]
 
     @staticmethod
     def grad_product(d: gpugen._Driver, dg: str, w: str, target: str, first: bool) -> list[str]:
-        (a, lda), (c, ldc) = d.pointers[dg], d.pointers[target]
-        beta = "0.0" if first else "1.0"
-        return [f"_mm(101, 111, 151, B, N_{w}, K_{w}, {a}, {lda}, P_{w}, 0, {beta}, {c}, {ldc})"]
+        return [_packed_product(d, dg, w, target, add=not first)]
+
+
+def _packed_product(d: gpugen._Driver, a: str, w: str, c: str, add: bool) -> str:
+    """The driver's line for view c (+)= view a @ packed weight w (nas.cell.mkl.compute)."""
+    (pa, lda), (pc, ldc) = d.pointers[a], d.pointers[c]
+    return (f"_mm({mkl.ROW_MAJOR}, {mkl.NO_TRANS}, {mkl.PACKED}, B, N_{w}, K_{w}, {pa}, {lda}, P_{w}, 0, "
+            f"{1.0 if add else 0.0}, {pc}, {ldc})")
 
 
 class Pool:
@@ -161,10 +164,11 @@ class Pool:
             return entry[1][:nbytes].view(like.dtype).view(shape)
 
     def _allocate(self, nbytes: int) -> list:
-        busy = sum(e[0] for e in self.blocks if not _idle(e[1]))
+        idle = [e for e in self.blocks if _idle(e[1])]
         held = sum(e[0] for e in self.blocks)
+        busy = held - sum(e[0] for e in idle)
         gone = set()
-        for e in sorted((e for e in self.blocks if _idle(e[1])), key=lambda e: e[2]):
+        for e in sorted(idle, key=lambda e: e[2]):
             if held + nbytes <= 2 * (busy + nbytes):
                 break
             gone.add(id(e))

@@ -77,6 +77,10 @@ _ATEN = {f"_{name}{suffix}": _raw(getattr(getattr(torch.ops.aten, name), overloa
          for name in ATEN_BACKWARDS for suffix, overload in (("", "default"), ("_out", "grad_input"))}
 
 
+# What every generated whole-sequence function may call (each generator adds its own).
+_HELPERS = {"torch": torch, "_steps": _steps, "_hist": _hist, "_last": _last}
+
+
 @dataclass(frozen=True)
 class Program:
     code: SeqCode
@@ -96,8 +100,7 @@ def gpu_program(spec: CellSpec) -> Program | None:
     import triton.language as tl
 
     code, kernels = gpugen.generate(plan)
-    namespace = {"torch": torch, "triton": triton, "tl": tl, "BLOCK": gpugen.BLOCK,
-                 "_steps": _steps, "_hist": _hist, "_last": _last}
+    namespace = {**_HELPERS, "triton": triton, "tl": tl, "BLOCK": gpugen.BLOCK}
     # Triton reads a kernel's source back (inspect.getsource): the generated text goes into
     # linecache under a name of its own, as if it were a file.
     source = kernels + "\n\n" + code.forward_source + "\n" + code.backward_source
@@ -124,9 +127,8 @@ def c_program(spec: CellSpec, dtype: torch.dtype) -> Program | None:
         warnings.warn(f"nas: could not compile the C kernels of cell {spec.canonical_hash()[:12]} ({err}); "
                       f"it runs the torch kernels", RuntimeWarning, stacklevel=2)
         return None
-    namespace = {"torch": torch, "_steps": _steps, "_hist": _hist, "_last": _last,
-                 "_unit_columns": cgen._unit_columns, "_strides": cgen._strides, "_take": cgen.POOL.take,
-                 "_overwritten": lambda *ts: torch.autograd.graph.increment_version(ts), **kernels}
+    namespace = {**_HELPERS, "_unit_columns": cgen._unit_columns, "_strides": cgen._strides,
+                 "_take": cgen.POOL.take, **kernels}
     if packed:
         namespace.update(_pack=mkl.pack, _mm=mkl.compute())
     source = code.forward_source + "\n" + code.backward_source
@@ -155,7 +157,7 @@ def select(cell, xs: Tensor, dtype: torch.dtype) -> Program:
 def program(spec: CellSpec) -> Program:
     """The compiled whole-sequence code of `spec` (cached: a cell is generated once per process)."""
     code = generate(lower(spec))
-    namespace = {"torch": torch, "_steps": _steps, "_strided": _strided, "_hist": _hist, "_last": _last, **_ATEN}
+    namespace = {**_HELPERS, "_strided": _strided, **_ATEN}
     source = code.forward_source + "\n" + code.backward_source
     # The generator's own code: it names variables itself, so no spec text reaches it.
     exec(compile(source, f"<cell sequence {spec.name or 'cell'}>", "exec"), namespace)  # noqa: S102
@@ -199,9 +201,9 @@ class _Sequence(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable  # the generated backward is not differentiable
     def backward(ctx, dout, *dfin):
-        # A second backward would read buffers the first overwrote. Autograd's version check
-        # catches it, unless saved-tensor hooks (save_on_cpu, even identity hooks) bypass it:
-        # hence the flag too.
+        # A second backward would read buffers the first overwrote (Layout.hosts, gpugen.hosted,
+        # CUDA graphs): this flag stops it. (Autograd's version check would not, under saved-tensor
+        # hooks such as save_on_cpu, and the C kernels' writes do not bump versions.)
         if getattr(ctx, "backward_ran", False):
             raise RuntimeError(ONE_BACKWARD)
         ctx.backward_ran = True

@@ -320,9 +320,7 @@ def _saved(st: Stages, d: _Driver) -> str:
 def backward_source(st: Stages, d: _Driver, kernels: list[TritonKernel]) -> str:
     contrib = st.contributors()
     body = ["    for t in range(T - 1, -1, -1):"] + [f"        {x}" for x in _backward_loop(st, d, kernels, contrib)]
-    # The gradients overwrote saved buffers: autograd's version check then stops a second backward.
-    bump = [f"    _overwritten({', '.join(f'G{k}' for k in hosted(st, d))})"] if hosted(st, d) else []
-    return "\n".join(_backward_head(st, d, contrib) + d.head() + body + bump + [_backward_tail(st, d)]) + "\n"
+    return "\n".join(_backward_head(st, d, contrib) + d.head() + body + [_backward_tail(st, d)]) + "\n"
 
 
 def _backward_loop(st: Stages, d: _Driver, kernels: list[TritonKernel], contrib: dict) -> list[str]:
