@@ -148,6 +148,16 @@ def test_second_backward_through_a_retained_graph_is_an_error(hooks):
         out.sum().backward()
 
 
+def test_a_weight_changed_in_place_before_backward_is_autograds_error():
+    # Not "one backward per forward": the caller changed a saved tensor, and autograd says so.
+    rnn = CellRNN(known_cell("lstm"), I, H)
+    out, _ = rnn(torch.randn(4, B, I))
+    with torch.no_grad():
+        rnn.layers[0].weight_h.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
 def test_without_any_fast_form(monkeypatch):
     # With the kernel table empty, every op runs from the registry's templates (as an op added to
     # the registry without a fast form would).

@@ -207,10 +207,7 @@ class _Sequence(torch.autograd.Function):
         if getattr(ctx, "backward_ran", False):
             raise RuntimeError(ONE_BACKWARD)
         ctx.backward_ran = True
-        try:
-            X, *rest = ctx.saved_tensors
-        except RuntimeError as err:  # autograd's version check: a backward already ran
-            raise RuntimeError(ONE_BACKWARD) from err
+        X, *rest = ctx.saved_tensors  # (autograd's own error if the caller changed one in place)
         nxo = ctx.n_xo
         xo, w, saved = rest[:nxo], rest[nxo:len(rest) - ctx.n_saved], rest[len(rest) - ctx.n_saved:]
         if ctx.runner is not None:
