@@ -121,6 +121,8 @@ def make_models(hidden: int, cells: dict[str, CellSpec], args, device: str) -> t
         if args.torch_kernels:
             models[f"CellRNN({name}, torch kernels)"] = variant(CellRNN(spec, hidden, hidden), triton=False,
                                                                  c_kernels=False)
+        if args.python_loop and device == "cpu":
+            models[f"CellRNN({name}, Python loop)"] = variant(CellRNN(spec, hidden, hidden), c_loop=False)
         if args.reference:
             models[f"CellRNN({name}, fused=False)"] = CellRNN(spec, hidden, hidden, fused=False)
     return models, prep
@@ -284,6 +286,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eager", action="store_true", help="GPU: also time the fast path without CUDA graphs")
     p.add_argument("--torch-kernels", action="store_true",
                    help="also time the torch code of the fast path (no Triton / C kernels)")
+    p.add_argument("--python-loop", action="store_true",
+                   help="CPU: also time the C kernels with the time loop in Python (c_loop=False)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (as the GPU trainer runs)")
     p.add_argument("--graph-cells", help="take the graph cells from this earlier run's JSON")
     p.add_argument("--no-memory", action="store_true", help="skip the memory columns")

@@ -243,8 +243,9 @@ def test_packed_products_match_torch():
         mkl.compute()(mkl.ROW_MAJOR, mkl.NO_TRANS, mkl.PACKED, 5, b.shape[1], 7, a.data_ptr(), 7,
                       packed.data_ptr(), 0, 1.0, c.data_ptr(), b.shape[1])
         torch.testing.assert_close(c, want)
-    assert "_mm(" in fused.c_program(known_cell("lstm"), torch.float32).code.forward_source
-    assert "_mm(" not in fused.c_program(known_cell("lstm"), torch.float64).code.forward_source  # no dgemm
+    # The Python loop's products (the C loop's: tests/test_cloop.py)
+    assert "_mm(" in fused.c_program(known_cell("lstm"), torch.float32, False).code.forward_source
+    assert "_mm(" not in fused.c_program(known_cell("lstm"), torch.float64, False).code.forward_source  # torch's
 
 
 def test_pool_reuses_idle_blocks_and_never_one_in_use():

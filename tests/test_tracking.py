@@ -228,7 +228,10 @@ def test_dashboard_serves_the_store_until_interrupted(sqlite_search):
             assert json.load(r)["format"] == "nas-cell/1"
     finally:
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
+        code = proc.wait(timeout=20)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert code == 0
     with socket.socket() as s:  # the server is gone with it
         assert s.connect_ex(("127.0.0.1", port)) != 0
 

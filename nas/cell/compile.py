@@ -19,7 +19,9 @@ kernel (nas.cell.gpugen; float32/bf16/fp16, when Triton is installed), on the CP
 (nas.cell.cgen; float32/float64, when a C compiler is found), and on a GPU a shape seen twice is
 replayed as CUDA graphs (nas.cell.cudagraphs). `cell.triton = False` / `cell.c_kernels = False` /
 `cell.cuda_graphs = False` (or the environment variables NAS_TRITON=0 / NAS_C_KERNELS=0 /
-NAS_CUDA_GRAPHS=0) turn each off: the torch kernels (one call per op) run instead.
+NAS_CUDA_GRAPHS=0) turn each off: the torch kernels (one call per op) run instead. With MKL (torch's
+x86-64 wheels) the CPU's time loop runs in C as well (nas.cell.cloop); `cell.c_loop = False` or
+NAS_C_LOOP=0 keeps it in Python.
 
 Parameters of a layer (state_dict names): `weight_x` ((n_x * H, I), all linear terms on x),
 `weight_<src>` ((n * H, H), the terms on state vector or node <src>), and `bias` ((n_b * H,), the
@@ -67,8 +69,10 @@ class CompiledCell(nn.Module):
         # shapes as CUDA graphs (nas.cell.cudagraphs); these switch either off for this cell.
         self.triton = True
         self.cuda_graphs = True
-        # On the CPU it runs fused C kernels (nas.cell.cgen) where a C compiler is found.
+        # On the CPU it runs fused C kernels (nas.cell.cgen) where a C compiler is found, and
+        # with MKL, the time loop in C too (nas.cell.cloop; False: the loop in Python).
         self.c_kernels = True
+        self.c_loop = True
         self._graphs = GraphCache()
         self.plan = _plan(spec)[0]
         if self.plan.needs_raw_x and input_size != hidden_size:
@@ -106,6 +110,7 @@ class CompiledCell(nn.Module):
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("c_kernels", True)  # pickled before the C kernels existed
+        self.__dict__.setdefault("c_loop", True)
         self._step = self._make_step()
         self._graphs = GraphCache()
 

@@ -34,7 +34,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from nas.cell import cgen, gpugen, mkl
+from nas.cell import cgen, cloop, gpugen, mkl
 from nas.cell.kernels import ATEN_BACKWARDS
 from nas.cell.lower import lower
 from nas.cell.probe import c_works, triton_works
@@ -113,14 +113,17 @@ def gpu_program(spec: CellSpec) -> Program | None:
 
 
 @lru_cache(maxsize=1024)
-def c_program(spec: CellSpec, dtype: torch.dtype) -> Program | None:
+def c_program(spec: CellSpec, dtype: torch.dtype, loop: bool = True) -> Program | None:
     """The CPU form of `program` with one fused C kernel per stage (nas.cell.cgen), for float32 or
-    float64; None (after a warning) when an op has no C form or the compiler fails."""
+    float64, and the time loop in C (nas.cell.cloop) where MKL can be called from it and `loop`;
+    None (after a warning) when an op has no C form or the compiler fails."""
     plan = lower(spec)
     if not cgen.supported(plan):
         return None
-    packed = dtype == torch.float32 and mkl.available()
-    code, source = cgen.generate(plan, packed)
+    # Else the loop runs in Python, with MKL's packed GEMM for float32 where there is one.
+    in_c = loop and cloop.available(dtype)
+    packed = not in_c and dtype == torch.float32 and mkl.available()
+    code, source = cgen.generate(plan, cloop.LoopCKernel if in_c else cgen.PackedCKernel if packed else cgen.CKernel)
     try:
         kernels = cgen.build(source, dtype)
     except cgen.CompileError as err:
@@ -129,7 +132,9 @@ def c_program(spec: CellSpec, dtype: torch.dtype) -> Program | None:
         return None
     namespace = {**_HELPERS, "_unit_columns": cgen._unit_columns, "_strides": cgen._strides,
                  "_take": cgen.POOL.take, **kernels}
-    if packed:
+    if in_c:
+        namespace.update(cloop.namespace(dtype))
+    elif packed:
         namespace.update(_pack=mkl.pack, _mm=mkl.compute())
     source = code.forward_source + "\n" + code.backward_source
     exec(compile(source, f"<cell c {spec.name or 'cell'}>", "exec"), namespace)  # noqa: S102 - generated: no spec text in it
@@ -147,7 +152,9 @@ def select(cell, xs: Tensor, dtype: torch.dtype) -> Program:
                 return prog
     elif dtype in cgen.DTYPES and cell.c_kernels and os.environ.get("NAS_C_KERNELS", "1") != "0" \
             and c_works(dtype):
-        prog = c_program(cell.spec, dtype)
+        # (c_program's cache tells (spec, dtype) from (spec, dtype, True): the default is not spelled out)
+        in_c = cell.c_loop and os.environ.get("NAS_C_LOOP", "1") != "0"
+        prog = c_program(cell.spec, dtype) if in_c else c_program(cell.spec, dtype, False)
         if prog is not None:
             return prog
     return program(cell.spec)

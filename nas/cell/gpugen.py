@@ -108,12 +108,50 @@ class TritonKernel:
         """target (+)= dg @ w: the first contribution writes, the others add."""
         return [f"{target}.addmm_({dg}, {w}{', beta=0' if first else ''})"]
 
+    # The time loop (nas.cell.cloop.LoopCKernel runs it in C: these are its statements there).
+    @staticmethod
+    def pointer(name: str, index: str) -> tuple[str, str]:
+        """(data pointer, row stride) expressions of element `index` of view list `name`."""
+        return f"pp_{name}{index}", f"st_{name}[0]"
+
+    @staticmethod
+    def plain_pointer(name: str) -> tuple[str, str]:
+        """(data pointer, row stride) expressions of the contiguous (B, H) accumulator `name`."""
+        return f"{name}.data_ptr()", "H"
+
+    @staticmethod
+    def copy(d: _Driver, dst: str, src: str) -> list[str]:
+        return [f"{dst}.copy_({src})"]
+
+    @staticmethod
+    def swap(d: _Driver, a: str, b: str) -> list[str]:
+        return [f"{a}, {b} = {b}, {a}"]
+
+    @staticmethod
+    def zero(d: _Driver, a: str) -> list[str]:
+        """Accumulator a is the zero matrix Z from here on."""
+        return [f"{a} = Z"]
+
+    @staticmethod
+    def loop(d: _Driver, body: list[str], kernels: list, reverse: bool) -> list[str]:
+        """The driver's lines running `body` for t = 0 .. T - 1 (reverse: T - 1 .. 0)."""
+        steps = "range(T - 1, -1, -1)" if reverse else "range(T)"
+        return [f"    for t in {steps}:"] + [f"        {x}" for x in body]
+
+    @staticmethod
+    def head(d: _Driver) -> list[str]:
+        """The driver's lines, once per call, for the per-step view lists."""
+        return [f"    {n} = {e}" for n, e in d.lists.items()] + \
+               [f"    st_{n} = {d.Kernel.strides(f'{n}[0]')}" for n in d.lists] + d.Kernel.lists(d)
+
 
 class _Driver:
     """Names of per-step view lists (built once before the loop) and of their strides."""
 
     def __init__(self, st: Stages, kernel: type = TritonKernel) -> None:
         self.st, self.Kernel, self.lists, self.strides = st, kernel, {}, {}
+        self.plains: dict[str, None] = {}  # the (B, H) accumulators, in order of first use
+        self.extra: dict[str, object] = {}  # what a kernel class notes while generating (nas.cell.cloop)
         # Per view: its data pointer and row stride (for kernels that take raw pointers: C).
         self.pointers: dict[str, tuple[str, str]] = {}
         self.vbuf = {v: f"V{i}" for i, v in enumerate(sorted(st.kept - set(st.outputs)) + st.materialized)}
@@ -122,12 +160,13 @@ class _Driver:
         """`name[t]` of the list `expr`, whose elements all share one stride."""
         self.lists.setdefault(name, expr)
         self.strides[f"{name}{index}"] = f"st_{name}"
-        self.pointers[f"{name}{index}"] = (f"pp_{name}{index}", f"st_{name}[0]")
+        self.pointers[f"{name}{index}"] = self.Kernel.pointer(name, index)
         return f"{name}{index}"
 
     def plain(self, name: str) -> str:
         self.strides[name] = "(H, 1)"  # a contiguous (B, H) accumulator
-        self.pointers[name] = (f"{name}.data_ptr()", "H")
+        self.pointers[name] = self.Kernel.plain_pointer(name)
+        self.plains.setdefault(name)
         return name
 
     def cols(self, buf: str, c: int, grad: bool = False) -> str:
@@ -189,8 +228,7 @@ class _Driver:
         return f"{buf}[:, :, {c} * H:{c + 1} * H]"
 
     def head(self) -> list[str]:
-        return [f"    {n} = {e}" for n, e in self.lists.items()] + \
-               [f"    st_{n} = {self.Kernel.strides(f'{n}[0]')}" for n in self.lists] + self.Kernel.lists(self)
+        return self.Kernel.head(self)
 
 
 def _upstream(d: _Driver, k_outputs: list[int], kern: TritonKernel, var: str) -> list[str]:
@@ -297,7 +335,7 @@ def forward_source(st: Stages, d: _Driver, kernels: list[TritonKernel]) -> str:
     head += [f"    xo{j} = xo[{j}]" for j in range(len(st.lay.xonly))]
     finals = "".join(f"_last(S{j}, T), " for j in range(len(st.spec.state)))
     tail = f"    return S0[1:], ({finals}), ({_saved(st, d)})"
-    return "\n".join(head + d.head() + ["    for t in range(T):"] + [f"        {x}" for x in loop] + [tail]) + "\n"
+    return "\n".join(head + d.head() + d.Kernel.loop(d, loop, kernels, False) + [tail]) + "\n"
 
 
 def hosted(st: Stages, d: _Driver) -> list[int]:
@@ -319,7 +357,7 @@ def _saved(st: Stages, d: _Driver) -> str:
 
 def backward_source(st: Stages, d: _Driver, kernels: list[TritonKernel]) -> str:
     contrib = st.contributors()
-    body = ["    for t in range(T - 1, -1, -1):"] + [f"        {x}" for x in _backward_loop(st, d, kernels, contrib)]
+    body = d.Kernel.loop(d, _backward_loop(st, d, kernels, contrib), kernels, True)
     return "\n".join(_backward_head(st, d, contrib) + d.head() + body + [_backward_tail(st, d)]) + "\n"
 
 
@@ -341,13 +379,15 @@ def _backward_loop(st: Stages, d: _Driver, kernels: list[TritonKernel], contrib:
             loop += d.Kernel.grad_product(d, d.view(f"dg{k}_", f"_steps(dG{k}, T)"), f"w{k}", d.grad(v), first)
         for v in dict.fromkeys(st.root(st.plan.groups[k].source) for k in st.groups_in_batch(s)):
             if contrib[v][-1] == (kind, s):
-                loop += [f"{sec}.copy_({d.grad(v)})" for sec in d.secondaries(v)]
+                for sec in d.secondaries(v):
+                    loop += d.Kernel.copy(d, sec, d.grad(v))
     # The carries: dN (this step's gradient of the previous state) becomes dC; a state nothing
     # reads carries zeros.
     K = len(st.spec.state)
     unread = [j for j, s in enumerate(st.spec.state) if s not in contrib]
-    loop += [f"dC{j}, dN{j} = dN{j}, dC{j}" for j in range(K) if j not in unread]
-    return loop + [f"dC{j} = Z" for j in unread]
+    for j in range(K):
+        loop += d.Kernel.zero(d, f"dC{j}") if j in unread else d.Kernel.swap(d, f"dC{j}", f"dN{j}")
+    return loop
 
 
 def _backward_head(st: Stages, d: _Driver, contrib: dict) -> list[str]:

@@ -67,6 +67,17 @@ def pack(b: Tensor, rows: int) -> Tensor:
     return out
 
 
+def gemm(dtype: torch.dtype) -> int | None:
+    """The address of the C function nas.cell.cloop's loops call for the products of `dtype`:
+    float32 cblas_sgemm_compute (weights packed by `pack`), float64 the Fortran-interface DGEMM
+    (LP64, column-major); None where this torch does not export it."""
+    lib = _library() if available() else None
+    name = {torch.float32: "cblas_sgemm_compute", torch.float64: "DGEMM"}.get(dtype)
+    if lib is None or name is None or not hasattr(lib, name):
+        return None
+    return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+
+
 def compute():
     """cblas_sgemm_compute, to call as (ROW_MAJOR, NO_TRANS, PACKED, M, N, K, a, lda, packed, 0,
     beta, c, ldc): c = a @ b + beta * c, with b packed by `pack`."""

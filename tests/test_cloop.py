@@ -1,0 +1,144 @@
+"""The CPU's time loop in C (nas.cell.cloop) against the same kernels driven from Python.
+
+tests/test_fast_path.py runs its whole suite (float64, against the reference path) with the loop in
+C, and tests/test_cgen.py checks float32 against the torch code; here: that the C loop computes
+what the Python loop computes (same kernels; in float32 the same products too: bit for bit), on every known
+cell and random cells, at the sizes and lengths where its pointer arithmetic could slip (T = 1, 2,
+3, odd and even for the swapped carries; B = 1, H = 1; the two-slot states of a no-grad call), and
+the switches."""
+
+import copy
+import pickle
+
+import pytest
+import torch
+from random_cells import ALL_OPS, outputs_and_grads, random_cells, random_inputs
+
+from nas.cell import KNOWN_CELLS, CellRNN, cgen, cloop, fused, known_cell, mkl
+
+pytestmark = pytest.mark.skipif(cgen.compiler() is None or not cloop.available(torch.float32),
+                                reason="no C compiler, or no MKL in this torch")
+
+
+def pair(spec, size=6, layers=2, dtype=torch.float32, batch_first=False):
+    """The same model twice: time loop in C, and in Python (c_loop=False)."""
+    torch.manual_seed(0)
+    model = CellRNN(spec, size, size, num_layers=layers, batch_first=batch_first).to(dtype=dtype)
+    ref = copy.deepcopy(model)
+    for layer in ref.layers:
+        layer.c_loop = False
+    return model, ref
+
+
+def same(model, ref, T=5, B=3):
+    """Outputs and gradients equal: bit for bit in float32 (both loops call MKL's packed GEMM);
+    in float64 the Python loop's products are torch.mm's, which may block the sums differently."""
+    x, state, dout = random_inputs(model, T, B, "cpu")
+    got, want = outputs_and_grads(model, x, state, dout), outputs_and_grads(ref, x, state, dout)
+    for a, b in zip(got, want, strict=True):
+        if a.dtype == torch.float32:
+            assert torch.equal(a.nan_to_num(), b.nan_to_num()) and torch.equal(a.isnan(), b.isnan()), \
+                f"C loop differs by {(a - b).abs().max().item()}"
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13, equal_nan=True)
+
+
+def test_the_loop_is_in_c():
+    model, ref = pair(known_cell("lstm"))
+    for dtype in (torch.float32, torch.float64):
+        prog = fused.select(model.layers[0], torch.zeros(1), dtype)
+        assert "_call(_loop_f" in prog.code.forward_source and "_call(_loop_b" in prog.code.backward_source
+        assert "for t in" not in prog.code.forward_source + prog.code.backward_source
+        slow = fused.select(ref.layers[0], torch.zeros(1), dtype)
+        assert "for t in range(T)" in slow.code.forward_source
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("name", KNOWN_CELLS)
+def test_known_cells_bit_for_bit(name, dtype):
+    same(*pair(known_cell(name), dtype=dtype))
+
+
+@pytest.mark.parametrize("T", [1, 2, 3])
+def test_short_sequences_swap_the_carries_right(T):
+    # The C code swaps the carries' pointers T times; the driver must name the right buffers after.
+    for name in ("lstm", "gru", "mut2"):
+        same(*pair(known_cell(name)), T=T)
+
+
+def test_size_one_dimensions():
+    for name in ("lstm", "darts_v2", "mut1"):
+        for size, B in ((1, 3), (5, 1), (1, 1)):
+            same(*pair(known_cell(name), size=size), B=B)
+
+
+def test_random_cells_and_every_op():
+    for spec in [ALL_OPS, *random_cells(21, 10)]:
+        same(*pair(spec, size=5), T=4, B=2)
+
+
+def test_batch_first_and_strided_output_gradient():
+    model, ref = pair(known_cell("mut1"), batch_first=True)  # mut1 reads x elementwise
+    x = torch.randn(3, 4, 6).transpose(0, 1)  # (B=4, T=3, 6), not contiguous
+    got = []
+    for m in (model, ref):
+        xi = x.clone().requires_grad_()
+        y, _ = m(xi)
+        y.sum().backward()  # dout: ones expanded, stride 0
+        got.append([y.detach(), xi.grad, *(p.grad for p in m.parameters())])
+    for a, b in zip(*got, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_no_grad_uses_two_state_slots_in_turn():
+    # Without autograd the states keep two slots, used in turn (a period of 2 in the C code).
+    model, ref = pair(known_cell("nas_cell"))
+    x = torch.randn(7, 3, 6)
+    with torch.no_grad():
+        out, state = model(x)
+        want, want_state = ref(x)
+    grad_out, _ = model(x)
+    assert torch.equal(out, want) and torch.equal(out, grad_out.detach())
+    for a, b in zip(state, want_state, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_switches(monkeypatch):
+    layer = CellRNN(known_cell("gru"), 4, 4).layers[0]
+    xs = torch.zeros(2, 1, 4)
+    assert fused.select(layer, xs, torch.float32) is fused.c_program(layer.spec, torch.float32)
+    layer.c_loop = False
+    assert fused.select(layer, xs, torch.float32) is fused.c_program(layer.spec, torch.float32, False)
+    layer.c_loop = True
+    monkeypatch.setenv("NAS_C_LOOP", "0")
+    assert fused.select(layer, xs, torch.float32) is fused.c_program(layer.spec, torch.float32, False)
+    monkeypatch.setenv("NAS_C_LOOP", "1")
+    monkeypatch.setenv("NAS_MKL_PACKED", "0")  # no MKL: the Python loop with torch.mm
+    assert not cloop.available(torch.float32) and mkl.gemm(torch.float64) is None
+    prog = fused.c_program.__wrapped__(layer.spec, torch.float32, True)
+    assert "for t in range(T)" in prog.code.forward_source and "_mm(" not in prog.code.forward_source
+
+
+def test_a_pickled_cell_keeps_its_switch():
+    rnn = CellRNN(known_cell("gru"), 4, 4)
+    rnn.layers[0].c_loop = False
+    back = pickle.loads(pickle.dumps(rnn))
+    assert back.layers[0].c_loop is False
+    state = back.layers[0].__dict__.copy()
+    del state["c_loop"]  # a cell pickled before the switch existed
+    old = type(back.layers[0]).__new__(type(back.layers[0]))
+    old.__setstate__(state)
+    assert old.c_loop is True
+
+
+def test_float64_products_are_dgemms_right():
+    # The float64 loop calls the Fortran-interface DGEMM (column-major, arguments swapped): an
+    # uneven shape, so that a swapped dimension or leading dimension could not pass.
+    torch.manual_seed(0)
+    model = CellRNN(known_cell("lstm"), 3, 7).double()
+    ref = CellRNN(known_cell("lstm"), 3, 7, fused=False).double()
+    ref.load_state_dict(model.state_dict())
+    x, state, dout = random_inputs(model, 4, 5, "cpu")
+    x, state, dout = x.double(), tuple(s.double() for s in state), dout.double()
+    for a, b in zip(outputs_and_grads(model, x, state, dout), outputs_and_grads(ref, x, state, dout), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
