@@ -142,3 +142,15 @@ def test_float64_products_are_dgemms_right():
     x, state, dout = x.double(), tuple(s.double() for s in state), dout.double()
     for a, b in zip(outputs_and_grads(model, x, state, dout), outputs_and_grads(ref, x, state, dout), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+
+
+def test_an_empty_batch():
+    # Autograd's gradient of y.sum() for an empty y is expanded with stride 0 everywhere (and torch
+    # calls it contiguous): the kernels' unit-column check rejected it. An empty call runs the torch code.
+    for name in ("lstm", "darts_v2"):
+        model = CellRNN(known_cell(name), 6, 6)
+        x = torch.randn(5, 0, 6, requires_grad=True)
+        y, _ = model(x)
+        y.sum().backward()
+        assert y.shape == (5, 0, 6) and x.grad.shape == x.shape
+        assert all(p.grad is not None and not p.grad.any() for p in model.parameters())

@@ -144,6 +144,8 @@ def c_program(spec: CellSpec, dtype: torch.dtype, loop: bool = True) -> Program 
 def select(cell, xs: Tensor, dtype: torch.dtype) -> Program:
     """The program for this call: the GPU kernels for a CUDA float32/16 run, the C kernels for a
     CPU float32/64 run (when they work here), else the torch code."""
+    if xs.numel() == 0:  # (an empty batch: autograd's expanded gradient of it has stride 0 everywhere)
+        return program(cell.spec)
     if xs.is_cuda:
         if dtype in (torch.float32, torch.bfloat16, torch.float16) and cell.triton and \
                 os.environ.get("NAS_TRITON", "1") != "0" and triton_works(xs.device, dtype):
