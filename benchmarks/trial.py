@@ -8,7 +8,9 @@ worker runs it (model build, training, intermediate and final validation), timed
 Reported per cell: chars/s of the optimizer steps (EvalResult.chars_per_sec), the trial's wall time
 and its validation bpc. Variants: default (CPU: the C kernels; GPU: Triton kernels in CUDA graphs),
 torch (the per-op torch code: NAS_C_KERNELS=0 NAS_TRITON=0; on a GPU still in CUDA graphs), eager
-(GPU: Triton kernels without graphs: NAS_CUDA_GRAPHS=0).
+(GPU: Triton kernels without graphs: NAS_CUDA_GRAPHS=0), pyloop (CPU: the C kernels with the time loop
+in Python: NAS_C_LOOP=0). The C kernels' probe runs first, as a worker runs it once before its trials;
+each cell's compilation is in its trial.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nas.cell import known_cell
+from nas.cell.probe import c_works
 from nas.config import TrainConfig
 from nas.train import evaluate
 
@@ -36,18 +39,28 @@ def main() -> None:
     p.add_argument("--trainer", default="search", help="a config of conf/trainer/ (default: %(default)s)")
     p.add_argument("--steps", type=int, help="override the trainer's steps")
     p.add_argument("--cells", default="lstm,darts_v2")
-    p.add_argument("--variants", default="default", help="comma separated: default, torch, eager")
+    p.add_argument("--variants", default="default",
+                   help="comma separated: default, torch, eager, pyloop (CPU: the time loop in Python)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (a search worker runs 1)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     fields = yaml.safe_load((ROOT / "conf" / "trainer" / f"{args.trainer}.yaml").read_text())
     if args.steps:
         fields["steps"] = args.steps
     cfg = TrainConfig(**{**fields, "progress": False, "sample_chars": 0})
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # A search worker probes its C kernels once per process, before its first trial, not per trial;
+    # and its first trial loads the corpus: both before the timed trials here (a 2-step rnn_tanh trial).
+    c_works(torch.float32)
+    evaluate(known_cell("rnn_tanh"), TrainConfig(**{**fields, "steps": 2, "eval_every": 1, "eval_chars": 1000,
+                                                     "progress": False, "sample_chars": 0}), seed=0)
     rows = []
     for cell in args.cells.split(","):
         for name in args.variants.split(","):
             os.environ["NAS_TRITON"] = os.environ["NAS_C_KERNELS"] = "0" if name == "torch" else "1"
             os.environ["NAS_CUDA_GRAPHS"] = "0" if name == "eager" else "1"
+            os.environ["NAS_C_LOOP"] = "0" if name == "pyloop" else "1"
             start = time.perf_counter()
             res = evaluate(known_cell(cell), cfg, seed=0)
             wall = time.perf_counter() - start
@@ -57,7 +70,8 @@ def main() -> None:
             print(f"{cell:10s} {name:8s} {res.device:6s} {res.chars_per_sec:12,.0f} chars/s "
                   f"wall {wall:6.1f} s  val bpc {res.val_bpc}")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    out = {"trainer": args.trainer, "config": fields, "gpu": device, "rows": rows}
+    out = {"trainer": args.trainer, "config": fields, "gpu": device, "threads": torch.get_num_threads(),
+           "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 

@@ -168,16 +168,17 @@ def test_switches_pick_the_torch_code(monkeypatch):
     assert fused.select(layer, xs, torch.float32) is fused.program(layer.spec)
 
 
-def test_a_pickled_cell_keeps_its_switch():
+@pytest.mark.parametrize("switch", ["c_kernels", "c_loop"])
+def test_a_pickled_cell_keeps_its_switch(switch):
     rnn = CellRNN(known_cell("gru"), 4, 4)
-    rnn.layers[0].c_kernels = False
+    setattr(rnn.layers[0], switch, False)
     back = pickle.loads(pickle.dumps(rnn))
-    assert back.layers[0].c_kernels is False
+    assert getattr(back.layers[0], switch) is False
     state = back.layers[0].__dict__.copy()
-    del state["c_kernels"]  # a cell pickled before the switch existed
+    del state[switch]  # a cell pickled before the switch existed
     old = type(back.layers[0]).__new__(type(back.layers[0]))
     old.__setstate__(state)
-    assert old.c_kernels is True
+    assert getattr(old, switch) is True
 
 
 def test_no_compiler_means_the_torch_code_and_one_warning(monkeypatch):

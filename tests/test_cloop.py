@@ -5,10 +5,9 @@ C, and tests/test_cgen.py checks float32 against the torch code; here: that the 
 what the Python loop computes (same kernels; in float32 the same products too: bit for bit), on every known
 cell and random cells, at the sizes and lengths where its pointer arithmetic could slip (T = 1, 2,
 3, odd and even for the swapped carries; B = 1, H = 1; the two-slot states of a no-grad call), and
-the switches."""
+the switches (pickling them: tests/test_cgen.py)."""
 
 import copy
-import pickle
 
 import pytest
 import torch
@@ -117,18 +116,6 @@ def test_switches(monkeypatch):
     assert not cloop.available(torch.float32) and mkl.gemm(torch.float64) is None
     prog = fused.c_program.__wrapped__(layer.spec, torch.float32, True)
     assert "for t in range(T)" in prog.code.forward_source and "_mm(" not in prog.code.forward_source
-
-
-def test_a_pickled_cell_keeps_its_switch():
-    rnn = CellRNN(known_cell("gru"), 4, 4)
-    rnn.layers[0].c_loop = False
-    back = pickle.loads(pickle.dumps(rnn))
-    assert back.layers[0].c_loop is False
-    state = back.layers[0].__dict__.copy()
-    del state["c_loop"]  # a cell pickled before the switch existed
-    old = type(back.layers[0]).__new__(type(back.layers[0]))
-    old.__setstate__(state)
-    assert old.c_loop is True
 
 
 def test_float64_products_are_dgemms_right():
