@@ -227,6 +227,23 @@ def test_a_cell_that_fails_to_compile_runs_the_torch_code(monkeypatch):
         fused.c_program.cache_clear()
 
 
+def test_a_full_temporary_directory_means_the_torch_code(monkeypatch):
+    assert probe.c_works(torch.float32)  # (before the directory fills up)
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cgen.tempfile, "TemporaryDirectory", full)
+    fused.c_program.cache_clear()
+    try:
+        model = CellRNN(known_cell("mut2"), 4, 4)
+        with pytest.warns(RuntimeWarning, match="could not compile the C kernels.*No space left"):
+            out, _ = model(torch.randn(3, 2, 4))
+        assert torch.isfinite(out).all()
+    finally:
+        fused.c_program.cache_clear()
+
+
 def test_generated_code_names_nothing_from_the_spec():
     code, source = cgen.generate(lower(marked_names(known_cell("nas_cell"))))
     for text in (source, code.forward_source, code.backward_source):

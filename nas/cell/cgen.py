@@ -280,17 +280,20 @@ def build(source: str, dtype: torch.dtype) -> dict[str, object]:
     cc = compiler()
     if cc is None:
         raise CompileError("no C compiler found (cc, gcc or clang; or set $CC)")
-    with tempfile.TemporaryDirectory(prefix="nas-c-") as tmp:
-        src, lib = os.path.join(tmp, "cell.c"), os.path.join(tmp, "cell.so")
-        with open(src, "w") as f:
-            f.write(source)
-        flags = [*FLAGS, *(GCC_FLAGS if _is_gcc(tuple(cc)) else []), *EXTRA_FLAGS[DTYPES[dtype]]]
-        done = _run([*cc, *flags, "-fopenmp", src, "-o", lib])
-        if done.returncode != 0:  # a compiler without OpenMP (clang without libomp): serial kernels
-            done = _run([*cc, *flags, src, "-o", lib])
-        if done.returncode != 0:
-            raise CompileError(f"{cc[0]} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-        handle = ctypes.CDLL(lib)  # mapped now: the file can go with its directory
+    try:
+        with tempfile.TemporaryDirectory(prefix="nas-c-") as tmp:
+            src, lib = os.path.join(tmp, "cell.c"), os.path.join(tmp, "cell.so")
+            with open(src, "w") as f:
+                f.write(source)
+            flags = [*FLAGS, *(GCC_FLAGS if _is_gcc(tuple(cc)) else []), *EXTRA_FLAGS[DTYPES[dtype]]]
+            done = _run([*cc, *flags, "-fopenmp", src, "-o", lib])
+            if done.returncode != 0:  # a compiler without OpenMP (clang without libomp): serial kernels
+                done = _run([*cc, *flags, src, "-o", lib])
+            if done.returncode != 0:
+                raise CompileError(f"{cc[0]} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+            handle = ctypes.CDLL(lib)  # mapped now: the file can go with its directory
+    except OSError as err:  # a full or read-only temporary directory, one mounted noexec (dlopen fails)
+        raise CompileError(f"{type(err).__name__}: {err}") from err
     kernels = {}
     for line in source.splitlines():
         if line.startswith("void _"):  # void _f0(int64_t B, int64_t H, intptr_t a0, int64_t r0, ...) {
