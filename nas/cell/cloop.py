@@ -103,8 +103,8 @@ class LoopCKernel(CKernel):
             if base in d.pointers:  # a per-step view
                 (pb, ldb), (po, ldo) = d.pointers[base], d.pointers[out]
             else:  # a bias vector (base[j]), every row
-                vec = f"v{len(_extra(d))}"
-                _extra(d)[vec] = f"{base}.contiguous()"
+                vec = f"v{len(_vectors(d))}"
+                _vectors(d)[vec] = f"{base}.contiguous()"
                 (pb, ldb), (po, ldo) = (f"P_{vec}", "0"), d.pointers[out]
             lines.append(f"nas_copy_rows({po}, {ldo}, {pb}, {ldb}, B, N_{wt});")
         return lines + [_product(d, src, wt, out, add=base is not None)]
@@ -138,7 +138,7 @@ class LoopCKernel(CKernel):
             args += [(f"{k}_{n}", f"L_{n}[{i}]") for i, k in enumerate("PDRM")]
         for w in d.extra.get("weights", {}):
             args += [(f"P_{w}", f"P_{w}"), (f"K_{w}", f"K_{w}"), (f"N_{w}", f"N_{w}")]
-        args += [(f"P_{v}", f"{v}.data_ptr()") for v in _extra(d)]
+        args += [(f"P_{v}", f"{v}.data_ptr()") for v in _vectors(d)]
         plains = list(d.plains) + (["Z"] if d.extra.get("zeroed") else [])
         args += [(p, f"{p}.data_ptr()") for p in plains]
         decls = [f"    {'intptr_t' if c in plains else 'const int64_t'} {c} = a[{i}];" for i, (c, _) in enumerate(args)]
@@ -146,7 +146,7 @@ class LoopCKernel(CKernel):
         steps = "int64_t t = steps - 1; t >= 0; t--" if reverse else "int64_t t = 0; t < steps; t++"
         kernels.append(_Source("\n".join([f"void {name}(const int64_t *a) {{", *decls, f"    for ({steps}) {{",
                                           *[f"        {x}" for x in body], "    }", "}"]) + "\n"))
-        lines = [f"    {v} = {e}" for v, e in _extra(d).items()]
+        lines = [f"    {v} = {e}" for v, e in _vectors(d).items()]
         lines.append(f"    _call({name}, {', '.join(e for _, e in args)})")
         # The C code swapped its copies of the carries' pointers T times: so do the names here.
         for a, b in d.extra.get("swapped", []):
@@ -156,7 +156,7 @@ class LoopCKernel(CKernel):
         return lines
 
 
-def _extra(d: gpugen._Driver) -> dict[str, str]:
+def _vectors(d: gpugen._Driver) -> dict[str, str]:
     """The loop's bias vectors: variable -> expression (kept alive by the driver during the call)."""
     return d.extra.setdefault("vectors", {})
 
