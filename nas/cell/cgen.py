@@ -6,8 +6,9 @@ them than in its products. Here the stages of a step (nas.cell.gpustages) become
 they become Triton kernels on a GPU (nas.cell.gpugen, which generates both: the same driver, with
 CKernel in place of its Triton kernel class). A kernel loops over the (B, H) elements of a step once,
 computing the stage's nodes in registers; its backward recomputes the stage from the same loads.
-The driver calls it through ctypes with each view's data pointer and row stride (columns are
-contiguous: the driver makes X and dout so).
+It takes each view's data pointer and row stride (columns are contiguous: the driver makes X and
+dout so). Where MKL can be called from C, the whole time loop runs in C and calls the kernels itself
+(nas.cell.cloop.LoopCKernel); else a Python loop calls them through ctypes (CKernel, PackedCKernel).
 
 The source is compiled with the system's C compiler (`cc`, or $CC) into a private temporary
 directory and loaded from there (about 0.1-0.3 s per new cell, once per process; nothing is left on
