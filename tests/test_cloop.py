@@ -141,3 +141,22 @@ def test_an_empty_batch():
         y.sum().backward()
         assert y.shape == (5, 0, 6) and x.grad.shape == x.shape
         assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+
+
+def test_kernels_split_between_threads():
+    # From ~2048 elements (by a stage's work) the kernels run their rows on several threads: at
+    # batch 24 and hidden 130 every stage of these cells does, with an odd number of rows per thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        for name in ("lstm", "nas_cell", "darts_v2"):
+            torch.manual_seed(0)
+            model = CellRNN(known_cell(name), 130, 130).double()
+            ref = CellRNN(known_cell(name), 130, 130, fused=False).double()
+            ref.load_state_dict(model.state_dict())
+            x, state, dout = (t.double() if isinstance(t, torch.Tensor) else t for t in random_inputs(model, 3, 24, "cpu"))
+            state = tuple(s.double() for s in state)
+            for a, b in zip(outputs_and_grads(model, x, state, dout), outputs_and_grads(ref, x, state, dout), strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    finally:
+        torch.set_num_threads(threads)

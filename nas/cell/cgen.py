@@ -51,6 +51,11 @@ GCC_FLAGS = ["--param", "vect-epilogues-nomask=0"]  # (clang rejects GCC's --par
 EXTRA_FLAGS = {"float": ["-fsingle-precision-constant"], "double": ["-DNAS_DOUBLE"]}
 
 
+# A stage kernel runs its rows in parallel from this much work: elements x (its statements + 15 per
+# exp-based op) (CKernel.parallel_from).
+PARALLEL_WORK = 100_000
+
+
 class CompileError(RuntimeError):
     """The C compiler is missing or rejected the generated source."""
 
@@ -80,14 +85,26 @@ class CKernel(gpugen.TritonKernel):
         rows = [f"        T *p{i} = (T *)a{i} + r * r{i};" for i in range(n)]
         # Each element is read and written at its own index only, in every view (views are
         # distinct columns or buffers, or the same view): no dependence between iterations.
-        # Rows in parallel (OpenMP: torch's own runtime and thread count) from 32768 elements,
-        # torch's grain size for elementwise ops; below it, waking threads costs more than it saves.
+        # Rows in parallel (OpenMP: torch's own runtime and thread count) from `parallel_from()`
+        # elements.
         return "\n".join([f"void {self.name}(int64_t B, int64_t H{params}) {{",
-                          "#pragma omp parallel for schedule(static) if (B * H >= 32768)",
+                          f"#pragma omp parallel for schedule(static) if (B * H >= {self.parallel_from()})",
                           "    for (int64_t r = 0; r < B; r++) {", *rows,
                           "#pragma GCC ivdep",
                           "        for (int64_t c = 0; c < H; c++) {",
                           *[f"            {line}" for line in self.body], "        }", "    }", "}"]) + "\n"
+
+    def parallel_from(self) -> int:
+        """The fewest elements worth splitting between threads: those whose work takes ~5 us on
+        one core (waking the other threads costs 1-3 us). Torch's grain size for an elementwise op
+        is 32768 elements; a fused stage does 10-100 such ops, exp-based ones (sigmoid, tanh) 15
+        times dearer than an add (measured: an LSTM stage, 5 of them, 3.5 ns per element). With
+        32768, every stage at batch 32 and hidden <= 1024 ran on one thread; splitting from here
+        made 2-thread training steps at batch 32 and hidden 64-256 3-19% faster (lstm 9%, darts_v2
+        7-10%, nas_cell 16-19%; 1 thread: the same). Below 2048 elements it did not pay."""
+        text = "\n".join(self.body)
+        cost = len(self.body) + 15 * (text.count("nas_sigmoid(") + text.count("nas_tanh("))
+        return max(2048, min(32768, -(-PARALLEL_WORK // cost)))
 
     @staticmethod
     def empty(like: str, shape: str) -> str:
