@@ -3,8 +3,8 @@
 One step = forward over a (T, B, I=H) sequence + a scalar loss + backward + Adam update. Within one
 size, every model is timed interleaved in the same process (rounds of repeats, each in a new random
 order, after warm-up), and the median of each is reported, so the ratios are robust to the machine's
-drift. Ratios: CellRNN(lstm)
-against torch.nn.LSTM, CellRNN(gru) against torch.nn.GRU, every other cell against CellRNN(lstm).
+drift. Ratios: CellRNN(lstm) against torch.nn.LSTM, CellRNN(gru) against torch.nn.GRU, every other
+cell against CellRNN(lstm).
 
     python benchmarks/cells.py                          # both sizes, CPU (and CUDA when present)
     python benchmarks/cells.py --quick                  # small size, few repeats: a smoke run
