@@ -66,6 +66,7 @@ class CKernel(gpugen.TritonKernel):
     OPS = C_OPS
     PRELUDE = ""  # C helpers of the driver's own, after cops.PRELUDE
     HOSTS = True
+    ACTIVATIONS = True
     SETUP = ("    X = None if X is None else X.contiguous()",)
     BACKWARD_SETUP = ("    dout = dout.contiguous()",)
 

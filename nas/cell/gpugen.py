@@ -37,6 +37,7 @@ class TritonKernel:
 
     OPS = TRITON  # the ops' templates in this kernel language
     HOSTS = False  # the backward writes dG into G (see `hosted`): not under CUDA graphs
+    ACTIVATIONS = False  # the forward keeps activations in G (see `activations`)
     # The driver's lines before the loop (forward and backward; backward only).
     SETUP: tuple[str, ...] = ("    N, grid = B * H, (triton.cdiv(B * H, BLOCK),)",)
     BACKWARD_SETUP: tuple[str, ...] = ()
@@ -241,12 +242,46 @@ def _upstream(d: _Driver, k_outputs: list[int], kern: TritonKernel, var: str) ->
     return terms
 
 
-def _compute(st: Stages, d: _Driver, s: int, kern: TritonKernel) -> dict[str, str]:
-    """Loads and node values of stage s in `kern`; returns value -> variable."""
-    var = {v: kern.load(d.reads(v), f"u{i}") for i, v in enumerate(st.stage_reads(s))}
+def activations(st: Stages, d: _Driver) -> dict[str, str]:
+    """node -> the linear value whose G column the forward overwrites with the node's value, for
+    kernels that ask for it (ACTIVATIONS): where the node is the value's only reader (no other node,
+    product or output), a unary op whose gradient needs only its output (sigmoid, tanh, relu), and
+    the value one column of one G. The backward then loads the node's value instead of recomputing
+    it: an LSTM's backward kernel computes one exp-based op instead of five."""
+    if not d.Kernel.ACTIVATIONS:
+        return {}
+    readers: dict[str, int] = {}
+    for m in st.spec.nodes:
+        if m.op != "identity":
+            for r in {st.root(i) for i in m.inputs}:
+                readers[r] = readers.get(r, 0) + 1
+    out = {}
+    for n in st.elementwise:
+        if len(n.inputs) != 1 or n.op not in d.Kernel.OPS or any("{a}" in g for g in d.Kernel.OPS[n.op][1]):
+            continue
+        u = st.root(n.inputs[0])
+        if st.kind(u) != "linear" or u in st.sources or u in st.outputs or readers.get(u) != 1:
+            continue
+        columns = st.columns(u)
+        if len(columns) == 1 and columns[0][0].startswith("G"):
+            out[n.name] = u
+    return out
+
+
+def _compute(st: Stages, d: _Driver, s: int, kern: TritonKernel, backward: bool = False) -> dict[str, str]:
+    """Loads and node values of stage s in `kern`; returns value -> variable. The backward loads
+    the values the forward kept in G (`activations`) instead of recomputing them."""
+    kept = activations(st, d) if backward else {}
+    # (a kept node's input is not loaded: its gradient does not read it; a template that did would
+    # name this undefined variable, and the kernel would not compile)
+    var = {v: "unloaded" if v in kept.values() else kern.load(d.reads(v), f"u{i}")
+           for i, v in enumerate(st.stage_reads(s))}
     for i, n in enumerate(st.nodes(s)):
-        expr, _ = kern.OPS[n.op]
         var[n.name] = f"n{i}"
+        if n.name in kept:
+            kern.load(d.reads(kept[n.name]), f"n{i}")
+            continue
+        expr, _ = kern.OPS[n.op]
         kern.assign(f"n{i}", render(expr, [var[st.root(a)] for a in n.inputs], dict(n.options)))
     return var
 
@@ -265,12 +300,15 @@ def forward_kernel(st: Stages, d: _Driver, s: int) -> TritonKernel | None:
     for v in st.materialized:
         if st.stage[v] == s:
             kern.store(d.home(v), var[v])
+    for n in st.nodes(s):
+        if n.name in activations(st, d):  # (its backward loads it from there)
+            kern.store(d.reads(activations(st, d)[n.name])[0], var[n.name])
     return kern if kern.views else None
 
 
 def backward_kernel(st: Stages, d: _Driver, s: int, contrib: dict) -> TritonKernel | None:
     kern = d.Kernel(f"_b{s}")
-    var = _compute(st, d, s, kern)
+    var = _compute(st, d, s, kern, backward=True)
     nodes = st.nodes(s)
     terms: dict[str, list[str]] = {}
     for i, n in enumerate(nodes):
