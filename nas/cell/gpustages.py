@@ -10,7 +10,9 @@ Values are named by their *root* (an identity chain stands for the value it copi
     products G_k, or its columns of the x-only products xo_j), or an elementwise node.
 An elementwise node is *kept* (written to memory) when something outside its stage reads it: a
 later stage, a product, or the next step (a new state: then it lives in the state's next slot).
-The backward recomputes each stage from what the stage read, so nothing else is saved.
+The backward recomputes each stage from what the stage read, so nothing else is saved (the C
+kernels load some activations instead, kept over the product columns they were computed from:
+nas.cell.gpugen.activations).
 
 The backward walks a step in reverse: stage S-1, the products of batch S-1, stage S-2, ..., stage
 0, the state products. Each gradient that crosses a stage boundary has one accumulator; its first
