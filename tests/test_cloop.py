@@ -160,3 +160,22 @@ def test_kernels_split_between_threads():
                 torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_sizes_beyond_mkls_32_bit_ints_are_an_error():
+    # (a 2^31-element row would take 8 GiB: a stand-in view with such strides, never dereferenced)
+    class Huge:
+        shape, element_size = (4, 3, 5), staticmethod(lambda: 4)
+
+        @staticmethod
+        def stride(dim=None):
+            strides = (3 * 2**31, 2**31, 1)
+            return strides if dim is None else strides[dim]
+
+        @staticmethod
+        def data_ptr():
+            return 0
+
+    with pytest.raises(ValueError, match="does not fit MKL's 32-bit ints.*NAS_C_LOOP=0"):
+        cloop._each(Huge(), 4)
+    assert cloop._each(torch.zeros(4, 3, 5), 4)[1:] == (60, 5, 4)  # distance in bytes, row stride, period

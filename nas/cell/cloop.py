@@ -183,7 +183,17 @@ def _seq(view: Tensor, distance: int, period: int) -> tuple[int, int, int, int]:
     _, rows, cols = view.shape
     _, r, c = view.stride()
     _unit_columns((r if rows > 1 else cols, c if cols > 1 else 1))
-    return view.data_ptr(), distance * view.element_size(), r if rows > 1 else cols, max(period, 1)
+    row_stride = r if rows > 1 else cols
+    _fits_int32(rows, cols, row_stride)
+    return view.data_ptr(), distance * view.element_size(), row_stride, max(period, 1)
+
+
+def _fits_int32(*values: int) -> None:
+    """MKL's LP64 interface takes dimensions and leading dimensions as 32-bit ints: a larger one
+    would wrap (wrong numbers, silently), so it is an error here."""
+    if max(values) >= 2**31:
+        raise ValueError(f"cloop: a dimension or row stride of {max(values)} elements does not fit MKL's "
+                         f"32-bit ints; set NAS_C_LOOP=0 (or cell.c_loop = False) for this model")
 
 
 def _steps_at(buf: Tensor, T: int, lo: int | None = None, hi: int | None = None) -> tuple[int, int, int, int]:
@@ -219,10 +229,12 @@ def namespace(dtype: torch.dtype) -> dict[str, object]:
 
 
 def _packed(w: Tensor, rows: int) -> tuple[Tensor, int, int, int]:
+    _fits_int32(rows, *w.shape)
     packed = mkl.pack(w, rows)
     return packed, packed.data_ptr(), *w.shape
 
 
 def _plain(w: Tensor, rows: int) -> tuple[Tensor, int, int, int]:
+    _fits_int32(rows, *w.shape)
     w = w.contiguous()
     return w, w.data_ptr(), *w.shape
