@@ -393,13 +393,13 @@ def test_kept_activations_change_no_bit():
     # column, and the backward loads it instead of recomputing it: the same numbers either way.
     specs = [known_cell(n) for n in KNOWN_CELLS] + random_cells(8, 10)
     st = Stages(lower(known_cell("lstm")))
-    assert gpugen.activations(st, gpugen._Driver(st, cgen.CKernel)) == {"i": "i_lin", "f": "f_lin", "g": "g_lin",
+    assert gpugen.activations(st, cgen.CKernel) == {"i": "i_lin", "f": "f_lin", "g": "g_lin",
                                                                          "o": "o_lin"}
-    assert gpugen.activations(st, gpugen._Driver(st, gpugen.TritonKernel)) == {}
+    assert gpugen.activations(st, gpugen.TritonKernel) == {}
     kept = 0
     for spec in specs:
         st = Stages(lower(spec))
-        kept += len(gpugen.activations(st, gpugen._Driver(st, cgen.CKernel)))
+        kept += len(gpugen.activations(st, cgen.CKernel))
         got = outputs_of(*pair(spec, size=5))
         fused.c_program.cache_clear()
         cgen.CKernel.ACTIVATIONS = False

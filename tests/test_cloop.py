@@ -114,7 +114,7 @@ def test_switches(monkeypatch):
     monkeypatch.setenv("NAS_C_LOOP", "1")
     monkeypatch.setenv("NAS_MKL_PACKED", "0")  # no MKL: the Python loop with torch.mm
     assert not cloop.available(torch.float32) and mkl.gemm(torch.float64) is None
-    prog = fused.c_program.__wrapped__(layer.spec, torch.float32, True)
+    prog = fused._c_program.__wrapped__(layer.spec, torch.float32, True)
     assert "for t in range(T)" in prog.code.forward_source and "_mm(" not in prog.code.forward_source
 
 

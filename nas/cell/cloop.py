@@ -98,16 +98,16 @@ class LoopCKernel(CKernel):
 
     @staticmethod
     def product(d: gpugen._Driver, src: str, wt: str, out: str, base: str | None) -> list[str]:
-        lines = []
-        if base is not None:
-            if base in d.pointers:  # a per-step view
-                (pb, ldb), (po, ldo) = d.pointers[base], d.pointers[out]
-            else:  # a bias vector (base[j]), every row
-                vec = f"v{len(_vectors(d))}"
-                _vectors(d)[vec] = f"{base}.contiguous()"
-                (pb, ldb), (po, ldo) = (f"P_{vec}", "0"), d.pointers[out]
-            lines.append(f"nas_copy_rows({po}, {ldo}, {pb}, {ldb}, B, N_{wt});")
-        return lines + [_product(d, src, wt, out, add=base is not None)]
+        if base is None:
+            return [_product(d, src, wt, out, add=False)]
+        if base in d.pointers:  # a per-step view
+            pb, ldb = d.pointers[base]
+        else:  # a bias vector (base[j]), every row
+            vec = f"v{len(_vectors(d))}"
+            _vectors(d)[vec] = f"{base}.contiguous()"
+            pb, ldb = f"P_{vec}", "0"
+        po, ldo = d.pointers[out]
+        return [f"nas_copy_rows({po}, {ldo}, {pb}, {ldb}, B, N_{wt});", _product(d, src, wt, out, add=True)]
 
     @staticmethod
     def grad_product(d: gpugen._Driver, dg: str, w: str, target: str, first: bool) -> list[str]:

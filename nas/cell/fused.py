@@ -112,11 +112,16 @@ def gpu_program(spec: CellSpec) -> Program | None:
     return Program(code, namespace["forward"], namespace["backward"])
 
 
-@lru_cache(maxsize=1024)
 def c_program(spec: CellSpec, dtype: torch.dtype, loop: bool = True) -> Program | None:
     """The CPU form of `program` with one fused C kernel per stage (nas.cell.cgen), for float32 or
     float64, and the time loop in C (nas.cell.cloop) where MKL can be called from it and `loop`;
-    None (after a warning) when an op has no C form or the compiler fails."""
+    None (after a warning) when an op has no C form or the compiler fails. Cached: a cell is
+    compiled once per process (whether `loop` is given or not)."""
+    return _c_program(spec, dtype, loop)
+
+
+@lru_cache(maxsize=1024)
+def _c_program(spec: CellSpec, dtype: torch.dtype, loop: bool) -> Program | None:
     plan = lower(spec)
     if not cgen.supported(plan):
         return None
@@ -141,6 +146,9 @@ def c_program(spec: CellSpec, dtype: torch.dtype, loop: bool = True) -> Program 
     return Program(code, namespace["forward"], namespace["backward"])
 
 
+c_program.cache_clear = _c_program.cache_clear  # (as on the other cached program functions)
+
+
 def select(cell, xs: Tensor, dtype: torch.dtype) -> Program:
     """The program for this call: the GPU kernels for a CUDA float32/16 run, the C kernels for a
     CPU float32/64 run (when they work here), else the torch code."""
@@ -154,9 +162,7 @@ def select(cell, xs: Tensor, dtype: torch.dtype) -> Program:
                 return prog
     elif dtype in cgen.DTYPES and cell.c_kernels and os.environ.get("NAS_C_KERNELS", "1") != "0" \
             and c_works(dtype):
-        # (c_program's cache tells (spec, dtype) from (spec, dtype, True): the default is not spelled out)
-        in_c = cell.c_loop and os.environ.get("NAS_C_LOOP", "1") != "0"
-        prog = c_program(cell.spec, dtype) if in_c else c_program(cell.spec, dtype, False)
+        prog = c_program(cell.spec, dtype, cell.c_loop and os.environ.get("NAS_C_LOOP", "1") != "0")
         if prog is not None:
             return prog
     return program(cell.spec)

@@ -153,6 +153,7 @@ class _Driver:
         self.st, self.Kernel, self.lists, self.strides = st, kernel, {}, {}
         self.plains: dict[str, None] = {}  # the (B, H) accumulators, in order of first use
         self.extra: dict[str, object] = {}  # what a kernel class notes while generating (nas.cell.cloop)
+        self.activations = activations(st, kernel)  # node -> the linear value whose column keeps it
         # Per view: its data pointer and row stride (for kernels that take raw pointers: C).
         self.pointers: dict[str, tuple[str, str]] = {}
         self.vbuf = {v: f"V{i}" for i, v in enumerate(sorted(st.kept - set(st.outputs)) + st.materialized)}
@@ -242,13 +243,13 @@ def _upstream(d: _Driver, k_outputs: list[int], kern: TritonKernel, var: str) ->
     return terms
 
 
-def activations(st: Stages, d: _Driver) -> dict[str, str]:
+def activations(st: Stages, kernel: type) -> dict[str, str]:
     """node -> the linear value whose G column the forward overwrites with the node's value, for
     kernels that ask for it (ACTIVATIONS): where the node is the value's only reader (no other node,
     product or output), a unary op whose gradient needs only its output (sigmoid, tanh, relu), and
     the value one column of one G. The backward then loads the node's value instead of recomputing
     it: an LSTM's backward kernel computes one exp-based op instead of five."""
-    if not d.Kernel.ACTIVATIONS:
+    if not kernel.ACTIVATIONS:
         return {}
     readers: dict[str, int] = {}
     for m in st.spec.nodes:
@@ -257,7 +258,7 @@ def activations(st: Stages, d: _Driver) -> dict[str, str]:
                 readers[r] = readers.get(r, 0) + 1
     out = {}
     for n in st.elementwise:
-        if len(n.inputs) != 1 or n.op not in d.Kernel.OPS or any("{a}" in g for g in d.Kernel.OPS[n.op][1]):
+        if len(n.inputs) != 1 or n.op not in kernel.OPS or any("{a}" in g for g in kernel.OPS[n.op][1]):
             continue
         u = st.root(n.inputs[0])
         if st.kind(u) != "linear" or u in st.sources or u in st.outputs or readers.get(u) != 1:
@@ -271,7 +272,7 @@ def activations(st: Stages, d: _Driver) -> dict[str, str]:
 def _compute(st: Stages, d: _Driver, s: int, kern: TritonKernel, backward: bool = False) -> dict[str, str]:
     """Loads and node values of stage s in `kern`; returns value -> variable. The backward loads
     the values the forward kept in G (`activations`) instead of recomputing them."""
-    kept = activations(st, d) if backward else {}
+    kept = d.activations if backward else {}
     # (a kept node's input is not loaded: its gradient does not read it; a template that did would
     # name this undefined variable, and the kernel would not compile)
     var = {v: "unloaded" if v in kept.values() else kern.load(d.reads(v), f"u{i}")
@@ -301,8 +302,8 @@ def forward_kernel(st: Stages, d: _Driver, s: int) -> TritonKernel | None:
         if st.stage[v] == s:
             kern.store(d.home(v), var[v])
     for n in st.nodes(s):
-        if n.name in activations(st, d):  # (its backward loads it from there)
-            kern.store(d.reads(activations(st, d)[n.name])[0], var[n.name])
+        if n.name in d.activations:  # (its backward loads it from there)
+            kern.store(d.reads(d.activations[n.name])[0], var[n.name])
     return kern if kern.views else None
 
 
