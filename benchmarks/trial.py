@@ -52,7 +52,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     # A search worker probes its C kernels once per process, before its first trial, not per trial;
     # and its first trial loads the corpus: both before the timed trials here (a 2-step rnn_tanh trial).
-    c_works(torch.float32)
+    c_works(torch.float32, loop=True)
+    if "pyloop" in args.variants.split(","):
+        c_works(torch.float32)  # (the kernels' own probe, which the C loop's passing does not run)
     evaluate(known_cell("rnn_tanh"), TrainConfig(**{**fields, "steps": 2, "eval_every": 1, "eval_chars": 1000,
                                                      "progress": False, "sample_chars": 0}), seed=0)
     rows = []

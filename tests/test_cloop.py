@@ -13,7 +13,8 @@ import pytest
 import torch
 from random_cells import ALL_OPS, outputs_and_grads, random_cells, random_inputs
 
-from nas.cell import KNOWN_CELLS, CellRNN, cgen, cloop, fused, known_cell, mkl
+from nas.cell import KNOWN_CELLS, CellRNN, cgen, cloop, fused, known_cell, mkl, probe
+from nas.cell.cops import C_OPS
 
 pytestmark = pytest.mark.skipif(cgen.compiler() is None or not cloop.available(torch.float32),
                                 reason="no C compiler, or no MKL in this torch")
@@ -116,6 +117,59 @@ def test_switches(monkeypatch):
     assert not cloop.available(torch.float32) and mkl.gemm(torch.float64) is None
     prog = fused._c_program.__wrapped__(layer.spec, torch.float32, True)
     assert "for t in range(T)" in prog.code.forward_source and "_mm(" not in prog.code.forward_source
+
+
+@pytest.fixture
+def fresh_probes():
+    """The probes' verdicts and the compiled programs forgotten before and after the test."""
+    probe._c_probe.cache_clear()
+    fused.c_program.cache_clear()
+    yield
+    probe._c_probe.cache_clear()
+    fused.c_program.cache_clear()
+
+
+def test_a_failing_loop_keeps_the_kernels(monkeypatch, fresh_probes):
+    # A loop whose sigmoid is off by 1% (as a miscompiled loop would be): its probe fails with one
+    # warning, and cells run the same C kernels from the Python loop, not the torch kernels.
+    wrong = {**C_OPS, "sigmoid": ("0.99 * nas_sigmoid({a})", C_OPS["sigmoid"][1])}
+    monkeypatch.setattr(cloop.LoopCKernel, "OPS", wrong)
+    with pytest.warns(RuntimeWarning) as caught:
+        assert not probe.c_works(torch.float64, loop=True)
+    assert len(caught) == 1 and "C time loop does not work here" in str(caught[0].message)
+    assert "differ from the torch code" in str(caught[0].message)
+    assert probe.c_works(torch.float64)  # (silently: its verdict came with the loop's)
+    model = CellRNN(known_cell("lstm"), 5, 5).double()
+    ref = CellRNN(known_cell("lstm"), 5, 5, fused=False).double()
+    ref.load_state_dict(model.state_dict())
+    xs = torch.randn(4, 2, 5, dtype=torch.float64)
+    assert fused.select(model.layers[0], xs, torch.float64) is fused.c_program(model.layers[0].spec,
+                                                                               torch.float64, False)
+    torch.testing.assert_close(model(xs)[0], ref(xs)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_failing_kernels_warn_once_whichever_probe_runs_first(monkeypatch, fresh_probes):
+    monkeypatch.setattr(cgen, "compiler", lambda: None)
+    with pytest.warns(RuntimeWarning) as caught:
+        assert not probe.c_works(torch.float32, loop=True)
+        assert not probe.c_works(torch.float32)
+    assert len(caught) == 1 and "C kernels do not work here" in str(caught[0].message)
+    layer = CellRNN(known_cell("gru"), 4, 4).layers[0]
+    assert fused.select(layer, torch.zeros(2, 1, 4), torch.float32) is fused.program(layer.spec)
+
+
+def test_without_the_c_loop_nothing_compiles_it(monkeypatch, fresh_probes):
+    # NAS_C_LOOP=0: neither the probe nor the cell compiles a loop it will not run.
+    sources = []
+    build = cgen.build
+    monkeypatch.setattr(cgen, "build", lambda source, dtype: sources.append(source) or build(source, dtype))
+    monkeypatch.setenv("NAS_C_LOOP", "0")
+    CellRNN(known_cell("gru"), 4, 4)(torch.randn(3, 2, 4))
+    assert len(sources) == 2  # the probe cell's and the GRU's
+    assert not any("_loop_f" in s for s in sources)
+    monkeypatch.delenv("NAS_C_LOOP")
+    CellRNN(known_cell("gru"), 4, 4)(torch.randn(3, 2, 4))
+    assert len(sources) == 4 and all("_loop_f" in s for s in sources[2:])
 
 
 def test_float64_products_are_dgemms_right():

@@ -117,7 +117,7 @@ def c_program(spec: CellSpec, dtype: torch.dtype, loop: bool = True) -> Program 
     float64, and the time loop in C (nas.cell.cloop) where MKL can be called from it and `loop`;
     None (after a warning) when an op has no C form or the compiler fails. Cached: a cell is
     compiled once per process (whether `loop` is given or not)."""
-    return _c_program(spec, dtype, loop)
+    return _c_program(spec, dtype, loop and cloop.available(dtype))
 
 
 @lru_cache(maxsize=1024)
@@ -160,11 +160,12 @@ def select(cell, xs: Tensor, dtype: torch.dtype) -> Program:
             prog = gpu_program(cell.spec)
             if prog is not None:
                 return prog
-    elif dtype in cgen.DTYPES and cell.c_kernels and os.environ.get("NAS_C_KERNELS", "1") != "0" \
-            and c_works(dtype):
-        prog = c_program(cell.spec, dtype, cell.c_loop and os.environ.get("NAS_C_LOOP", "1") != "0")
-        if prog is not None:
-            return prog
+    elif dtype in cgen.DTYPES and cell.c_kernels and os.environ.get("NAS_C_KERNELS", "1") != "0":
+        loop = cell.c_loop and os.environ.get("NAS_C_LOOP", "1") != "0" and c_works(dtype, loop=True)
+        if loop or c_works(dtype):
+            prog = c_program(cell.spec, dtype, loop)
+            if prog is not None:
+                return prog
     return program(cell.spec)
 
 

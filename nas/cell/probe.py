@@ -3,7 +3,8 @@
 A cell with every op trains for one step with the kernels; a GPU or driver that Triton cannot
 compile for, a missing C compiler or a broken install costs a warning and the torch kernels, not a
 crash in the middle of a search. The C kernels' probe also compares the outputs and gradients with
-the torch code's, so a compiler that miscompiles them is caught too.
+the torch code's, so a compiler that miscompiles them is caught too; the time loop in C has a probe
+of its own, so where only it fails, the kernels run from the Python loop.
 
 Whatever mode the first real call runs in (inference_mode, no_grad, autocast), the probe trains;
 and it leaves the random number generators as it found them (seeded runs stay reproducible).
@@ -20,6 +21,7 @@ from functools import cache
 
 import torch
 
+from nas.cell import cloop
 from nas.cell.spec import CellSpec
 
 PROBE = {"state": ["h", "c"], "nodes": {
@@ -44,12 +46,15 @@ def triton_works(device: torch.device, dtype: torch.dtype = torch.float32) -> bo
     return _probe(device, dtype)
 
 
-def c_works(dtype: torch.dtype) -> bool:
-    """Whether the C kernels compile here and compute what the torch code computes, in `dtype`."""
+def c_works(dtype: torch.dtype, loop: bool = False) -> bool:
+    """Whether the C kernels compile here and compute what the torch code computes, in `dtype`;
+    with `loop`, whether they also do with the time loop in C (nas.cell.cloop). The loop has its own
+    probe, so a loop that fails costs only itself: the kernels then run from the Python loop."""
     if ("c", dtype, threading.get_ident()) in _probing:
         return True  # the probe's own calls (other threads wait for its verdict in _c_probe)
     with _lock:
-        return _c_probe(dtype)
+        # Where the loop cannot run in C (no MKL to call), its program is the Python loop's.
+        return _c_probe(dtype, loop and cloop.available(dtype))
 
 
 @contextlib.contextmanager
@@ -93,7 +98,22 @@ def _probe(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 @cache
-def _c_probe(dtype: torch.dtype) -> bool:
+def _c_probe(dtype: torch.dtype, loop: bool) -> bool:
+    error = _c_trial(dtype, loop)
+    if error is None:
+        return True
+    if not loop:
+        warnings.warn(f"nas: the C kernels do not work here in {dtype} ({error}); CPU cells run the torch "
+                      f"kernels instead (slower; NAS_C_KERNELS=0 silences this)", RuntimeWarning, stacklevel=4)
+    elif _c_probe(dtype, False):  # (else that probe's warning says it all)
+        warnings.warn(f"nas: the C time loop does not work here in {dtype} ({error}); the C kernels run from a "
+                      f"Python loop instead (slower; NAS_C_LOOP=0 silences this)", RuntimeWarning, stacklevel=4)
+    return False
+
+
+def _c_trial(dtype: torch.dtype, loop: bool) -> str | None:
+    """Train the probe cell one step with the C kernels (and `loop`) and with the torch code: None
+    when they agree, else what went wrong, in one line."""
     from nas.cell.compile import CellRNN
     from nas.cell.fused import c_program
 
@@ -103,12 +123,12 @@ def _c_probe(dtype: torch.dtype) -> bool:
             # c_program's warning that the compiler failed: here, the probe's failure.
             warnings.filterwarnings("error", message="nas: could not compile", category=RuntimeWarning)
             spec = CellSpec.from_dict(PROBE)
-            if c_program(spec, dtype) is None:
+            if c_program(spec, dtype, loop) is None:
                 raise RuntimeError("no C form of the probe cell")
             rnn = CellRNN(spec, 16, 16, num_layers=2).to(cpu, dtype)
             ref = copy.deepcopy(rnn)
-            for layer in ref.layers:
-                layer.c_kernels = False
+            for layer, ref_layer in zip(rnn.layers, ref.layers, strict=True):
+                layer.c_loop, ref_layer.c_kernels = loop, False
             x = torch.randn(5, 3, 16, dtype=dtype)
             got, want = _train(rnn, x), _train(ref, x)
         tol = 1e-4 if dtype == torch.float32 else 1e-10
@@ -117,8 +137,5 @@ def _c_probe(dtype: torch.dtype) -> bool:
             raise RuntimeError(f"they differ from the torch code's results by {worst:.2g} (relative)")
     except Exception as err:  # noqa: BLE001 - any failure means: do not use them
         message = str(err).splitlines()[0] if str(err) else ""
-        warnings.warn(f"nas: the C kernels do not work here in {dtype} ({type(err).__name__}: {message}); "
-                      f"CPU cells run the torch kernels instead (slower; NAS_C_KERNELS=0 silences this)",
-                      RuntimeWarning, stacklevel=3)
-        return False
-    return True
+        return f"{type(err).__name__}: {message}"
+    return None
