@@ -10,6 +10,7 @@ cell against CellRNN(lstm).
     python benchmarks/cells.py --quick                  # small size, few repeats: a smoke run
     python benchmarks/cells.py --reference              # also the reference path (fused=False)
     python benchmarks/cells.py --threads 1              # as a search worker runs
+    python benchmarks/cells.py --floor                  # CPU: also each cell's floor (see below)
     python benchmarks/cells.py --json runs/bench/cells.json
     python benchmarks/cells.py --device cuda --eager --graph-cells benchmarks/results/cpu_small_2threads.json
                                  # GPU: also without CUDA graphs; the CPU runs' graph cells (no optuna)
@@ -33,6 +34,11 @@ Columns:
                 whole-sequence code (caches cleared first; it is paid once per cell and process).
     first ms    the first training step (on a GPU: Triton compiling the cell's kernels, unless
                 its on-disk cache has them, and cuBLAS warming up).
+
+--floor (CPU) adds each cell with its stage kernels compiled to store zeros and compute nothing:
+the products, copies, time loop, x products, weight gradients and Adam of the real step, without
+its elementwise arithmetic. No kernel can make the cell faster than that row (its numbers are
+zeros: for timing only).
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nas.cell import CellRNN, CellSpec, cgen, fused, known_cell
+from nas.cell import CellRNN, CellSpec, cgen, cloop, fused, known_cell
 from nas.cell import compile as cell_compile
 from nas.cell.probe import c_works
 
@@ -101,6 +107,39 @@ def stored_cells(path: str) -> dict[str, CellSpec]:
     return {name: CellSpec.from_dict(d) for name, d in data["cells"].items()}
 
 
+class StoreOnly(cloop.LoopCKernel):
+    """LoopCKernel whose stage kernels take the same arguments and store zeros where the real ones
+    store results, computing nothing (--floor)."""
+
+    def assign(self, var: str, expr: str) -> None:
+        pass
+
+    def load(self, views: list[str], var: str) -> str:
+        for v in views:
+            self._ptr(v)  # the same arguments as the real kernel's
+        return var
+
+    def store(self, view: str, value: str) -> None:
+        self.body.append(f"p{self._ptr(view)}[c] = 0;")
+
+
+_select = fused.select
+
+
+def _select_floor(cell, xs: torch.Tensor, dtype: torch.dtype):
+    """fused.select, except for the layers of a --floor model: their store-only program."""
+    floor = getattr(cell, "floor_program", None)
+    return floor if floor is not None and dtype == torch.float32 else _select(cell, xs, dtype)
+
+
+def floor_model(spec: CellSpec, hidden: int) -> CellRNN:
+    fused.select = _select_floor
+    model = CellRNN(spec, hidden, hidden)
+    for layer in model.layers:
+        layer.floor_program = fused.build_c_program(spec, torch.float32, StoreOnly)
+    return model
+
+
 def variant(model: CellRNN, **attributes) -> CellRNN:
     """The model with each layer's cuda_graphs / triton / c_kernels switch set."""
     for layer in model.layers:
@@ -127,6 +166,8 @@ def make_models(hidden: int, cells: dict[str, CellSpec], args, device: str) -> t
             models[f"CellRNN({name}, Python loop)"] = variant(CellRNN(spec, hidden, hidden), c_loop=False)
         if args.reference:
             models[f"CellRNN({name}, fused=False)"] = CellRNN(spec, hidden, hidden, fused=False)
+        if args.floor and device == "cpu" and cloop.available(torch.float32):
+            models[f"CellRNN({name}, empty kernels)"] = floor_model(spec, hidden)
     return models, prep
 
 
@@ -295,6 +336,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="also time the torch code of the fast path (no Triton / C kernels)")
     p.add_argument("--python-loop", action="store_true",
                    help="CPU: also time the C kernels with the time loop in Python (c_loop=False)")
+    p.add_argument("--floor", action="store_true",
+                   help="CPU: also time each cell with store-only stage kernels (no elementwise arithmetic)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (as the GPU trainer runs)")
     p.add_argument("--graph-cells", help="take the graph cells from this earlier run's JSON")
     p.add_argument("--no-memory", action="store_true", help="skip the memory columns")

@@ -128,18 +128,25 @@ def _c_program(spec: CellSpec, dtype: torch.dtype, loop: bool) -> Program | None
     # Else the loop runs in Python, with MKL's packed GEMM for float32 where there is one.
     in_c = loop and cloop.available(dtype)
     packed = not in_c and dtype == torch.float32 and mkl.available()
-    code, source = cgen.generate(plan, cloop.LoopCKernel if in_c else cgen.PackedCKernel if packed else cgen.CKernel)
     try:
-        kernels = cgen.build(source, dtype)
+        return build_c_program(spec, dtype, cloop.LoopCKernel if in_c else cgen.PackedCKernel if packed
+                               else cgen.CKernel)
     except cgen.CompileError as err:
         warnings.warn(f"nas: could not compile the C kernels of cell {spec.canonical_hash()[:12]} ({err}); "
                       f"it runs the torch kernels", RuntimeWarning, stacklevel=2)
         return None
+
+
+def build_c_program(spec: CellSpec, dtype: torch.dtype, kernel: type[cgen.CKernel]) -> Program:
+    """`spec`'s C program with the given kernel class (c_program chooses it; benchmarks/cells.py's
+    --floor passes its own), compiled now and not cached; cgen.CompileError if that fails."""
+    code, source = cgen.generate(lower(spec), kernel)
+    kernels = cgen.build(source, dtype)
     namespace = {**_HELPERS, "_unit_columns": cgen._unit_columns, "_strides": cgen._strides,
                  "_take": cgen.POOL.take, **kernels}
-    if in_c:
+    if issubclass(kernel, cloop.LoopCKernel):
         namespace.update(cloop.namespace(dtype))
-    elif packed:
+    elif issubclass(kernel, cgen.PackedCKernel):
         namespace.update(_pack=mkl.pack, _mm=mkl.compute())
     source = code.forward_source + "\n" + code.backward_source
     exec(compile(source, f"<cell c {spec.name or 'cell'}>", "exec"), namespace)  # noqa: S102 - generated: no spec text in it
