@@ -86,6 +86,7 @@ class Program:
     code: SeqCode
     forward: Callable
     backward: Callable
+    packs: bool = False  # its forward packs the weights for MKL, from any layout (nas.cell.mkl.pack)
 
 
 @lru_cache(maxsize=1024)
@@ -150,7 +151,8 @@ def build_c_program(spec: CellSpec, dtype: torch.dtype, kernel: type[cgen.CKerne
         namespace.update(_pack=mkl.pack, _mm=mkl.compute())
     source = code.forward_source + "\n" + code.backward_source
     exec(compile(source, f"<cell c {spec.name or 'cell'}>", "exec"), namespace)  # noqa: S102 - generated: no spec text in it
-    return Program(code, namespace["forward"], namespace["backward"])
+    packs = issubclass(kernel, cgen.PackedCKernel) or (issubclass(kernel, cloop.LoopCKernel) and dtype == torch.float32)
+    return Program(code, namespace["forward"], namespace["backward"], packs)
 
 
 c_program.cache_clear = _c_program.cache_clear  # (as on the other cached program functions)
@@ -207,7 +209,7 @@ class _Sequence(torch.autograd.Function):
         base, xo = _inputs(prog, xw, bias, T, init[0])
         rows = T * init[0].shape[0]
         runner = None if graphs is None else graphs.runner(
-            prog, T, True, lambda ws: _transposed(ws, rows), X, base, xo, init, w)
+            prog, T, True, lambda ws: _transposed(prog, ws, rows), X, base, xo, init, w)
         ctx.prog, ctx.T, ctx.n_xo, ctx.runner = prog, T, len(xo), runner
         ctx.xw_shape = None if xw is None else xw.shape
         ctx.bias_shapes = [None if b is None else b.shape for b in bias]
@@ -216,7 +218,7 @@ class _Sequence(torch.autograd.Function):
             ctx.n_saved = 0
             ctx.save_for_backward(X, *xo, *w)
             return (out, *finals)
-        out, finals, saved = prog.forward(T, True, X, base, xo, init, _transposed(w, rows))
+        out, finals, saved = prog.forward(T, True, X, base, xo, init, _transposed(prog, w, rows))
         ctx.n_saved = len(saved)
         ctx.save_for_backward(X, *xo, *w, *saved)
         return (out, *(f.clone() for f in finals))
@@ -302,11 +304,13 @@ def _input_grads(prog: Program, dbase, dxo, xw_shape, bias_shapes, H: int) -> tu
     return dxw, dbias
 
 
-def _transposed(weights, rows: int) -> list[Tensor]:
+def _transposed(prog: Program, weights, rows: int) -> list[Tensor]:
     # W^T made contiguous once per sequence: the per-step (B, H) @ (H, n) product is ~20% faster
     # than on the transposed view at B = 32, and the copy costs about one step's product; so only
-    # when the sequence has enough rows (T * B) to pay for it.
-    return [w.t().contiguous() if rows >= 256 else w.t() for w in weights]
+    # when the sequence has enough rows (T * B) to pay for it. Not where MKL packs the weights: it
+    # packs from the transposed view 3-8x faster than a copy and a pack (darts_v2's six weights
+    # at hidden 256: about 2% of a training step).
+    return [w.t().contiguous() if rows >= 256 and not prog.packs else w.t() for w in weights]
 
 
 def sequence(cell, xs: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -351,9 +355,9 @@ def _run(cell, xs: Tensor, state: tuple[Tensor, ...], dtype: torch.dtype):
         return out, tuple(finals)
     bases, xo = _inputs(prog, xw, bias, T, state[0])
     runner = None if graphs is None else graphs.runner(
-        prog, T, False, lambda ws: _transposed(ws, T * B), X, bases, xo, state, weights)
+        prog, T, False, lambda ws: _transposed(prog, ws, T * B), X, bases, xo, state, weights)
     if runner is not None:
         out, finals, _ = runner.forward(X, bases, xo, state, weights)
         return out, finals
-    out, finals, _ = prog.forward(T, False, X, bases, xo, state, _transposed(weights, T * B))
+    out, finals, _ = prog.forward(T, False, X, bases, xo, state, _transposed(prog, weights, T * B))
     return out, tuple(finals)
