@@ -210,7 +210,7 @@ def test_wrong_results_are_caught_by_the_probe(monkeypatch):
 
 
 def test_a_cell_that_fails_to_compile_runs_the_torch_code(monkeypatch):
-    assert probe.c_works(torch.float32)
+    assert probe.c_works(torch.float32) and probe.c_works(torch.float32, loop=True)  # (before it breaks)
 
     def broken(source, dtype):
         raise cgen.CompileError("cc failed (1): error: out of memory")
@@ -228,7 +228,7 @@ def test_a_cell_that_fails_to_compile_runs_the_torch_code(monkeypatch):
 
 
 def test_a_full_temporary_directory_means_the_torch_code(monkeypatch):
-    assert probe.c_works(torch.float32)  # (before the directory fills up)
+    assert probe.c_works(torch.float32) and probe.c_works(torch.float32, loop=True)  # (before the directory fills up)
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
