@@ -96,8 +96,10 @@ def prepare_ms(spec: CellSpec, hidden: int, device: str) -> float:
     fused.program(spec)
     if device.startswith("cuda"):
         fused.gpu_program(spec)
-    elif c_works(torch.float32, loop=True):
-        fused.c_program(spec, torch.float32)
+    else:
+        loop = c_works(torch.float32, loop=True)  # (as fused.select chooses)
+        if loop or c_works(torch.float32):
+            fused.c_program(spec, torch.float32, loop)
     return (time.perf_counter() - start) * 1e3
 
 
@@ -123,20 +125,11 @@ class StoreOnly(cloop.LoopCKernel):
         self.body.append(f"p{self._ptr(view)}[c] = 0;")
 
 
-_select = fused.select
-
-
-def _select_floor(cell, xs: torch.Tensor, dtype: torch.dtype):
-    """fused.select, except for the layers of a --floor model: their store-only program."""
-    floor = getattr(cell, "floor_program", None)
-    return floor if floor is not None and dtype == torch.float32 else _select(cell, xs, dtype)
-
-
 def floor_model(spec: CellSpec, hidden: int) -> CellRNN:
-    fused.select = _select_floor
     model = CellRNN(spec, hidden, hidden)
+    floor = fused.build_c_program(spec, torch.float32, StoreOnly)
     for layer in model.layers:
-        layer.floor_program = fused.build_c_program(spec, torch.float32, StoreOnly)
+        fused.force(layer, floor, torch.float32)
     return model
 
 
@@ -166,7 +159,7 @@ def make_models(hidden: int, cells: dict[str, CellSpec], args, device: str) -> t
             models[f"CellRNN({name}, Python loop)"] = variant(CellRNN(spec, hidden, hidden), c_loop=False)
         if args.reference:
             models[f"CellRNN({name}, fused=False)"] = CellRNN(spec, hidden, hidden, fused=False)
-        if args.floor and device == "cpu" and cloop.available(torch.float32):
+        if args.floor and device == "cpu" and not args.bf16 and c_works(torch.float32, loop=True):
             models[f"CellRNN({name}, empty kernels)"] = floor_model(spec, hidden)
     return models, prep
 
@@ -337,7 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--python-loop", action="store_true",
                    help="CPU: also time the C kernels with the time loop in Python (c_loop=False)")
     p.add_argument("--floor", action="store_true",
-                   help="CPU: also time each cell with store-only stage kernels (no elementwise arithmetic)")
+                   help="CPU, float32, where the C loop works: also time each cell with store-only stage "
+                        "kernels (no elementwise arithmetic)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (as the GPU trainer runs)")
     p.add_argument("--graph-cells", help="take the graph cells from this earlier run's JSON")
     p.add_argument("--no-memory", action="store_true", help="skip the memory columns")

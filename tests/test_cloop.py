@@ -134,8 +134,13 @@ def test_a_failing_loop_keeps_the_kernels(monkeypatch, fresh_probes):
     # warning, and cells run the same C kernels from the Python loop, not the torch kernels.
     wrong = {**C_OPS, "sigmoid": ("0.99 * nas_sigmoid({a})", C_OPS["sigmoid"][1])}
     monkeypatch.setattr(cloop.LoopCKernel, "OPS", wrong)
+    # (the probe runs the C code it is asked about, whatever the switches in the environment say)
+    monkeypatch.setenv("NAS_C_LOOP", "0")
+    monkeypatch.setenv("NAS_C_KERNELS", "0")
     with pytest.warns(RuntimeWarning) as caught:
         assert not probe.c_works(torch.float64, loop=True)
+    monkeypatch.delenv("NAS_C_LOOP")
+    monkeypatch.delenv("NAS_C_KERNELS")
     assert len(caught) == 1 and "C time loop does not work here" in str(caught[0].message)
     assert "differ from the torch code" in str(caught[0].message)
     assert probe.c_works(torch.float64)  # (silently: its verdict came with the loop's)
@@ -148,11 +153,12 @@ def test_a_failing_loop_keeps_the_kernels(monkeypatch, fresh_probes):
     torch.testing.assert_close(model(xs)[0], ref(xs)[0], rtol=1e-12, atol=1e-12)
 
 
-def test_failing_kernels_warn_once_whichever_probe_runs_first(monkeypatch, fresh_probes):
+@pytest.mark.parametrize("loop_first", [True, False])
+def test_failing_kernels_warn_once_whichever_probe_runs_first(monkeypatch, fresh_probes, loop_first):
     monkeypatch.setattr(cgen, "compiler", lambda: None)
     with pytest.warns(RuntimeWarning) as caught:
-        assert not probe.c_works(torch.float32, loop=True)
-        assert not probe.c_works(torch.float32)
+        for loop in (loop_first, not loop_first):
+            assert not probe.c_works(torch.float32, loop=loop)
     assert len(caught) == 1 and "C kernels do not work here" in str(caught[0].message)
     layer = CellRNN(known_cell("gru"), 4, 4).layers[0]
     assert fused.select(layer, torch.zeros(2, 1, 4), torch.float32) is fused.program(layer.spec)
@@ -172,27 +178,60 @@ def test_without_the_c_loop_nothing_compiles_it(monkeypatch, fresh_probes):
     assert len(sources) == 4 and all("_loop_f" in s for s in sources[2:])
 
 
-def test_packed_weights_are_packed_from_the_transposed_view(monkeypatch):
-    # MKL packs W^T from W's own storage (no contiguous copy first) and the products are the same
-    # bit for bit as from a copy.
+def test_packed_weights_are_packed_from_the_transposed_view():
+    # A training call hands the packing program views of the weights' own storage (MKL packs W^T
+    # from W: no contiguous copy first), and the results are the same bit for bit as from a copy.
     import dataclasses
 
     model = CellRNN(known_cell("darts_v2"), 8, 8)
+    layer = model.layers[0]
     x = torch.randn(16, 16, 8)  # 256 rows: where the torch products would get a copy
-    prog = fused.select(model.layers[0], x, torch.float32)
-    w = torch.randn(16, 8)
-    assert prog.packs and fused._transposed(prog, [w], 256)[0].data_ptr() == w.data_ptr()
-    copied = dataclasses.replace(prog, packs=False)
-    assert fused._transposed(copied, [w], 256)[0].data_ptr() != w.data_ptr()
-    results = []
-    for program in (prog, copied):
-        monkeypatch.setattr(fused, "select", lambda cell, xs, dtype, program=program: program)
-        model.zero_grad()
-        out, _ = model(x)
-        out.pow(2).sum().backward()
-        results.append([out.detach(), *(p.grad.clone() for p in model.parameters())])
+    prog = fused.select(layer, x, torch.float32)
+    assert prog.packs
+    results, given = [], []
+
+    def spy(forward):
+        def run(T, keep, X, base, xo, init, wt):
+            given.append([w.data_ptr() for w in wt])
+            return forward(T, keep, X, base, xo, init, wt)
+        return run
+
+    try:
+        for packs in (True, False):
+            fused.force(layer, dataclasses.replace(prog, forward=spy(prog.forward), packs=packs), torch.float32)
+            model.zero_grad()
+            out, _ = model(x)
+            out.pow(2).sum().backward()
+            results.append([out.detach(), *(p.grad.clone() for p in model.parameters())])
+    finally:
+        fused.force(layer, None)
+    weights = {p.data_ptr() for p in layer.parameters()}
+    assert given[0] and set(given[0]) <= weights  # views of the parameters themselves
+    assert not set(given[1]) & weights  # copies
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+    assert fused.select(layer, x, torch.float32) is prog  # (force(layer, None) undid it)
+
+
+def test_forced_programs_are_per_cell_and_dtype(monkeypatch):
+    monkeypatch.delenv("NAS_C_LOOP", raising=False)
+    a, b = CellRNN(known_cell("gru"), 4, 4).layers[0], CellRNN(known_cell("gru"), 4, 4).layers[0]
+    xs = torch.zeros(2, 1, 4)
+    python_loop = fused.c_program(a.spec, torch.float32, False)
+    fused.force(a, python_loop, torch.float32)
+    try:
+        assert fused.select(a, xs, torch.float32) is python_loop
+        assert fused.select(b, xs, torch.float32) is fused.c_program(b.spec, torch.float32)
+        assert fused.select(a, xs.double(), torch.float64) is fused.c_program(a.spec, torch.float64)
+    finally:
+        fused.force(a, None)
+    assert fused.select(a, xs, torch.float32) is fused.c_program(a.spec, torch.float32)
+
+
+def test_build_c_program_refuses_a_kernel_class_that_cannot_run():
+    spec = known_cell("gru")
+    with pytest.raises(ValueError, match="packed GEMM is for float32"):
+        fused.build_c_program(spec, torch.float64, cgen.PackedCKernel)
 
 
 def test_float64_products_are_dgemms_right():

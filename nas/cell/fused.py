@@ -27,6 +27,7 @@ import importlib.util
 import linecache
 import os
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -116,8 +117,8 @@ def gpu_program(spec: CellSpec) -> Program | None:
 def c_program(spec: CellSpec, dtype: torch.dtype, loop: bool = True) -> Program | None:
     """The CPU form of `program` with one fused C kernel per stage (nas.cell.cgen), for float32 or
     float64, and the time loop in C (nas.cell.cloop) where MKL can be called from it and `loop`;
-    None (after a warning) when an op has no C form or the compiler fails. Cached: a cell is
-    compiled once per process (whether `loop` is given or not)."""
+    None (after a warning) when an op has no C form or the compiler fails. Cached: each form of a
+    cell is compiled once per process (where the loop cannot run in C, `loop` changes nothing)."""
     return _c_program(spec, dtype, loop and cloop.available(dtype))
 
 
@@ -141,6 +142,10 @@ def _c_program(spec: CellSpec, dtype: torch.dtype, loop: bool) -> Program | None
 def build_c_program(spec: CellSpec, dtype: torch.dtype, kernel: type[cgen.CKernel]) -> Program:
     """`spec`'s C program with the given kernel class (c_program chooses it; benchmarks/cells.py's
     --floor passes its own), compiled now and not cached; cgen.CompileError if that fails."""
+    if issubclass(kernel, cloop.LoopCKernel) and not cloop.available(dtype):
+        raise ValueError(f"build_c_program: no MKL to call from a C loop in {dtype} here")
+    if issubclass(kernel, cgen.PackedCKernel) and not (dtype == torch.float32 and mkl.available()):
+        raise ValueError(f"build_c_program: MKL's packed GEMM is for float32 where torch exports it, not {dtype}")
     code, source = cgen.generate(lower(spec), kernel)
     kernels = cgen.build(source, dtype)
     namespace = {**_HELPERS, "_unit_columns": cgen._unit_columns, "_strides": cgen._strides,
@@ -158,11 +163,29 @@ def build_c_program(spec: CellSpec, dtype: torch.dtype, kernel: type[cgen.CKerne
 c_program.cache_clear = _c_program.cache_clear  # (as on the other cached program functions)
 
 
+# Programs that a caller chose for particular cells, whatever their switches and the environment say:
+# the C probe's cells (it must test the C code it was asked about) and benchmarks/cells.py --floor.
+_FORCED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def force(cell, prog: Program | None, dtype: torch.dtype | None = None) -> None:
+    """From now on, `select` gives `cell` (a CompiledCell) `prog` for its calls in `dtype` (any,
+    if None; a C program is made for one); None undoes it."""
+    if prog is None:
+        _FORCED.pop(cell, None)
+    else:
+        _FORCED[cell] = (prog, dtype)
+
+
 def select(cell, xs: Tensor, dtype: torch.dtype) -> Program:
     """The program for this call: the GPU kernels for a CUDA float32/16 run, the C kernels for a
     CPU float32/64 run (when they work here), else the torch code."""
     if xs.numel() == 0:  # (an empty batch: autograd's expanded gradient of it has stride 0 everywhere)
         return program(cell.spec)
+    if _FORCED:
+        prog, forced_dtype = _FORCED.get(cell, (None, None))
+        if prog is not None and forced_dtype in (None, dtype):
+            return prog
     if xs.is_cuda:
         if dtype in (torch.float32, torch.bfloat16, torch.float16) and cell.triton and \
                 os.environ.get("NAS_TRITON", "1") != "0" and triton_works(xs.device, dtype):

@@ -104,10 +104,10 @@ def _c_probe(dtype: torch.dtype, loop: bool) -> bool:
         return True
     if not loop:
         warnings.warn(f"nas: the C kernels do not work here in {dtype} ({error}); CPU cells run the torch "
-                      f"kernels instead (slower; NAS_C_KERNELS=0 silences this)", RuntimeWarning, stacklevel=4)
+                      f"kernels instead (slower; NAS_C_KERNELS=0 silences this)", RuntimeWarning, stacklevel=3)
     elif _c_probe(dtype, False):  # (else that probe's warning says it all)
         warnings.warn(f"nas: the C time loop does not work here in {dtype} ({error}); the C kernels run from a "
-                      f"Python loop instead (slower; NAS_C_LOOP=0 silences this)", RuntimeWarning, stacklevel=4)
+                      f"Python loop instead (slower; NAS_C_LOOP=0 silences this)", RuntimeWarning, stacklevel=3)
     return False
 
 
@@ -115,7 +115,7 @@ def _c_trial(dtype: torch.dtype, loop: bool) -> str | None:
     """Train the probe cell one step with the C kernels (and `loop`) and with the torch code: None
     when they agree, else what went wrong, in one line."""
     from nas.cell.compile import CellRNN
-    from nas.cell.fused import c_program
+    from nas.cell.fused import c_program, force
 
     cpu = torch.device("cpu")
     try:
@@ -123,12 +123,14 @@ def _c_trial(dtype: torch.dtype, loop: bool) -> str | None:
             # c_program's warning that the compiler failed: here, the probe's failure.
             warnings.filterwarnings("error", message="nas: could not compile", category=RuntimeWarning)
             spec = CellSpec.from_dict(PROBE)
-            if c_program(spec, dtype, loop) is None:
+            prog = c_program(spec, dtype, loop)
+            if prog is None:
                 raise RuntimeError("no C form of the probe cell")
             rnn = CellRNN(spec, 16, 16, num_layers=2).to(cpu, dtype)
             ref = copy.deepcopy(rnn)
             for layer, ref_layer in zip(rnn.layers, ref.layers, strict=True):
-                layer.c_loop, ref_layer.c_kernels = loop, False
+                force(layer, prog, dtype)  # this program, whatever NAS_C_LOOP or NAS_C_KERNELS say
+                ref_layer.c_kernels = False
             x = torch.randn(5, 3, 16, dtype=dtype)
             got, want = _train(rnn, x), _train(ref, x)
         tol = 1e-4 if dtype == torch.float32 else 1e-10
