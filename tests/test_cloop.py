@@ -295,3 +295,48 @@ def test_sizes_beyond_mkls_32_bit_ints_are_an_error():
     with pytest.raises(ValueError, match="does not fit MKL's 32-bit ints.*NAS_C_LOOP=0"):
         cloop._each(Huge(), 4)
     assert cloop._each(torch.zeros(4, 3, 5), 4)[1:] == (60, 5, 4)  # distance in bytes, row stride, period
+
+
+def test_a_cell_whose_loop_fails_to_compile_runs_its_kernels_from_python(monkeypatch):
+    assert probe.c_works(torch.float32, loop=True)  # (before the compiler breaks)
+    build = cgen.build
+
+    def no_loops(source, dtype):
+        if "_loop_f" in source:
+            raise cgen.CompileError("cc failed (1): internal compiler error")
+        return build(source, dtype)
+
+    monkeypatch.setattr(cgen, "build", no_loops)
+    fused.c_program.cache_clear()
+    try:
+        model, _ = pair(known_cell("enas"))
+        torch_code = copy.deepcopy(model)
+        for layer in torch_code.layers:
+            layer.c_kernels = False
+        with pytest.warns(RuntimeWarning, match="could not compile the C time loop.*internal compiler error"
+                                                ".*runs its C kernels from a Python loop"):
+            prog = fused.select(model.layers[0], torch.zeros(3, 2, 6), torch.float32)
+        assert "_loop_f" not in prog.code.forward_source and "_mm(" in prog.code.forward_source
+        x, state, dout = random_inputs(model, 5, 3, "cpu")
+        for a, b in zip(outputs_and_grads(model, x, state, dout), outputs_and_grads(torch_code, x, state, dout),
+                        strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    finally:
+        fused.c_program.cache_clear()
+
+
+def test_a_cell_that_compiles_in_no_form_warns_once(monkeypatch):
+    assert probe.c_works(torch.float32, loop=True)
+
+    def broken(source, dtype):
+        raise cgen.CompileError("cc failed (1): out of memory")
+
+    monkeypatch.setattr(cgen, "build", broken)
+    fused.c_program.cache_clear()
+    try:
+        layer = CellRNN(known_cell("mut1"), 4, 4).layers[0]
+        with pytest.warns(RuntimeWarning) as caught:
+            assert fused.select(layer, torch.zeros(3, 2, 4), torch.float32) is fused.program(layer.spec)
+        assert len(caught) == 1 and "could not compile the C kernels" in str(caught[0].message)
+    finally:
+        fused.c_program.cache_clear()

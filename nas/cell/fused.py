@@ -127,16 +127,25 @@ def _c_program(spec: CellSpec, dtype: torch.dtype, loop: bool) -> Program | None
     plan = lower(spec)
     if not cgen.supported(plan):
         return None
-    # Else the loop runs in Python, with MKL's packed GEMM for float32 where there is one.
-    in_c = loop and cloop.available(dtype)
-    packed = not in_c and dtype == torch.float32 and mkl.available()
-    try:
-        return build_c_program(spec, dtype, cloop.LoopCKernel if in_c else cgen.PackedCKernel if packed
-                               else cgen.CKernel)
-    except cgen.CompileError as err:
-        warnings.warn(f"nas: could not compile the C kernels of cell {spec.canonical_hash()[:12]} ({err}); "
-                      f"it runs the torch kernels", RuntimeWarning, stacklevel=2)
-        return None
+    # Else the loop runs in Python, with MKL's packed GEMM for float32 where there is one; and so it
+    # does where the C loop fails to compile but the kernels alone do.
+    kernels = [cgen.PackedCKernel if dtype == torch.float32 and mkl.available() else cgen.CKernel]
+    if loop and cloop.available(dtype):
+        kernels.insert(0, cloop.LoopCKernel)
+    errors = []
+    for kernel in kernels:
+        try:
+            prog = build_c_program(spec, dtype, kernel)
+        except cgen.CompileError as err:
+            errors.append(err)
+            continue
+        if errors:
+            warnings.warn(f"nas: could not compile the C time loop of cell {spec.canonical_hash()[:12]} "
+                          f"({errors[0]}); it runs its C kernels from a Python loop", RuntimeWarning, stacklevel=3)
+        return prog
+    warnings.warn(f"nas: could not compile the C kernels of cell {spec.canonical_hash()[:12]} ({errors[-1]}); "
+                  f"it runs the torch kernels", RuntimeWarning, stacklevel=3)
+    return None
 
 
 def build_c_program(spec: CellSpec, dtype: torch.dtype, kernel: type[cgen.CKernel]) -> Program:
