@@ -159,7 +159,8 @@ def make_models(hidden: int, cells: dict[str, CellSpec], args, device: str) -> t
             models[f"CellRNN({name}, Python loop)"] = variant(CellRNN(spec, hidden, hidden), c_loop=False)
         if args.reference:
             models[f"CellRNN({name}, fused=False)"] = CellRNN(spec, hidden, hidden, fused=False)
-        if args.floor and device == "cpu" and not args.bf16 and c_works(torch.float32, loop=True):
+        if args.floor and device == "cpu" and not args.bf16 and cloop.available(torch.float32) \
+                and c_works(torch.float32, loop=True):
             models[f"CellRNN({name}, empty kernels)"] = floor_model(spec, hidden)
     return models, prep
 

@@ -8,6 +8,7 @@ cell and random cells, at the sizes and lengths where its pointer arithmetic cou
 the switches (pickling them: tests/test_cgen.py)."""
 
 import copy
+import re
 
 import pytest
 import torch
@@ -228,10 +229,13 @@ def test_forced_programs_are_per_cell_and_dtype(monkeypatch):
     assert fused.select(a, xs, torch.float32) is fused.c_program(a.spec, torch.float32)
 
 
-def test_build_c_program_refuses_a_kernel_class_that_cannot_run():
+def test_build_c_program_refuses_a_kernel_class_that_cannot_run(monkeypatch):
     spec = known_cell("gru")
     with pytest.raises(ValueError, match="packed GEMM is for float32"):
         fused.build_c_program(spec, torch.float64, cgen.PackedCKernel)
+    monkeypatch.setenv("NAS_MKL_PACKED", "0")  # no MKL to call
+    with pytest.raises(ValueError, match="no MKL to call from a C loop"):
+        fused.build_c_program(spec, torch.float32, cloop.LoopCKernel)
 
 
 def test_float64_products_are_dgemms_right():
@@ -313,9 +317,11 @@ def test_a_cell_whose_loop_fails_to_compile_runs_its_kernels_from_python(monkeyp
         torch_code = copy.deepcopy(model)
         for layer in torch_code.layers:
             layer.c_kernels = False
-        with pytest.warns(RuntimeWarning, match="could not compile the C time loop.*internal compiler error"
-                                                ".*runs its C kernels from a Python loop"):
+        with pytest.warns(RuntimeWarning) as caught:
             prog = fused.select(model.layers[0], torch.zeros(3, 2, 6), torch.float32)
+        assert len(caught) == 1
+        assert re.search("could not compile the C time loop.*internal compiler error.*runs its C kernels from a "
+                         "Python loop", str(caught[0].message))
         assert "_loop_f" not in prog.code.forward_source and "_mm(" in prog.code.forward_source
         x, state, dout = random_inputs(model, 5, 3, "cpu")
         for a, b in zip(outputs_and_grads(model, x, state, dout), outputs_and_grads(torch_code, x, state, dout),

@@ -178,8 +178,9 @@ _FORCED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def force(cell, prog: Program | None, dtype: torch.dtype | None = None) -> None:
-    """From now on, `select` gives `cell` (a CompiledCell) `prog` for its calls in `dtype` (any,
-    if None; a C program is made for one); None undoes it."""
+    """From now on, `select` gives `cell` (a CompiledCell) the CPU program `prog` for its CPU calls
+    in `dtype` (any, if None; a C program is made for one); None undoes it. The cell itself: a copy
+    or a pickle of it is not forced."""
     if prog is None:
         _FORCED.pop(cell, None)
     else:
@@ -191,7 +192,7 @@ def select(cell, xs: Tensor, dtype: torch.dtype) -> Program:
     CPU float32/64 run (when they work here), else the torch code."""
     if xs.numel() == 0:  # (an empty batch: autograd's expanded gradient of it has stride 0 everywhere)
         return program(cell.spec)
-    if _FORCED:
+    if _FORCED and not xs.is_cuda:
         prog, forced_dtype = _FORCED.get(cell, (None, None))
         if prog is not None and forced_dtype in (None, dtype):
             return prog
