@@ -203,12 +203,17 @@ def select(cell, xs: Tensor, dtype: torch.dtype) -> Program:
             if prog is not None:
                 return prog
     elif dtype in cgen.DTYPES and cell.c_kernels and os.environ.get("NAS_C_KERNELS", "1") != "0":
-        loop = cell.c_loop and os.environ.get("NAS_C_LOOP", "1") != "0" and c_works(dtype, loop=True)
-        if loop or c_works(dtype):
-            prog = c_program(cell.spec, dtype, loop)
-            if prog is not None:
-                return prog
+        prog = c_choice(cell.spec, dtype, cell.c_loop and os.environ.get("NAS_C_LOOP", "1") != "0")
+        if prog is not None:
+            return prog
     return program(cell.spec)
+
+
+def c_choice(spec: CellSpec, dtype: torch.dtype, loop: bool) -> Program | None:
+    """The C program that `select` runs for `spec` in `dtype`: with the time loop in C where `loop`
+    and its probe passed, else with the Python loop where the kernels' probe passed; else None."""
+    loop = loop and c_works(dtype, loop=True)
+    return c_program(spec, dtype, loop) if loop or c_works(dtype) else None
 
 
 @lru_cache(maxsize=4096)

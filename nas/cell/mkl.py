@@ -71,8 +71,13 @@ def gemm(dtype: torch.dtype) -> int | None:
     """The address of the C function nas.cell.cloop's loops call for the products of `dtype`:
     float32 cblas_sgemm_compute (weights packed by `pack`), float64 the Fortran-interface DGEMM
     (LP64, column-major); None where this torch does not export it."""
-    lib = _library() if available() else None
-    name = {torch.float32: "cblas_sgemm_compute", torch.float64: "DGEMM"}.get(dtype)
+    return _address({torch.float32: "cblas_sgemm_compute", torch.float64: "DGEMM"}.get(dtype)) if available() else None
+
+
+@cache
+def _address(name: str | None) -> int | None:
+    # (cached: fused.select asks for every call, through cloop.available)
+    lib = _library()
     if lib is None or name is None or not hasattr(lib, name):
         return None
     return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
