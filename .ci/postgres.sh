@@ -11,7 +11,7 @@ case "${1:-start}" in
     if [ -f "$DATA/postmaster.pid" ]; then su postgres -c "$BIN/pg_ctl -D $DATA stop -m fast" >/dev/null 2>&1 || true; fi
     rm -rf "$DATA"; mkdir -p "$DATA"; chown postgres "$DATA"
     su postgres -c "$BIN/initdb -D $DATA -A trust -U postgres" >/dev/null
-    su postgres -c "$BIN/pg_ctl -D $DATA -o '-p $PORT -k /tmp -c listen_addresses=127.0.0.1' -l $DATA/log -w start" >/dev/null
+    su postgres -c "$BIN/pg_ctl -D $DATA -o '-p $PORT -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=300' -l $DATA/log -w start" >/dev/null
     su postgres -c "$BIN/psql -h 127.0.0.1 -p $PORT -U postgres -qc \"CREATE USER nas PASSWORD 'nas' CREATEDB\"" >/dev/null
     su postgres -c "$BIN/psql -h 127.0.0.1 -p $PORT -U postgres -qc 'CREATE DATABASE nas OWNER nas'" >/dev/null
     echo "postgres.sh: PostgreSQL running on 127.0.0.1:$PORT";;

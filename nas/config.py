@@ -6,6 +6,8 @@ This module imports nothing heavy (no torch): the CLIs compose their config befo
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -18,6 +20,19 @@ class DataConfig:
 
     path: Optional[str] = None
     cache_dir: Optional[str] = None
+    # How a text becomes symbols (nas.data.FORMATS): chars (one symbol per character), bytes (one per
+    # byte: enwik8), spaced (characters separated by spaces, one sentence a line, as PTB's char files:
+    # every non-space character is a symbol and each line ends with one end-of-line symbol, the
+    # separator spaces are no symbols; the published char-PTB protocol). auto: bytes for a file named
+    # enwik8, spaced for a folder of ptb.char.{train,valid,test}.txt, chars otherwise.
+    format: str = "auto"
+
+    def check(self) -> None:
+        """Raise a one-line ValueError for a setting that cannot work (torch-free; callable on an
+        OmegaConf node too: DataConfig.check(node))."""
+        formats = ("auto", "chars", "bytes", "spaced")
+        if self.format not in formats:
+            raise ValueError(f"data.format: expected one of {', '.join(formats)}, got {self.format!r}")
 
 
 @dataclass
@@ -25,9 +40,25 @@ class TrainConfig:
     """How one cell is trained and scored. Every cell of a search gets the same TrainConfig.
 
     Budget: training stops at `steps` optimizer steps, or earlier when `tokens` characters have been
-    consumed or `seconds` of wall time have passed (each optional).
+    consumed or `seconds` of wall time have passed (each optional). The lr schedule runs over `steps`.
     Size: `hidden_size`, unless `param_budget` is set: then each cell's hidden size is chosen so that
     its whole model has about that many parameters (fair comparison of cells of different width).
+    Data order: B contiguous streams of the training split; with `seed_data_order` the seed also
+    rotates the split by a seed-drawn circular offset before it is cut, so seeds differ in what each
+    stream reads as well as in the initialisation (every cell sees the same order for one seed).
+    State carry: no state is carried much further than `state_span` characters from a zero state,
+    in training (each stream restarts from zero every state_span // seq_len chunks, the B streams
+    staggered) as in scoring, so a score never asks a cell for a state regime training did not
+    show it (an LSTM trained on endless streams scored 3.55 bpc from zero states, 3.39 carried).
+    Scores (nas.lm.split_bpc): a split is scored as consecutive segments of `state_span`
+    characters, each read from a zero state after a burn-in of the `eval_burn_in` characters before
+    it (read, not scored), every character once; `eval_batch_size` only sets how many segments run
+    at once, so it does not change the score. Intermediate evaluations score
+    `eval_chars` worth of whole segments spread evenly over the validation split, the final ones
+    `final_eval_chars` worth (None: the whole split).
+    Divergence: a NaN/inf loss or gradient, a training loss above `max_bpc`, or a validation (or
+    test) score above the uniform bound log2(vocabulary) or more than `max_val_gap` bits above the
+    training loss of the same moment ends the run as diverged, with the reason, never a score.
     """
 
     steps: int = 300
@@ -35,9 +66,9 @@ class TrainConfig:
     seconds: Optional[float] = None
     batch_size: int = 32
     seq_len: int = 64
-    hidden_size: int = 256
+    hidden_size: int = 256          # at most 8192 (the widest model check() accepts)
     param_budget: Optional[int] = None
-    embedding_size: Optional[int] = None
+    embedding_size: Optional[int] = None  # None: hidden_size
     num_layers: int = 1
     dropout: float = 0.0
     tie_weights: bool = True
@@ -45,22 +76,74 @@ class TrainConfig:
     lr: float = 1e-2
     momentum: float = 0.0           # sgd only
     weight_decay: float = 0.0
-    lr_schedule: str = "constant"   # constant | cosine | linear (decay to lr_final_ratio * lr)
+    lr_schedule: str = "cosine"     # constant | cosine | linear (decay to lr_final_ratio * lr)
     lr_final_ratio: float = 0.1
     warmup_steps: int = 0
     clip_norm: float = 1.0
+    seed_data_order: bool = True    # the seed also picks the training split's circular offset
     max_bpc: float = 100.0          # a training loss above this (uniform guessing: log2(V) ~ 6) is divergence
+    max_val_gap: float = 1.5        # val bpc this many bits above the train bpc is divergence
     eval_every: int = 100           # intermediate val bpc (reported to the callback)
-    eval_chars: Optional[int] = 20000  # intermediate evals read this many val chars; None = all
-    eval_batch_size: int = 16
+    state_span: int = 2048          # longest state carry from zero (training chunks, scored segments)
+    eval_burn_in: int = 128         # characters read, not scored, before each scored segment
+    eval_chars: Optional[int] = 20000  # intermediate evals: this many val chars (whole segments); None = all
+    final_eval_chars: Optional[int] = None  # final val/test evals: this many chars; None = the whole split
+    eval_batch_size: int = 16       # segments scored at once: speed only, not the score
     test: bool = False              # also compute test bpc at the end
-    device: str = "auto"            # auto | cpu | cuda | cuda:N
+    device: str = "auto"            # auto | cpu | mps | cuda | cuda:N
     threads: Optional[int] = None   # torch CPU threads; None = torch's default
     tf32: bool = False
     bf16: bool = False              # bf16 autocast (GPU)
     progress: Optional[bool] = None  # None = only when stderr is a terminal
     sample_chars: int = 300
     temperature: float = 0.8
+
+    def check(self) -> None:
+        """Raise a one-line ValueError naming the field, what was expected and what came, for any
+        setting that cannot work. Torch-free, so CLIs call it before loading torch; it reads only
+        attributes, so TrainConfig.check(node) works on an OmegaConf node too."""
+        def fail(name: str, expected: str) -> None:
+            raise ValueError(f"trainer.{name}: expected {expected}, got {getattr(self, name)!r}")
+
+        width = 8192  # an LSTM this wide has ~0.5 G parameters (8 GB with Adam's float32 state)
+        ints = {"steps": 1, "batch_size": 1, "seq_len": 1, "hidden_size": 1, "num_layers": 1,
+                "eval_every": 1, "state_span": 1, "eval_burn_in": 0, "eval_batch_size": 1,
+                "warmup_steps": 0, "sample_chars": 0, "tokens": 1, "param_budget": 1, "embedding_size": 1,
+                "eval_chars": 1, "final_eval_chars": 1, "threads": 1}
+        optional = {"tokens", "param_budget", "embedding_size", "eval_chars", "final_eval_chars",
+                    "threads"}
+        for name, low in ints.items():
+            value = getattr(self, name)
+            if value is None and name in optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                fail(name, f"an integer >= {low}" + (" or None" if name in optional else ""))
+        for name in ("hidden_size", "embedding_size"):
+            if (getattr(self, name) or 0) > width:
+                fail(name, f"at most {width} (the widest model accepted)")
+        # (low, low included, high, high included); None: unbounded. NaN and inf are refused.
+        floats = {"lr": (0, False, None, False), "momentum": (0, True, 1, False),
+                  "weight_decay": (0, True, None, False), "lr_final_ratio": (0, True, 1, True),
+                  "clip_norm": (0, False, None, False), "max_bpc": (0, False, None, False),
+                  "max_val_gap": (0, False, None, False), "dropout": (0, True, 1, False),
+                  "temperature": (0, False, None, False), "seconds": (0, False, None, False)}
+        for name, (low, low_in, high, high_in) in floats.items():
+            value = getattr(self, name)
+            if value is None and name == "seconds":
+                continue
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and math.isfinite(value) and (value >= low if low_in else value > low)
+                  and (high is None or (value <= high if high_in else value < high)))
+            if not ok:
+                span = (f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+                        if high is not None else f"{'>=' if low_in else '>'} {low}")
+                fail(name, f"a finite number {span}" + (" or None" if name == "seconds" else ""))
+        choices = {"optimizer": ("adam", "sgd"), "lr_schedule": ("constant", "cosine", "linear")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                fail(name, "one of " + ", ".join(allowed))
+        if not (isinstance(self.device, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device)):
+            fail("device", "auto, cpu, mps, cuda or cuda:N")
 
 
 @dataclass
@@ -194,3 +277,91 @@ class ExportApp:
     name: Optional[str] = None         # module name; default from the study/trial or the cell
     dest: Optional[str] = None         # folder; default runs/exports/<name>
     overwrite: bool = False
+
+
+# Checks of the search-level settings: one-line ValueErrors naming the setting, what was expected and
+# what came, raised before any work starts or any file is created. Torch-free; they read attributes
+# only, so they work on the dataclasses and on OmegaConf nodes alike. Registries that need heavy
+# imports (search spaces, controllers, cells) are checked by the CLIs.
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+PRUNERS = ("none", "median", "halving", "hyperband")
+
+
+def check_int(key: str, value: Any, low: int, optional: bool = False) -> None:
+    """`value` is an integer >= `low` (or None when `optional`)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{key}: expected an integer >= {low}{' or None' if optional else ''}, got {value!r}")
+
+
+def check_name(key: str, value: Any) -> None:
+    """A study (or export) name becomes a folder under runs/: a plain name, never a path."""
+    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value):
+        raise ValueError(f"{key}: expected a plain name (letters, digits, '.', '_', '-'; first a letter "
+                         f"or digit; at most 100 characters), got {value!r}")
+
+
+def check_device(key: str, value: Any, threads: Any = None) -> None:
+    """`device` is auto, cpu, mps, cuda or cuda:N; `threads` None or >= 1."""
+    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
+        raise ValueError(f"{key}: expected auto, cpu, mps, cuda or cuda:N, got {value!r}")
+    check_int("threads", threads, 1, optional=True)
+
+
+def check_pruner(cfg: PrunerConfig) -> None:
+    if cfg.name not in PRUNERS:
+        raise ValueError(f"pruner.name: expected one of {', '.join(PRUNERS)}, got {cfg.name!r}")
+    check_int("pruner.n_startup_trials", cfg.n_startup_trials, 0)
+    check_int("pruner.n_warmup_steps", cfg.n_warmup_steps, 0)
+    check_int("pruner.min_resource", cfg.min_resource, 1, optional=True)
+    check_int("pruner.reduction_factor", cfg.reduction_factor, 2)
+
+
+def check_report(cfg: ReportConfig) -> None:
+    check_int("report.top_k", cfg.top_k, 1)
+    check_int("report.seeds", cfg.seeds, 1)
+
+
+def check_baselines(names: Any, cells: Any) -> None:
+    """Each baseline is a reference cell name of `cells` (nas.cell.KNOWN_CELLS), at most once."""
+    for name in names or ():
+        if name not in cells:
+            raise ValueError(f"baselines: expected reference cell names ({', '.join(cells)}), got {name!r}")
+    if len(set(names or ())) != len(names or ()):
+        raise ValueError(f"baselines: each cell at most once, got {list(names)}")
+
+
+def check_search_app(cfg: SearchApp) -> None:
+    """The search-level settings of `nas-search`, all but the baselines' names (check_baselines:
+    nas.cell's names cost a torch import) and the trainer's and corpus's (TrainConfig, DataConfig)."""
+    check_name("study", cfg.study)
+    check_int("n_trials", cfg.n_trials, 0)
+    check_int("workers", cfg.workers, 0)
+    check_int("seed", cfg.seed, 0)
+    check_device("device", cfg.device, cfg.threads)
+    for key, value in (("search_space.name", cfg.search_space.name), ("controller.name", cfg.controller.name)):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{key}: expected a name, got {value!r}")
+    check_pruner(cfg.pruner)
+    check_report(cfg.report)
+    check_int("tracking.retries", cfg.tracking.retries, 0)
+    if not (isinstance(cfg.tracking.timeout, (int, float)) and math.isfinite(cfg.tracking.timeout)
+            and cfg.tracking.timeout > 0):
+        raise ValueError(f"tracking.timeout: expected a number of seconds > 0, got {cfg.tracking.timeout!r}")
+
+
+def check_worker_app(cfg: WorkerApp) -> None:
+    check_name("study", cfg.study)
+    check_device("device", cfg.device, cfg.threads)
+    check_int("replica", cfg.replica, 0)
+
+
+def check_export_app(cfg: ExportApp) -> None:
+    if cfg.study is not None:
+        check_name("study", cfg.study)
+    check_int("trial", cfg.trial, 0, optional=True)
+    if cfg.name is not None and not (isinstance(cfg.name, str) and cfg.name.isidentifier()):
+        raise ValueError(f"name: expected a Python identifier (the module's name), got {cfg.name!r}")

@@ -5,6 +5,14 @@ content hash, so that many worker processes can memory-map the same encoding
 instead of each decoding 100 MB of text. Batching follows the usual char-RNN /
 truncated-BPTT layout: B parallel contiguous streams, consumed in time-major
 chunks of `seq_len` steps.
+
+Formats (how a text becomes symbols, `FORMATS`): `chars`, one symbol per Unicode
+character; `bytes`, one per byte (enwik8); `spaced`, characters separated by spaces,
+one sentence a line (PTB's ptb.char.*.txt): each non-space character is a symbol, every
+line ends with one end-of-line symbol (spelled "\n"), and the separator spaces are not
+symbols. This is the published char-PTB protocol (e.g. AWD-LSTM's loader: the tokens of
+a line are line.split() + ['<eos>']); reading PTB's files as chars would make half of
+all symbols near-free spaces and halve every bpc.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ UNK = "<unk>"
 SPLITS = ("train", "val", "test")
 DEFAULT_CORPUS = "tinyshakespeare.txt"
 DEFAULT_CACHE_DIR = "runs/cache"
+FORMATS = ("auto", "chars", "bytes", "spaced")
 _CHUNK = 1 << 22  # symbols per vectorised step when encoding
 
 # Folder layouts, most specific first: the real PTB folder also holds the word-level
@@ -70,6 +79,7 @@ class Corpus:
     test: np.ndarray
     unknown: Mapping[str, int]
     source_hash: str
+    format: str = "chars"  # how the text was read: chars, bytes or spaced (FORMATS)
 
     def __post_init__(self):
         # Freeze the counts too; any mapping given is copied.
@@ -78,7 +88,7 @@ class Corpus:
     def __reduce__(self):
         # A mappingproxy cannot be pickled; rebuild from a plain dict.
         values = (self.name, self.symbols, self.train, self.val, self.test)
-        return Corpus, (*values, dict(self.unknown), self.source_hash)
+        return Corpus, (*values, dict(self.unknown), self.source_hash, self.format)
 
     @property
     def vocab_size(self) -> int:
@@ -105,26 +115,42 @@ class Corpus:
 
 
 def load_corpus(
-    path: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None
+    path: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    format: str = "auto",
 ) -> Corpus:
     """Load a corpus, encoding it on first use and memory-mapping the cached encoding after.
 
-    `path` is a UTF-8 text file (split contiguously 90/5/5 by characters), a file named
-    `enwik8` (read as bytes, split 90/5/5 by bytes: 90M/5M/5M for the standard file), or
-    a folder holding one train, one validation and one test file. None loads the
-    packaged Tiny Shakespeare. The cache lives in `cache_dir`, else `$NAS_CACHE_DIR`,
-    else `runs/cache`. Raises DataError for missing, empty, undecodable or incomplete input.
+    `path` is a text file (split contiguously 90/5/5 by symbols) or a folder holding one
+    train, one validation and one test file; None loads the packaged Tiny Shakespeare.
+    `format` is one of FORMATS (module docstring); `auto` reads a file named `enwik8` as
+    bytes (90M/5M/5M for the standard file), a folder of ptb.char.{train,valid,test}.txt
+    as spaced, anything else as UTF-8 chars. The cache lives in `cache_dir`, else
+    `$NAS_CACHE_DIR`, else `runs/cache`, keyed by content and format. Raises DataError for
+    missing, empty, undecodable or incomplete input, or a spaced file with a multi-character
+    token; ValueError for an unknown format.
     """
+    if format not in FORMATS:
+        raise ValueError(f"data.format: expected one of {', '.join(FORMATS)}, got {format!r}")
     path = Path(path) if path is not None else default_corpus_path()
     files = _split_files(path)
-    byte_level = path.is_file() and path.name == "enwik8"
+    fmt = _resolve_format(path, files, format)
     source_hash = _combined_hash(files)
     cache = Path(cache_dir or os.environ.get("NAS_CACHE_DIR") or DEFAULT_CACHE_DIR)
-    key = f"v{FORMAT_VERSION}|bytes={byte_level}|{source_hash}"
+    key = f"v{FORMAT_VERSION}|format={fmt}|{source_hash}"
     stem = cache / hashlib.sha256(key.encode()).hexdigest()
     if not stem.with_suffix(".json").exists():
-        _write_cache(stem, files, byte_level, source_hash)
-    return _read_cache(stem, name=path.stem if path.is_file() else path.name)
+        _write_cache(stem, files, fmt, source_hash)
+    return _read_cache(stem, name=path.stem if path.is_file() else path.name, fmt=fmt)
+
+
+def _resolve_format(path: Path, files: dict[str, Path] | Path, format: str) -> str:
+    if format != "auto":
+        return format
+    if isinstance(files, Path):
+        return "bytes" if path.name == "enwik8" else "chars"
+    ptb = all(files[s].name == n[0] for s, n in _NAMED_LAYOUTS[1].items())
+    return "spaced" if ptb else "chars"
 
 
 def default_corpus_path() -> Path:
@@ -193,15 +219,35 @@ def _codepoints(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
 
 
-def _file_codepoints(path: Path, byte_level: bool) -> np.ndarray:
+def _file_codepoints(path: Path, fmt: str) -> np.ndarray:
     """One integer per symbol of the file: byte values, or Unicode code points."""
     data = _read_bytes(path)
-    if byte_level or data.isascii():  # ASCII is valid UTF-8 with one byte per character
-        return np.frombuffer(data, dtype=np.uint8)
+    if fmt == "bytes" or (fmt == "chars" and data.isascii()):
+        return np.frombuffer(data, dtype=np.uint8)  # ASCII is UTF-8 with one byte a character
     try:
-        return _codepoints(data.decode("utf-8"))
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8 at byte offset {e.start}") from None
+    return _codepoints(_unspace(text, path) if fmt == "spaced" else text)
+
+
+def _unspace(text: str, path: Path) -> str:
+    """A spaced-character text as its symbols: each line's characters without the separator
+    whitespace, then "\n" as the line's end-of-line symbol (a last line without a newline gets
+    one too, as in AWD-LSTM's loader)."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    out = []
+    for number, line in enumerate(lines, 1):
+        tokens = line.split()
+        joined = "".join(tokens)
+        if len(joined) != len(tokens):
+            token = next(t for t in tokens if len(t) > 1)
+            raise DataError(f"{path}: line {number}: spaced format expects single characters "
+                            f"separated by spaces, got the token {token!r}")
+        out.append(joined)
+    return "\n".join(out) + "\n"
 
 
 def _id_dtype(n_ids: int) -> np.dtype:
@@ -236,26 +282,24 @@ def _lookup(
     return out
 
 
-def _read_splits(
-    files: dict[str, Path] | Path, byte_level: bool
-) -> dict[str, np.ndarray]:
+def _read_splits(files: dict[str, Path] | Path, fmt: str) -> dict[str, np.ndarray]:
     """Code points of each split; a single file is cut contiguously 90/5/5.
 
     For the 100,000,000-byte enwik8 file the 90/5/5 cut by bytes is exactly the
     customary 90M/5M/5M split.
     """
     if isinstance(files, dict):
-        return {s: _file_codepoints(files[s], byte_level) for s in SPLITS}
-    cps = _file_codepoints(files, byte_level)
+        return {s: _file_codepoints(files[s], fmt) for s in SPLITS}
+    cps = _file_codepoints(files, fmt)
     n = len(cps)
     return dict(zip(SPLITS, np.split(cps, [n * 90 // 100, n * 95 // 100])))
 
 
 def _write_cache(
-    stem: Path, files: dict[str, Path] | Path, byte_level: bool, source_hash: str
+    stem: Path, files: dict[str, Path] | Path, fmt: str, source_hash: str
 ) -> None:
     """Encode the corpus into one id array (train, val, test back to back) plus a JSON record."""
-    parts = _read_splits(files, byte_level)
+    parts = _read_splits(files, fmt)
     keys = _present(parts["train"])
     dtype = _id_dtype(len(keys) + 1)
     sizes = [len(parts[s]) for s in SPLITS]
@@ -269,6 +313,7 @@ def _write_cache(
         "sizes": sizes,
         "unknown": {s: int(np.count_nonzero(views[s] == 0)) for s in ("val", "test")},
         "source_hash": source_hash,
+        "text_format": fmt,
     }
     stem.parent.mkdir(parents=True, exist_ok=True)
     # The .json is written last: its presence marks a complete entry for other processes.
@@ -289,7 +334,7 @@ def _atomic_write(target: Path, write) -> None:
         raise
 
 
-def _read_cache(stem: Path, name: str) -> Corpus:
+def _read_cache(stem: Path, name: str, fmt: str) -> Corpus:
     meta = json.loads(stem.with_suffix(".json").read_text())
     ids = np.load(stem.with_suffix(".npy"), mmap_mode="r")
     bounds = np.cumsum(meta["sizes"])[:-1]
@@ -302,15 +347,19 @@ def _read_cache(stem: Path, name: str) -> Corpus:
         test=test,
         unknown=MappingProxyType(meta["unknown"]),
         source_hash=meta["source_hash"],
+        format=fmt,
     )
 
 
 def batchify(
-    ids: np.ndarray, batch_size: int, seq_len: int, *, name: str = "split"
+    ids: np.ndarray, batch_size: int, seq_len: int, *, name: str = "split", offset: int = 0
 ) -> torch.Tensor:
     """Cut a split into `batch_size` equal contiguous streams, dropping the remainder.
 
-    Returns a (B, N) int64 tensor whose row b is `ids[b*N:(b+1)*N]`, N = len(ids) // B.
+    Returns a (B, N) int64 tensor whose row b is `ids[b*N:(b+1)*N]`, N = len(ids) // B,
+    of the split rotated left by `offset` (mod its length) first: `offset` moves where
+    the streams start (and which remainder is dropped); the split's end then joins its
+    beginning.
     Raises DataError when the split has fewer than B * (seq_len + 1) symbols, the least
     that gives every stream one full chunk of inputs plus its shifted targets; `name`
     labels the split in that message.
@@ -325,6 +374,9 @@ def batchify(
             f"needs {needed} characters, it has {len(ids)}"
         )
     n = len(ids) // batch_size
+    offset %= len(ids)
+    if offset:
+        ids = np.concatenate([ids[offset:], ids[:offset]])
     # A copy: torch wants int64, and memory-mapped splits are read-only.
     streams = np.asarray(ids[: batch_size * n], dtype=np.int64)
     return torch.from_numpy(streams).view(batch_size, n)

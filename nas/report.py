@@ -10,7 +10,15 @@
    logged as an MLflow run with role=final;
 3. mean +- std of the test bpc per cell (sample std over the seeds that did not diverge), as a table
    (Comparison.markdown(), .csv()) and plots in <out_dir>/report/: val-bpc learning curves (mean
-   over seeds) of the top cells vs the baselines, test bpc vs parameter count, best-so-far vs trial.
+   over seeds) of the top cells vs the baselines, test bpc vs parameter count, best-so-far vs trial;
+4. for each new cell against each baseline, the paired difference of test bpc over the same seeds
+   (same data order and initialisation seed for both), its mean and a 95% Student-t interval:
+   "better" when the interval lies below 0, "worse" above, "not distinguishable" when it holds 0
+   (or with fewer than 2 paired seeds). Comparison.verdicts() says per baseline whether any new
+   cell beat it.
+
+Only *new* cells are compared: a trial whose cell is a reference cell (a search seeded with them finds
+them again) is not a discovery; the reference cells are in the table as baselines.
 
 With cfg["workers"] > 1 the retrains run in a process pool of that size (spawn, one torch thread
 each); results are the same as in one process, since every retrain is seeded.
@@ -50,15 +58,68 @@ class ComparisonRow:
 
 
 @dataclass(frozen=True)
+class PairedDifference:
+    """test bpc of `cell` minus that of `baseline`, paired by seed; negative: the cell is better."""
+
+    cell: str
+    baseline: str
+    n: int                          # seeds where both have a test score
+    mean: float | None
+    low: float | None               # 95% Student-t interval of the mean difference
+    high: float | None
+
+    @property
+    def verdict(self) -> str:
+        if self.low is None or self.high is None:
+            return "not distinguishable"
+        if self.high < 0:
+            return "better"
+        if self.low > 0:
+            return "worse"
+        return "not distinguishable"
+
+    def text(self) -> str:
+        if self.mean is None:
+            return "no paired seeds"
+        if self.low is None:
+            return f"{self.mean:+.4f} (1 seed)"
+        return f"{self.mean:+.4f} [{self.low:+.4f}, {self.high:+.4f}]"
+
+
+@dataclass(frozen=True)
 class Comparison:
     study: str
     budget: str
     seeds: tuple[int, ...]
     rows: tuple[ComparisonRow, ...]     # best test bpc first
     files: tuple[str, ...]              # comparison.md, comparison.csv and the plots in out_dir/report
+    pairs: tuple[PairedDifference, ...] = ()
 
     def best(self) -> ComparisonRow | None:
-        return self.rows[0] if self.rows and self.rows[0].test_bpc is not None else None
+        """The best new cell (role trial) with a test score, or None."""
+        return next((r for r in self.rows if r.role == "trial" and r.test_bpc is not None), None)
+
+    def verdicts(self) -> list[str]:
+        """One plain sentence per baseline: did any new cell beat it (paired 95% interval below 0)?"""
+        if not any(r.role == "trial" for r in self.rows):
+            return ["No new cell was retrained: the search completed no cell that is not a reference cell."]
+        out = []
+        for base in (r.label for r in self.rows if r.role == "baseline"):
+            mine = [p for p in self.pairs if p.baseline == base]
+            wins = [p for p in mine if p.verdict == "better"]
+            if wins:
+                out.append(f"{base}: beaten by " + ", ".join(f"{p.cell} ({p.text()})" for p in wins) + ".")
+            else:
+                best = min((p for p in mine if p.mean is not None), key=lambda p: p.mean, default=None)
+                closest = f" closest: {best.cell}, {best.verdict} ({best.text()})" if best else ""
+                out.append(f"{base}: no new cell beats it;{closest}.")
+        return out
+
+    def pairs_markdown(self) -> str:
+        lines = ["| new cell | baseline | paired seeds | test bpc difference, mean [95% CI] | verdict |",
+                 "|---|---|---|---|---|"]
+        lines += [f"| {p.cell} | {p.baseline} | {p.n} | {p.text()} | {p.verdict} |" for p in self.pairs]
+        return "\n".join(lines) + "\n"
 
     def markdown(self) -> str:
         head = ("| cell | role | test bpc (mean ± std) | seeds | val bpc | params | chars/s | hash |\n"
@@ -70,8 +131,12 @@ class Comparison:
             lines.append(f"| {r.label} | {r.role} | {test} | {seeds} | {_num(r.val_bpc, '.4f')} | "
                          f"{_num(r.params, ',')} | {_num(r.chars_per_sec, ',.0f')} | `{r.cell_hash}` |")
         seeds = ", ".join(map(str, self.seeds))
-        return (f"Study `{self.study}`: test bits per character, seeds {seeds}, budget `{self.budget}`.\n\n"
+        text = (f"Study `{self.study}`: test bits per character, seeds {seeds}, budget `{self.budget}`.\n\n"
                 + "\n".join(lines) + "\n")
+        if self.pairs:
+            text += ("\nNew cells against the baselines (test bpc, cell minus baseline, paired by seed; "
+                     "negative is better):\n\n" + self.pairs_markdown())
+        return text + "\n" + "\n".join(f"- {v}" for v in self.verdicts()) + "\n"
 
     def csv(self) -> str:
         out = io.StringIO()
@@ -107,10 +172,10 @@ def final_comparison(study: optuna.Study, cfg: dict[str, Any], tracker=None,
     from nas.search.objective import budget_key
 
     trainer = TrainConfig(**{**cfg["trainer"], "progress": False})
-    corpus = load_corpus(cfg["data"]["path"], cfg["data"]["cache_dir"])
+    corpus = load_corpus(cfg["data"]["path"], cfg["data"]["cache_dir"], cfg["data"].get("format", "auto"))
     budget = budget_key(trainer, cfg["seed"], corpus.source_hash)
     baselines = _baselines(cfg["baselines"])
-    subjects = top_cells(study, cfg["report"]["top_k"], exclude={b.hash for b in baselines}) + baselines
+    subjects = top_cells(study, cfg["report"]["top_k"]) + baselines
     seeds = tuple(cfg["seed"] + i for i in range(cfg["report"]["seeds"]))
     results = _retrain_all(study, cfg, subjects, seeds, budget, progress)
     if tracker is not None:
@@ -119,31 +184,50 @@ def final_comparison(study: optuna.Study, cfg: dict[str, Any], tracker=None,
                 tracker.log_final(study, s.label, s.role, results[s.label, seed], cfg)
     rows = sorted((_row(s, [results[s.label, seed] for seed in seeds]) for s in subjects),
                   key=lambda r: (r.test_bpc is None, r.test_bpc or 0.0))
+    pairs = tuple(paired_difference(s.label, b.label, [results[s.label, seed] for seed in seeds],
+                                    [results[b.label, seed] for seed in seeds])
+                  for s in subjects if s.role == "trial" for b in subjects if b.role == "baseline")
     out = Path(cfg["out_dir"]) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    comparison = Comparison(study.study_name, budget, seeds, tuple(rows), ())
+    comparison = Comparison(study.study_name, budget, seeds, tuple(rows), (), pairs)
     (out / "comparison.md").write_text(comparison.markdown())
     (out / "comparison.csv").write_text(comparison.csv())
     plots = (_plot_curves(out / "learning_curves.png", subjects, seeds, results),
              _plot_test_vs_params(out / "test_bpc_vs_params.png", rows),
              _plot_best_so_far(out / "best_so_far.png", study, cfg["baselines"], budget))
     files = tuple(str(p) for p in (out / "comparison.md", out / "comparison.csv", *plots))
-    return Comparison(study.study_name, budget, seeds, tuple(rows), files)
+    return Comparison(study.study_name, budget, seeds, tuple(rows), files, pairs)
 
 
-def top_cells(study: optuna.Study, k: int, exclude: set[str] = frozenset()) -> list[_Subject]:
-    """The k best distinct cells of the study (COMPLETE, not duplicates), best first, leaving out the
-    hashes in `exclude` (the baselines: a search seeded with them finds them again, and they are in
-    the comparison anyway)."""
-    from nas.search.results import scored_trials
+def paired_difference(cell: str, baseline: str, mine: list[dict[str, Any]],
+                      theirs: list[dict[str, Any]]) -> PairedDifference:
+    """Mean and 95% Student-t interval of test_bpc(cell) - test_bpc(baseline) over the seeds where
+    both have a score (results given in the same seed order)."""
+    diffs = [a["test_bpc"] - b["test_bpc"] for a, b in zip(mine, theirs)
+             if a.get("test_bpc") is not None and b.get("test_bpc") is not None]
+    if not diffs:
+        return PairedDifference(cell, baseline, 0, None, None, None)
+    mean = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return PairedDifference(cell, baseline, 1, mean, None, None)
+    from scipy.stats import t as student_t
 
-    seen, out = set(exclude), []
-    for t in scored_trials(study):
+    half = float(student_t.ppf(0.975, len(diffs) - 1)) * statistics.stdev(diffs) / len(diffs) ** 0.5
+    return PairedDifference(cell, baseline, len(diffs), mean, mean - half, mean + half)
+
+
+def top_cells(study: optuna.Study, k: int) -> list[_Subject]:
+    """The k best distinct *new* cells of the study (COMPLETE, not duplicates, not reference cells),
+    best first."""
+    from nas.search.results import label, new_cells, scored_trials
+
+    seen, out = set(), []
+    for t in new_cells(scored_trials(study)):
         if len(out) >= k:
             break
         if t.user_attrs.get("cell_hash") not in seen:
             seen.add(t.user_attrs.get("cell_hash"))
-            out.append(_Subject(f"trial {t.number}", "trial", t.user_attrs["cell_json"], t.number))
+            out.append(_Subject(label(t), "trial", t.user_attrs["cell_json"], t.number))
     return out
 
 

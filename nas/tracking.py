@@ -79,15 +79,20 @@ def default_store() -> tuple[str, str]:
 
 
 def server_command(uri: str, port: int, host: str = "127.0.0.1", artifacts: str | None = None) -> list[str]:
-    """`mlflow server` with light settings: one worker (the default starts ~15 processes, 3 GB)."""
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
-           "--port", str(port), "--workers", "1"]
+    """`mlflow server` with light settings: one worker (the default starts ~15 processes, 3 GB). The
+    store URI is not on the command line (other local users can read a process's arguments; it may
+    hold a database password): server_env(uri) passes it as MLFLOW_BACKEND_STORE_URI."""
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port), "--workers", "1"]
     return cmd + (["--artifacts-destination", artifacts] if artifacts else [])
 
 
-def server_env() -> dict[str, str]:
-    """The environment for `mlflow server`: no job-execution workers (2 processes, ~0.5 GB), quiet."""
-    return {**os.environ, **QUIET_ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+def server_env(uri: str | None = None) -> dict[str, str]:
+    """The environment for `mlflow server`: no job-execution workers (2 processes, ~0.5 GB), quiet, and
+    the backend store `uri` if given."""
+    env = {**os.environ, **QUIET_ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    if uri is not None:
+        env["MLFLOW_BACKEND_STORE_URI"] = uri
+    return env
 
 
 @functools.cache
@@ -171,6 +176,14 @@ class _Connection:
 
 
 _connections: dict[str, _Connection] = {}
+_warned: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        log.warning(msg)
+        warnings.warn(msg, TrackingWarning, stacklevel=3)
 
 
 def _connection(uri: str, retries: int, timeout: float) -> _Connection:
@@ -245,13 +258,20 @@ class Tracker:
         config, and log the finished trials that are missing (an earlier outage, a dead process)."""
         self._conn.reset()
         if self.uri.startswith("sqlite:///"):
-            Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            db = Path(self.uri[len("sqlite:///"):])
+            if PARENT_ATTR in study.user_attrs and not db.exists():
+                _warn_once(f"nas: the MLflow store {db} is gone (deleted?) although study "
+                           f"{study.study_name!r} logged runs to it: logging them all again")
+            db.parent.mkdir(parents=True, exist_ok=True)
         exp = self._experiment_id(study.study_name)
         parent = self._parent_id(study)
         params = _flatten(_search_params(cfg))
         if parent is None:
+            from nas.provenance import versions
+
             run = self._do("create_run", exp, run_name=study.study_name,
-                           tags={"role": "search", "study": study.study_name})
+                           tags={"role": "search", "study": study.study_name,
+                                 **{f"version.{k}": v for k, v in versions().items()}})
             parent = run.info.run_id
             study.set_user_attr(PARENT_ATTR, parent)
             self._parents[study.study_name] = parent
@@ -306,9 +326,14 @@ class Tracker:
                 metrics.append((f"test_bpc/{key}", row.test_bpc, 0))
                 metrics.append((f"test_bpc_std/{key}", row.test_std or 0.0, 0))
         best = comparison.best()
-        tags = {"mlflow.note.content": comparison.markdown()}
+        verdicts = comparison.verdicts()
+        tags = {"mlflow.note.content": comparison.markdown(), "verdict": " ".join(verdicts)}
+        for p in comparison.pairs:
+            tags[f"paired/{_safe_name(p.cell, keep=' /')}/{p.baseline}"] = f"{p.verdict}: {p.text()}"
         if best is not None:
             tags.update(best_cell=best.label, best_cell_hash=best.cell_hash)
+        else:
+            tags.update(best_cell="none: no new cell was retrained")
         self._batch(parent, metrics=metrics, tags=tags)
         for path in comparison.files:
             self._do("log_artifact", parent, str(path), "report")
@@ -338,6 +363,14 @@ class Tracker:
         self._do("set_terminated", parent, "FINISHED")
 
     # -- helpers -------------------------------------------------------------------------------------
+
+    def _check_store(self) -> None:
+        """A local SQLite store deleted while a search runs: MLflow keeps writing to the unlinked file, so
+        those runs are lost from view. Say so once; a rerun of the search logs them again."""
+        if self.uri.startswith("sqlite:///") and not Path(self.uri[len("sqlite:///"):]).exists():
+            _warn_once(f"nas: the MLflow store {self.uri[len('sqlite:///'):]} was deleted during the search; "
+                       "runs logged from now on are lost with it: rerun the same command afterwards to log "
+                       "every run again")
 
     def _do(self, method: str, *args, **kwargs):
         return self._conn.call(method, *args, **kwargs)
@@ -413,6 +446,7 @@ class Tracker:
                 self.log_trial(study, t, cfg)
 
     def _write(self, exp: str, rec: _RunRecord, parent: str | None) -> None:
+        self._check_store()
         tags = dict(rec.tags)
         if parent is not None:
             tags["mlflow.parentRunId"] = parent

@@ -24,7 +24,9 @@ _STATUS = {"complete": "FINISHED", "duplicate": "FINISHED", "pruned": "KILLED"} 
 
 
 def _redact(uri: str) -> str:
-    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", uri)
+    from nas.urls import redact
+
+    return redact(uri)
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,8 @@ def _trial_record(study_name: str, trial, cfg: dict[str, Any]) -> _RunRecord:
     state = STATES.get(fine, "failed")
     tags = {"role": "trial", "study": study_name, "trial": str(trial.number), "state": state,
             "nas_state": fine, "optuna_state": trial.state.name}
-    for key in ("reason", "cell_hash", "budget", "duplicate_of", "retry_of", "run_dir"):
+    for key in ("reason", "cell_hash", "budget", "duplicate_of", "retry_of", "run_dir", "reference",
+                "cell_label", "code_version"):
         if ua.get(key) is not None:
             tags[key] = str(ua[key])
     if ua.get("reason"):
@@ -62,7 +65,7 @@ def _trial_record(study_name: str, trial, cfg: dict[str, Any]) -> _RunRecord:
     start = trial.datetime_start or trial.datetime_complete
     end = trial.datetime_complete or start
     return _RunRecord(
-        name=f"trial {trial.number:04d}", tags=tags, params=_cell_params(ua, cfg),
+        name=ua.get("cell_label") or f"trial {trial.number}", tags=tags, params=_cell_params(ua, cfg),
         status=_STATUS.get(state, "FAILED"),
         metrics=_metrics(ua, curve, ua.get("train_curve") or ()),
         start_ms=int(start.timestamp() * 1000) if start else _now_ms(),
@@ -73,8 +76,10 @@ def _trial_record(study_name: str, trial, cfg: dict[str, Any]) -> _RunRecord:
 def _result_record(name: str, result: dict[str, Any], cfg: dict[str, Any],
                    tags: dict[str, str]) -> _RunRecord:
     state = "diverged" if result.get("diverged") else "complete"
+    from nas.provenance import short
+
     tags = {**tags, "state": state, "nas_state": state, "cell_hash": result["cell_hash"],
-            "budget": result["budget"], "seed": str(result["seed"])}
+            "budget": result["budget"], "seed": str(result["seed"]), "code_version": short()}
     if result.get("diverged"):
         tags["reason"] = result["diverged"]
     if result.get("run_dir"):

@@ -2,18 +2,32 @@
 
 Training is truncated backpropagation through time over B parallel streams of the training split
 (nas.data.batchify), the state carried from chunk to chunk and detached between them, with global
-gradient-norm clipping, Adam (or SGD) and an optional lr schedule. The budget (steps, tokens,
-seconds) is charged in one place, `_Budget`. Every cell of a search gets the same data order, seed
-and budget.
+gradient-norm clipping, Adam (or SGD) and an lr schedule (cosine to 0.1 x lr by default). The budget
+(steps, tokens, seconds) is charged in one place, `_Budget`. Every cell of a search gets the same
+data order, seed and budget; the seed picks the initialisation and (with `seed_data_order`) the
+circular offset at which the training streams start (`data_offset`).
 
-Scores: bits per character = mean cross-entropy in nats / ln 2, over every character of a split
-(`split_bpc`). A run whose loss, gradient norm or validation score is NaN/inf is *diverged*: it
-stops and its result carries the step and the reason, never a number.
+Scores: bits per character = mean cross-entropy in nats / ln 2, by one protocol for intermediate
+evaluations (pruning), search scores and final scores (nas.lm.split_bpc): consecutive segments of
+`state_span` characters, each from a zero state, every character scored once; the evaluation
+batch size does not change the number. Intermediate evaluations score `eval_chars` worth of
+segments spread evenly over the validation split; final ones the whole split (or
+`final_eval_chars` worth).
+
+Divergence: a run whose loss or gradient norm is NaN/inf, whose training loss exceeds `max_bpc`, or
+whose validation/test score is non-finite, above the uniform bound log2(vocabulary size), or more than
+`max_val_gap` bits above the training loss of the moment, is *diverged*: it stops and its result
+carries the step and the reason, never a number. `screen` catches most cells that would diverge at
+once, in a few plain-torch steps on a small batch, before any kernel is built.
+
+Progress: with `progress` a tqdm bar; whatever it is, logger "nas.train" gets an INFO line at least
+every LOG_EVERY seconds of a long training or evaluation.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -28,9 +42,16 @@ from torch import nn
 from nas.cell import CellSpec
 from nas.config import TrainConfig
 from nas.data import Corpus, batchify, iterate_chunks
-from nas.lm import CharLM, match_hidden_size, sample
+from nas.lm import LN2, CharLM, eval_segments, match_hidden_size, sample, split_bpc
 
-LN2 = math.log(2.0)
+__all__ = ["Callback", "Diverged", "EvalResult", "build_model", "check_config", "data_offset",
+           "evaluate", "resolve_device", "save_run", "screen", "split_bpc"]
+
+log = logging.getLogger("nas.train")
+LOG_EVERY = 30.0  # seconds between progress lines of a long training or evaluation
+SCREEN_BATCH = 4  # streams of a screening step
+SCREEN_STEPS = 5  # optimizer steps of a screening (random cells diverged at steps 0-4)
+SCREEN_SEQ = 32   # longest chunk of a screening step (its cost is per time step)
 
 # callback(step, val_bpc): called after every intermediate evaluation. It may raise to stop the run
 # (a search raises optuna.TrialPruned); the exception reaches evaluate's caller unchanged.
@@ -56,6 +77,7 @@ class EvalResult:
     curve: tuple[tuple[int, float], ...] = field(default=())      # (step, intermediate val bpc)
     train_curve: tuple[tuple[int, float], ...] = field(default=())  # (step, train bpc)
     unknown_chars: tuple[tuple[str, int], ...] = field(default=())
+    protocol: str = ""            # how val_bpc/test_bpc were scored (segments, characters, format)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,13 +87,27 @@ class Diverged(Exception):
     """Raised inside the training loop; caught by evaluate and turned into a result."""
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """Reject settings that cannot work, naming the field, before any work starts
+    (TrainConfig.check, which is torch-free: CLIs can call it before importing this module)."""
+    TrainConfig.check(cfg)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
+        raise ValueError(f"trainer.device: {name!r} requested but CUDA is not available")
     return dev
+
+
+def data_offset(cfg: TrainConfig, seed: int, n_chars: int) -> int:
+    """Where the training streams start: a circular offset into the training split drawn from
+    `seed` alone (0 without cfg.seed_data_order), so one seed gives every cell one data order."""
+    if not cfg.seed_data_order:
+        return 0
+    return int(np.random.default_rng([seed, 0x0DA7A]).integers(n_chars))
 
 
 class _Budget:
@@ -90,6 +126,37 @@ class _Budget:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+
+def _reset_masks(batch: int, span: int, device: torch.device) -> list[torch.Tensor | None]:
+    """For chunk k of a pass, masks[k % span]: (1, B, 1), 0 for the streams whose state restarts
+    from zero at chunk k (None: none does). Stream b restarts at chunks k = -b * span // B (mod
+    span), so that no state is carried more than `span` chunks (about as far as scoring carries
+    one) and the cold starts come a few streams at a time all through training, rather than all
+    streams at once every `span` chunks."""
+    phase = [(-b * span // batch) % span for b in range(batch)]
+    masks: list[torch.Tensor | None] = []
+    for k in range(span):
+        hit = [b for b in range(batch) if phase[b] == k]
+        mask = None
+        if hit:
+            mask = torch.ones(1, batch, 1, device=device)
+            mask[0, hit] = 0.0
+        masks.append(mask)
+    return masks
+
+
+class _Heartbeat:
+    """An INFO line on logger nas.train when LOG_EVERY seconds have passed since the last one."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+
+    def __call__(self, message: Callable[[], str]) -> None:
+        now = time.perf_counter()
+        if now - self.last >= LOG_EVERY:
+            self.last = now
+            log.info(message())
 
 
 def _lr_factor(cfg: TrainConfig, step: int) -> float:
@@ -114,62 +181,54 @@ def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     raise ValueError(f"trainer.optimizer must be 'adam' or 'sgd', got {cfg.optimizer!r}")
 
 
-def check_config(cfg: TrainConfig) -> None:
-    """Reject settings that cannot work, with the field name, before any work starts."""
-    positive = ["steps", "batch_size", "seq_len", "hidden_size", "num_layers", "eval_every",
-                "eval_batch_size"]
-    for name in positive:
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"trainer.{name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.lr <= 0 or not math.isfinite(cfg.lr):
-        raise ValueError(f"trainer.lr must be a positive number, got {cfg.lr}")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ValueError(f"trainer.dropout must be in [0, 1), got {cfg.dropout}")
-    if cfg.lr_schedule not in ("constant", "cosine", "linear"):
-        raise ValueError(f"trainer.lr_schedule must be constant, cosine or linear, got {cfg.lr_schedule!r}")
-    if cfg.optimizer not in ("adam", "sgd"):
-        raise ValueError(f"trainer.optimizer must be 'adam' or 'sgd', got {cfg.optimizer!r}")
-
-
-def build_model(spec: CellSpec, cfg: TrainConfig, vocab_size: int, seed: int) -> CharLM:
+def build_model(spec: CellSpec, cfg: TrainConfig, vocab_size: int, seed: int,
+                fused: bool = True) -> CharLM:
     hidden = cfg.hidden_size
     if cfg.param_budget is not None:
         hidden = match_hidden_size(spec, vocab_size, cfg.param_budget, cfg.num_layers, cfg.tie_weights)
     torch.manual_seed(seed)
     return CharLM(spec, vocab_size, hidden, cfg.num_layers, cfg.embedding_size, cfg.dropout,
-                  cfg.tie_weights)
+                  cfg.tie_weights, fused=fused)
 
 
-@torch.no_grad()
-def split_bpc(model: CharLM, ids, batch_size: int, seq_len: int, device: torch.device,
-              max_chars: int | None = None, autocast: bool = False) -> float:
-    """Bits per character over every character of `ids` (or its first `max_chars`).
+def screen(spec: CellSpec, cfg: TrainConfig, corpus: Corpus, seed: int = 0) -> str | None:
+    """None if `spec` passes, else why it would diverge at once ("screen: ...").
 
-    The split is cut into `batch_size` contiguous streams; the < batch_size characters that do not
-    fill a stream are scored too, as one more stream that continues the last one's state."""
-    if max_chars is not None:
-        ids = ids[:max_chars]
-    was_training = model.training
-    model.eval()
-    batch_size = max(1, min(batch_size, (len(ids) - 1) // 2))
-    streams = batchify(ids, batch_size, 1, name="evaluation split")
-    total, count, state = 0.0, 0, None
-    with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
-        for inp, tgt in iterate_chunks(streams.to(device), seq_len):
-            logits, state = model(inp, state)
-            total += nn.functional.cross_entropy(logits.float().flatten(0, 1), tgt.flatten(),
-                                                 reduction="sum").item()
-            count += tgt.numel()
-        n = streams.shape[1]
-        tail = torch.from_numpy(np.asarray(ids[batch_size * n - 1:], dtype=np.int64)).to(device)
-        if len(tail) > 1 and state is not None:
-            last = tuple(s[:, -1:].contiguous() for s in state)
-            logits, _ = model(tail[:-1].view(-1, 1), last)
-            total += nn.functional.cross_entropy(logits.float().flatten(0, 1), tail[1:],
-                                                 reduction="sum").item()
-            count += len(tail) - 1
-    model.train(was_training)
-    return total / count / LN2
+    SCREEN_STEPS optimizer steps of the trial's own model (its hidden size, initialisation, lr,
+    clipping and data order) on SCREEN_BATCH streams in chunks of at most SCREEN_SEQ characters,
+    the state carried, by the plain torch step code on the CPU: no kernel is generated or
+    compiled. A non-finite state, loss or gradient norm, or a training loss above cfg.max_bpc,
+    fails the cell: the divergences evaluate would report in its first steps. Cost: 0.7-2% of a
+    150-step conf/trainer/search.yaml trial on one CPU thread (plus ~2 s once per process)."""
+    check_config(cfg)
+    model = build_model(spec, cfg, corpus.vocab_size, seed, fused=False)
+    opt = _optimizer(cfg, model)
+    seq_len = min(cfg.seq_len, SCREEN_SEQ)
+    streams = batchify(corpus.train, SCREEN_BATCH, seq_len, name=f"corpus {corpus.name!r}, train split",
+                       offset=data_offset(cfg, seed, len(corpus.train)))
+    state = None
+    for step, (inp, tgt) in enumerate(iterate_chunks(streams, seq_len)):
+        if step == SCREEN_STEPS:
+            break
+        when = "at init" if step == 0 else f"after {step} steps"
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * _lr_factor(cfg, step)
+        logits, state = model(inp, state)
+        peak = max(float(s.detach().abs().max()) for s in state)
+        if not math.isfinite(peak):
+            return f"screen: the state is {peak} {when} (activations explode)"
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), tgt.flatten())
+        value = loss.item() / LN2
+        if not math.isfinite(value) or value > cfg.max_bpc:
+            return f"screen: training loss is {value:.4g} bits/char {when}"
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm))
+        if not math.isfinite(norm):
+            return f"screen: gradient norm is {norm} {when}"
+        opt.step()
+        state = tuple(s.detach() for s in state)
+    return None
 
 
 def evaluate(spec: CellSpec, cfg: TrainConfig, seed: int = 0, corpus: Corpus | None = None,
@@ -193,7 +252,8 @@ def evaluate(spec: CellSpec, cfg: TrainConfig, seed: int = 0, corpus: Corpus | N
         torch.backends.cudnn.allow_tf32 = cfg.tf32
     model = build_model(spec, cfg, corpus.vocab_size, seed).to(device)
     streams = batchify(corpus.train, cfg.batch_size, cfg.seq_len,
-                       name=f"corpus {corpus.name!r}, train split").to(device)
+                       name=f"corpus {corpus.name!r}, train split",
+                       offset=data_offset(cfg, seed, len(corpus.train))).to(device)
     run = _Run(spec, cfg, seed, model, device, corpus, callback)
     run.train(streams, desc)
     # seconds: the whole evaluation (model, training, every validation and test pass), the cost a
@@ -217,53 +277,79 @@ class _Run:
         self.step_seconds = 0.0  # optimizer steps only (no evaluation): the throughput's divisor
         self.final_val: float | None = None
         self.test: float | None = None
+        self.window: list[float] = []  # training losses (bits) since the last evaluation
+        self.autocast = cfg.bf16 and device.type == "cuda"
+        self.heartbeat = _Heartbeat()
+        self.label = _desc_of(spec)  # names the run in progress lines
 
-    def val_bpc(self, max_chars: int | None) -> float:
-        bpc = split_bpc(self.model, self.corpus.val, self.cfg.eval_batch_size, self.cfg.seq_len,
-                        self.device, max_chars, self.cfg.bf16 and self.device.type == "cuda")
+    def score(self, split: str, max_chars: int | None) -> float:
+        """bpc of the model on `split` by the one protocol; Diverged if it is no score."""
+        cfg, ids = self.cfg, self.corpus.split(split)
+        label = f"{self.label} step {self.step}: evaluating {split}"
+
+        def progress(done: int, total: int) -> None:
+            self.heartbeat(lambda: f"{label}: {_chars(done)} / {_chars(total)} chars")
+
+        bpc = split_bpc(self.model, ids, cfg.state_span, cfg.eval_batch_size, self.device,
+                        max_chars, self.autocast, progress, cfg.eval_burn_in)
+        uniform = math.log2(self.corpus.vocab_size)
+        train = self.train_curve[-1][1] if self.train_curve else None
         if not math.isfinite(bpc):
-            raise Diverged(f"step {self.step}: validation bpc is {bpc}")
+            raise Diverged(f"step {self.step}: {split} bpc is {bpc}")
+        if bpc > uniform:
+            raise Diverged(f"step {self.step}: {split} bpc {bpc:.4g} is above the uniform bound "
+                           f"log2({self.corpus.vocab_size}) = {uniform:.4g}")
+        if train is not None and bpc > train + cfg.max_val_gap:
+            raise Diverged(f"step {self.step}: {split} bpc {bpc:.4g} is more than trainer.max_val_gap="
+                           f"{cfg.max_val_gap} above the train bpc {train:.4g}")
         return bpc
 
     def train(self, streams: torch.Tensor, desc: str | None) -> None:
         cfg = self.cfg
         opt = _optimizer(cfg, self.model)
-        bar = _progress(cfg, desc or self.spec.name or "cell")
-        autocast = cfg.bf16 and self.device.type == "cuda"
-        state, window = None, []
+        self.label = desc or self.label
+        bar = _progress(cfg, self.label)
         try:
             while not self.budget.exhausted(self.step):
-                for inp, tgt in iterate_chunks(streams, cfg.seq_len):
-                    if self.budget.exhausted(self.step):
-                        break
-                    t0 = time.perf_counter()
-                    state, loss = self._step(opt, inp, tgt, state, autocast)
-                    self.step_seconds += time.perf_counter() - t0
-                    window.append(loss / LN2)
-                    self.step += 1
-                    if self.step % cfg.eval_every == 0 or self.budget.exhausted(self.step):
-                        self._report(window, bar)
-                        window = []
-                state = None  # a new pass over the data starts from a zero state
-            self.final_val = self.val_bpc(None)
+                self._pass(opt, streams, bar)
+            self.final_val = self.score("val", cfg.final_eval_chars)
             if cfg.test:
-                self.test = split_bpc(self.model, self.corpus.test, cfg.eval_batch_size, cfg.seq_len,
-                                      self.device, None, autocast)
-                if not math.isfinite(self.test):
-                    raise Diverged(f"step {self.step}: test bpc is {self.test}")
+                self.test = self.score("test", cfg.final_eval_chars)
         except Diverged as e:
             self.diverged = str(e)
         finally:
             if bar is not None:
                 bar.close()
 
-    def _step(self, opt, inp, tgt, state, autocast):
+    def _pass(self, opt, streams: torch.Tensor, bar) -> None:
+        """One pass over the training streams (or what the budget leaves of it)."""
+        cfg = self.cfg
+        resets = _reset_masks(streams.shape[0], max(1, cfg.state_span // cfg.seq_len), streams.device)
+        state = None
+        for k, (inp, tgt) in enumerate(iterate_chunks(streams, cfg.seq_len)):
+            if self.budget.exhausted(self.step):
+                break
+            keep = resets[k % len(resets)]
+            if state is not None and keep is not None:
+                state = tuple(s.detach() * keep for s in state)
+            t0 = time.perf_counter()
+            state, loss = self._step(opt, inp, tgt, state)
+            self.step_seconds += time.perf_counter() - t0
+            self.window.append(loss / LN2)
+            self.step += 1
+            self.heartbeat(lambda w=self.window: f"{self.label}: step {self.step}/{cfg.steps}, "
+                                                 f"train bpc {sum(w) / len(w):.3f}")
+            if self.step % cfg.eval_every == 0 or self.budget.exhausted(self.step):
+                self._report(self.window, bar)
+                self.window = []
+
+    def _step(self, opt, inp, tgt, state):
         cfg = self.cfg
         for group in opt.param_groups:
             group["lr"] = cfg.lr * _lr_factor(cfg, self.step)
         if state is not None:
             state = tuple(s.detach() for s in state)  # truncated BPTT: no gradient into the past
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=autocast):
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
             logits, state = self.model(inp, state)
             loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), tgt.flatten())
         value = loss.item()
@@ -284,7 +370,7 @@ class _Run:
     def _report(self, window: list[float], bar) -> None:
         train = sum(window) / max(1, len(window))
         self.train_curve.append((self.step, train))
-        val = self.val_bpc(self.cfg.eval_chars)
+        val = self.score("val", self.cfg.eval_chars)
         self.curve.append((self.step, val))
         if bar is not None:
             bar.update(self.step - bar.n)
@@ -292,6 +378,15 @@ class _Run:
             bar.set_postfix(train_bpc=f"{train:.3f}", val_bpc=f"{val:.3f}", chars_s=f"{rate:,.0f}")
         if self.callback is not None:
             self.callback(self.step, val)
+
+    def protocol(self) -> str:
+        cfg, corpus = self.cfg, self.corpus
+        scored = {s: sum(n for _, n in eval_segments(len(corpus.split(s)), cfg.state_span,
+                                                     cfg.final_eval_chars)) for s in ("val", "test")}
+        return (f"bits per symbol ({corpus.format}), segments of {cfg.state_span} from a zero state "
+                f"after a burn-in of {cfg.eval_burn_in}; "
+                f"val {scored['val']:,} of {len(corpus.val) - 1:,} chars, "
+                f"test {scored['test']:,} of {len(corpus.test) - 1:,}")
 
     def result(self, seconds: float) -> EvalResult:
         tokens = self.budget.tokens
@@ -303,7 +398,16 @@ class _Run:
             val_bpc=None if self.diverged else self.final_val,
             test_bpc=None if self.diverged else self.test, diverged=self.diverged,
             device=str(self.device), seed=self.seed, curve=tuple(self.curve),
-            train_curve=tuple(self.train_curve), unknown_chars=tuple(sorted(self.corpus.unknown.items())))
+            train_curve=tuple(self.train_curve), unknown_chars=tuple(sorted(self.corpus.unknown.items())),
+            protocol=self.protocol())
+
+
+def _desc_of(spec: CellSpec) -> str:
+    return spec.name or spec.canonical_hash()[:12]
+
+
+def _chars(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 10**6 else f"{n / 1e3:.0f}k" if n >= 10**3 else str(n)
 
 
 def _progress(cfg: TrainConfig, desc: str):
@@ -323,7 +427,7 @@ def save_run(out: Path, spec: CellSpec, model: CharLM, result: EvalResult, corpu
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / "weights.pt")
     data = result.to_dict()
     data.update(corpus=corpus.name, corpus_hash=corpus.source_hash, vocab_size=corpus.vocab_size,
-                config=asdict(cfg))
+                corpus_format=corpus.format, config=asdict(cfg))
     if result.diverged is None and cfg.sample_chars > 0:
         text = sample(model, corpus.encode, corpus.decode, cfg.sample_chars, cfg.temperature, seed=seed)
         (out / "sample.txt").write_text(text)

@@ -7,7 +7,14 @@ is the root), combine their two children by add or mul and apply their activatio
 injection: the output o of internal node `inject.node` is replaced by act_inject(combine_inject(o,
 c_{t-1})) before its parent reads it; c_t is the output (after any injection) of internal node
 `new_c.node`; h_t is the root's output. An `identity` activation adds no node. No biases and no
-projection, as in TensorFlow's NASCell. Every such cell is valid.
+projection, as in TensorFlow's NASCell.
+
+Repair: a leaf W x * U h is zero while h is, and h starts at zero; when every path to the root
+multiplies by such a zero (or by the injection c * o while c stays zero), h stays zero forever and
+CellSpec refuses the cell (17% of uniformly random samples, 1000 RandomSampler trials). Such a cell
+is repaired: the leaves' `mul` combines, in leaf order, then the injection's, are read as `add`
+until the cell is valid (all `add` always is). So every sample is valid, and a given set of
+params always gives the same cell; NASCell (leaf 3 a product) needs no repair.
 
 With N = 8 this reproduces NASCell (nas.cell.known.nas_cell): its l2_0 is internal node 0, injected
 with add and tanh after its own tanh; its l3_0 is node 4 (mul, identity), which becomes c_t; the root
@@ -33,7 +40,7 @@ from typing import Any
 
 from optuna.trial import BaseTrial
 
-from nas.cell import CellSpec
+from nas.cell import CellError, CellSpec
 
 NAME = "tree"
 COMBINES = ("add", "mul")
@@ -57,8 +64,25 @@ def sample(trial: BaseTrial, *, base: int = 8) -> CellSpec:
                 out = _apply(trial, "inject", f"inj{i}", out, "c", nodes)
             outs.append(out)
         level = outs[-len(level) // 2:]
-    return CellSpec.from_dict({"name": NAME, "state": ["h", "c"], "nodes": nodes,
-                               "outputs": {"h": outs[-1], "c": outs[new_c]}})
+    return _repaired(nodes, {"h": outs[-1], "c": outs[new_c]}, base, inject)
+
+
+def _repaired(nodes: dict[str, dict[str, Any]], outputs: dict[str, str], base: int, inject: int) -> CellSpec:
+    """The cell, valid: while h would stay zero (see the module docstring), the next `mul` among
+    the leaves (in order), then the injection's, is read as `add`. With all of them `add` every
+    leaf is act(W x + U h) and the injection c + o, never zero, so the last build cannot fail."""
+    repairs = [k for k in range(base) if f"m{k}" in nodes]
+    if nodes[f"inj{inject}_pre"]["op"] == "mul":
+        repairs.append(None)
+    for k in repairs:
+        try:
+            return CellSpec.from_dict({"name": NAME, "state": ["h", "c"], "nodes": nodes, "outputs": outputs})
+        except CellError:
+            if k is None:  # the injection (its own dict: _apply made it for this call)
+                nodes[f"inj{inject}_pre"] = {**nodes[f"inj{inject}_pre"], "op": "add"}
+            else:  # W_k x * U_k h -> W_k x + U_k h, one linear node as in _leaf (p_k, q_k now dead)
+                nodes[f"m{k}"] = {"op": "linear", "in": ["x", "h"], "bias": False}
+    return CellSpec.from_dict({"name": NAME, "state": ["h", "c"], "nodes": nodes, "outputs": outputs})
 
 
 def _leaf(trial: BaseTrial, k: int, nodes: dict[str, dict[str, Any]]) -> str:

@@ -1,7 +1,7 @@
 """Random valid cells and random relabellings of them, shared by the hash and compiler tests.
 
 A random cell is a random DAG of linear / elementwise nodes over x and 1-3 state vectors, redrawn
-until `CellSpec` accepts it (h' must depend on x and on the state). A relabelling renames nodes
+until h' reads x and the state, and repaired where CellSpec still refuses it (see `_valid`). A relabelling renames nodes
 and state vectors, shuffles the node list and the operands of commutative ops: it describes the
 same computation, so it must keep the canonical hash.
 """
@@ -46,10 +46,33 @@ def random_cell(rng: random.Random, max_nodes: int = 12, raw_x: bool = True) -> 
         if not made:
             continue
         outputs = (made[-1],) + tuple(rng.choice(made + list(state)) for _ in state[1:])
-        try:
-            return CellSpec(state, tuple(nodes), outputs)
-        except CellError:
+        if not _reads_x_and_state(nodes, outputs[0], state):
             continue
+        return _valid(state, nodes, outputs)
+
+
+def _reads_x_and_state(nodes: list[Node], out: str, state: tuple[str, ...]) -> bool:
+    """Whether h' reads x and a state vector, as spelled (the rule before canonical forms)."""
+    by_name = {n.name: n for n in nodes}
+    seen, stack = set(), [out]
+    while stack:
+        cur = stack.pop()
+        if cur not in seen:
+            seen.add(cur)
+            stack.extend(by_name[cur].inputs if cur in by_name else ())
+    return "x" in seen and bool(seen & set(state))
+
+
+def _valid(state: tuple[str, ...], nodes: list[Node], outputs: tuple[str, ...]) -> CellSpec:
+    """The cell, or where only the canonical form breaks a rule (a state operand that stays zero,
+    no weight on h's path) the cell with h' = linear(h', x, h), which is always valid. Repairing
+    instead of redrawing keeps every seed's other cells (and the tests seeded with them) as they
+    were before those rules."""
+    try:
+        return CellSpec(state, tuple(nodes), outputs)
+    except CellError:
+        fix = Node(f"n{len(nodes)}", "linear", tuple(dict.fromkeys((outputs[0], "x", state[0]))))
+        return CellSpec(state, (*nodes, fix), (fix.name,) + outputs[1:])
 
 
 def relabel(spec: CellSpec, rng: random.Random) -> CellSpec:

@@ -13,8 +13,8 @@ from random_cells import outputs_and_grads as _step
 from random_cells import random_cells
 from random_cells import random_inputs as _inputs
 
-from nas.cell import CellRNN, known_cell
-from nas.cell.cudagraphs import GraphCache, capture_emulated
+from nas.cell import CellRNN, cudagraphs, known_cell
+from nas.cell.cudagraphs import GraphCache, capture_emulated, side_stream
 
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))
 MODES = pytest.mark.parametrize("mode", [CUDA, "emulated"])
@@ -147,3 +147,47 @@ def test_second_backward_of_one_call_is_an_error(mode):
     out.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="one backward per forward"):
         out.sum().backward()
+
+
+@MODES
+def test_runners_share_one_side_stream_per_device(mode):
+    """Every runner of the process warms up and captures on one stream per device (a stream per
+    runner would keep a cuBLAS workspace and cached memory blocks per runner)."""
+    runners = []
+    for name in ("lstm", "gru"):
+        graphed, _ = _pair(known_cell(name), mode)
+        x, state, dout = _inputs(graphed, 5, 2)
+        for _ in range(2):
+            _step(graphed, x, state, dout)  # captured at (5, 2), with its backward
+        with torch.no_grad():
+            graphed(x[:3], state), graphed(x[:3], state)  # and at (3, 2), forward only
+        runners += [r for layer in graphed.layers for r in layer._graphs.runners.values()]
+    assert len(runners) == 4 and all(r is not None for r in runners)
+    stream = runners[0].stream
+    assert all(r.stream is stream for r in runners)
+    want = torch.device("cuda", torch.cuda.current_device()) if mode == "cuda" else torch.device("cpu")
+    assert stream.device == want
+    assert isinstance(stream, torch.cuda.Stream if mode == "cuda" else cudagraphs.EmulatedStream)
+
+
+def test_side_stream_is_one_per_device(monkeypatch):
+    made = []
+
+    class FakeStream:
+        def __init__(self, device):
+            made.append(device)
+            self.device = device
+
+    monkeypatch.setattr(cudagraphs, "_side_streams", {})
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    first, again = side_stream("cuda:0"), side_stream(torch.device("cuda", 0))
+    second, current = side_stream("cuda:1"), side_stream("cuda")  # "cuda": the current device, 1
+    assert first is again and second is current and first is not second
+    assert made == [torch.device("cuda", 0), torch.device("cuda", 1)]
+    emulated = side_stream("cuda:0", emulated=True)  # stand-ins never mix with real streams
+    assert isinstance(emulated, cudagraphs.EmulatedStream)
+    assert emulated is side_stream("cuda:0", emulated=True)
+    assert len(made) == 2
+    with pytest.raises(ValueError, match="expected a CUDA device for a real capture, got cpu"):
+        side_stream("cpu")

@@ -106,7 +106,6 @@ def test_file_named_enwik8_is_byte_level(tmp_path):
     [
         ("train.txt", "valid.txt", "test.txt"),
         ("train.txt", "val.txt", "test.txt"),
-        ("ptb.char.train.txt", "ptb.char.valid.txt", "ptb.char.test.txt"),
         ("wiki.train.raw", "wiki.valid.raw", "wiki.test.raw"),
     ],
 )
@@ -128,7 +127,67 @@ def test_ptb_char_files_win_over_word_level_files(tmp_path):
         write(tmp_path / f"ptb.{split}.txt", "word level")
         write(tmp_path / f"ptb.char.{split}.txt", "c h a r")
     corpus = load_corpus(tmp_path, cache_dir=tmp_path / "cache")
-    assert corpus.decode(corpus.train) == "c h a r"
+    assert corpus.decode(corpus.train) == "char\n"
+
+
+# PTB's character files: one sentence a line, characters separated by single spaces, "_" between
+# words (the real files also start each line with a space).
+PTB_TRAIN = " a e r _ b a n k n o t e \n t h e _ c a t \n\n"
+PTB_VALID = " t h e _ b a t \n"
+PTB_TEST = " c a t"  # no final newline: the last line still ends with one end-of-line symbol
+
+
+def write_ptb(folder):
+    folder.mkdir()
+    for split, text in (("train", PTB_TRAIN), ("valid", PTB_VALID), ("test", PTB_TEST)):
+        write(folder / f"ptb.char.{split}.txt", text)
+    return folder
+
+
+def test_ptb_char_layout_is_read_as_spaced_characters(tmp_path):
+    corpus = load_corpus(write_ptb(tmp_path / "ptb"), cache_dir=tmp_path / "cache")
+    assert corpus.format == "spaced"
+    assert corpus.decode(corpus.train) == "aer_banknote\nthe_cat\n\n"
+    assert corpus.decode(corpus.val) == "the_bat\n" and corpus.decode(corpus.test) == "cat\n"
+    assert " " not in corpus.symbols and "\n" in corpus.symbols
+    # the published protocol's symbols: every token of line.split() plus one <eos> per line
+    for split, text in (("train", PTB_TRAIN), ("val", PTB_VALID), ("test", PTB_TEST)):
+        lines = text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
+        assert len(corpus.split(split)) == sum(len(line.split()) + 1 for line in lines)
+
+
+def test_format_is_part_of_the_cache_key(tmp_path):
+    folder = write_ptb(tmp_path / "ptb")
+    spaced = load_corpus(folder, cache_dir=tmp_path / "cache")
+    chars = load_corpus(folder, cache_dir=tmp_path / "cache", format="chars")
+    assert chars.format == "chars" and chars.decode(chars.val) == PTB_VALID
+    assert " " in chars.symbols and len(chars.val) == 2 * len(spaced.val)
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 2
+    again = load_corpus(folder, cache_dir=tmp_path / "cache", format="spaced")
+    assert again.symbols == spaced.symbols
+
+
+def test_spaced_format_for_any_file(tmp_path):
+    source = write(tmp_path / "spaced.txt", "a b\n" * 50)
+    corpus = load_corpus(source, cache_dir=tmp_path / "cache", format="spaced")
+    assert corpus.symbols == ("<unk>", "\n", "a", "b")
+    assert len(corpus.train) + len(corpus.val) + len(corpus.test) == 150
+
+
+def test_spaced_format_refuses_multi_character_tokens(tmp_path):
+    source = write(tmp_path / "words.txt", "a b\nthe cat\n")
+    with pytest.raises(DataError, match=r"words\.txt: line 2: spaced format expects single characters .* 'the'"):
+        load_corpus(source, cache_dir=tmp_path / "cache", format="spaced")
+
+
+def test_unknown_format_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"data\.format: expected one of auto, chars, bytes, spaced, got 'words'"):
+        load_corpus(write(tmp_path / "s.txt", "abc" * 20), cache_dir=tmp_path, format="words")
+
+
+def test_bytes_format_on_any_file(tmp_path):
+    corpus = load_corpus(write(tmp_path / "s.txt", "é" * 50), cache_dir=tmp_path, format="bytes")
+    assert corpus.format == "bytes" and corpus.symbols == ("<unk>", "\xa9", "\xc3")
 
 
 def test_missing_path_raises(tmp_path):
@@ -244,4 +303,5 @@ def test_corpus_is_frozen_and_pickles(tmp_path):
         corpus.name = "other"
     copy = pickle.loads(pickle.dumps(corpus))
     assert copy.symbols == corpus.symbols and dict(copy.unknown) == dict(corpus.unknown)
+    assert copy.format == corpus.format == "chars"
     np.testing.assert_array_equal(copy.train, corpus.train)

@@ -22,7 +22,7 @@ def test_default_main_job_end_to_end(tmp_path):
     # the defaults (graph space, evolution, 2 workers, 5 baselines, report, MLflow, export), but a
     # budget of seconds and a small corpus
     tiny = ["trainer=tiny", "trainer.steps=6", "trainer.eval_every=3", "trainer.eval_chars=500",
-            "trainer.sample_chars=20", "n_trials=4", "report.seeds=2", "report.top_k=2",
+            "trainer.sample_chars=20", "n_trials=10", "report.seeds=2", "report.top_k=2",
             "data.path=small.txt"]
     p = subprocess.run([exe, *tiny], capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -33,7 +33,7 @@ def test_default_main_job_end_to_end(tmp_path):
     assert journal.exists()
     study = optuna.load_study(study_name="graph-evolution", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(journal))))
-    assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
+    assert len(study.trials) == 10 and all(t.state.is_finished() for t in study.trials)
     assert any(t.state == TrialState.COMPLETE for t in study.trials)
     workers = {t.system_attrs["nas:worker"] for t in study.trials}
     assert len(workers) == 2  # the default runs two worker processes
@@ -53,7 +53,7 @@ def test_default_main_job_end_to_end(tmp_path):
     roles = {}
     for r in runs:
         roles.setdefault(r.data.tags.get("role"), []).append(r)
-    assert len(roles["search"]) == 1 and len(roles["trial"]) == 4
+    assert len(roles["search"]) == 1 and len(roles["trial"]) == 10
     assert {r.data.tags["cell"] for r in roles["baseline"]} >= set(BASELINES)
     assert len(roles["final"]) >= 2 * len(BASELINES)
     parent = roles["search"][0].info.run_id
@@ -61,10 +61,21 @@ def test_default_main_job_end_to_end(tmp_path):
     artifacts = {a.path for a in client.list_artifacts(parent, "report")}
     assert {"report/comparison.md", "report/comparison.csv"} <= artifacts
 
-    # the exported best cell, and the printed pointers
+    # reference cells are named wherever they appear; the table and the export hold new cells only
+    references = {t.user_attrs.get("reference") for t in study.trials} - {None}
+    assert references, "evolution starts from the reference cells of the space"
+    for r in roles["trial"]:
+        ref = r.data.tags.get("reference")
+        assert r.info.run_name == f"trial {r.data.tags['trial']}" + (f" = {ref}" if ref else " (new)")
+    final_cells = {line.split(" | ")[0].lstrip("| ") for line in out.splitlines() if "| trial |" in line}
+    assert final_cells and all(c.endswith("(new)") for c in final_cells), final_cells
+    assert re.search(r"^- (lstm|gru|mut\d): (beaten by|no new cell beats it)", out, re.MULTILINE), out[-3000:]
+
+    # the exported best cell (a new one), and the printed pointers
     match = re.search(r"best cell exported to (\S+)", out)
     assert match, out[-2000:]
     folder = tmp_path / match.group(1)
+    assert "reference cell: none (a new cell)" in (folder / "README.md").read_text()
     for name in ("cell.json", "README.md", "cell.png"):
         assert (folder / name).exists(), name
     assert list(folder.glob("*.py")) and (folder / "weights.pt").exists()

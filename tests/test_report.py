@@ -35,29 +35,43 @@ def config(tmp_path: Path, *overrides: str) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def cell_trial(name: str, value: float, **attrs) -> optuna.trial.FrozenTrial:
-    spec = known_cell(name)
+def new_cells(count: int):
+    """Random cells that are none of the reference cells."""
+    from random_cells import random_cells
+
+    from nas.cell import identify
+
+    return [c for c in random_cells(7, 30) if identify(c) is None][:count]
+
+
+NEW = new_cells(3)
+
+
+def cell_trial(spec, value: float, **attrs) -> optuna.trial.FrozenTrial:
+    spec = known_cell(spec) if isinstance(spec, str) else spec
     user = {"cell_json": spec.to_json(indent=None), "cell_hash": spec.canonical_hash(),
             "nas_state": "complete", **attrs}
     return create_trial(value=value, user_attrs=user)
 
 
 def synthetic_study() -> optuna.Study:
-    """gru best, a duplicate of it, mut1 second, another gru trial, a failed and a pruned one."""
+    """NEW[1] best, a duplicate of it, NEW[0] second, another NEW[1] trial, a failed and a pruned one,
+    NEW[2], and a reference cell (gru) that scores best of all but is no discovery."""
     study = optuna.create_study(study_name="syn")
-    study.add_trial(cell_trial("mut1", 4.5))
-    study.add_trial(cell_trial("gru", 4.0))
-    study.add_trial(cell_trial("gru", 3.9, duplicate_of=1, nas_state="duplicate"))
-    study.add_trial(cell_trial("gru", 4.2))
+    study.add_trial(cell_trial(NEW[0], 4.5))
+    study.add_trial(cell_trial(NEW[1], 4.0))
+    study.add_trial(cell_trial(NEW[1], 3.9, duplicate_of=1, nas_state="duplicate"))
+    study.add_trial(cell_trial(NEW[1], 4.2))
     study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"nas_state": "invalid", "reason": "x"}))
     study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={3: 3.0}))
-    study.add_trial(cell_trial("mut2", 5.0))
+    study.add_trial(cell_trial(NEW[2], 5.0))
+    study.add_trial(cell_trial("gru", 3.0))
     return study
 
 
-def test_top_cells_are_distinct_complete_and_not_duplicates():
+def test_top_cells_are_distinct_complete_new_and_not_duplicates():
     top = top_cells(synthetic_study(), 3)
-    assert [s.label for s in top] == ["trial 1", "trial 0", "trial 6"]
+    assert [s.label for s in top] == ["trial 1 (new)", "trial 0 (new)", "trial 6 (new)"]
     assert {s.role for s in top} == {"trial"}
     assert top_cells(synthetic_study(), 0) == []
 
@@ -86,8 +100,8 @@ def test_final_comparison_retrains_with_seeds_and_caches_in_the_study(tmp_path, 
             logged.append((label, subject, result["seed"]))
 
     c = final_comparison(study, cfg, Recorder())
-    assert sorted(r.label for r in c.rows) == ["lstm", "trial 0", "trial 1"]
-    subjects = [("trial 1", "trial"), ("trial 0", "trial"), ("lstm", "baseline")]
+    assert sorted(r.label for r in c.rows) == ["lstm", "trial 0 (new)", "trial 1 (new)"]
+    subjects = [("trial 1 (new)", "trial"), ("trial 0 (new)", "trial"), ("lstm", "baseline")]
     assert c.seeds == (0, 1)
     assert sorted(logged) == sorted((label, role, seed) for label, role in subjects for seed in (0, 1))
     for r in c.rows:
@@ -100,6 +114,10 @@ def test_final_comparison_retrains_with_seeds_and_caches_in_the_study(tmp_path, 
         data = Path(f).read_bytes()
         assert data.startswith(b"\x89PNG") if f.endswith(".png") else b"lstm" in data
     assert len([k for k in study.user_attrs if k.startswith("final:")]) == 6
+    assert [(p.cell, p.baseline, p.n) for p in c.pairs] == [("trial 1 (new)", "lstm", 2),
+                                                              ("trial 0 (new)", "lstm", 2)]
+    assert all(p.low <= p.mean <= p.high for p in c.pairs)
+    assert "lstm:" in c.markdown() and "paired by seed" in c.markdown()
     # a rerun (or nas-report) reuses every retrain: nothing is trained again
     monkeypatch.setattr("nas.train.evaluate", lambda *a, **k: pytest.fail("retrained a cached result"))
     again = final_comparison(study, cfg)

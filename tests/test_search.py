@@ -132,7 +132,7 @@ def test_invalid_cells_fail_with_their_reason_and_duplicates_are_reused(tmp_path
     study, _ = join_study("g", None, cfg["out_dir"])
     for t in study.get_trials():
         state = t.user_attrs.get("nas_state")
-        assert state in ("complete", "duplicate", "invalid", "diverged"), (t.number, state)
+        assert state in ("complete", "duplicate", "invalid", "diverged", "screened"), (t.number, state)
         if t.state == TrialState.FAIL:
             assert t.user_attrs["reason"]
         if state == "duplicate":

@@ -79,9 +79,9 @@ def mlflow_server(folder: Path, port: int | None = None):
     folder.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     with open(folder / "server.log", "a") as log:
-        proc = subprocess.Popen(server_command(f"sqlite:///{folder / 'server.db'}", port,
-                                               artifacts=str(folder / "artifacts")),
-                                env=server_env(), stdout=log, stderr=subprocess.STDOUT,
+        store = f"sqlite:///{folder / 'server.db'}"
+        proc = subprocess.Popen(server_command(store, port, artifacts=str(folder / "artifacts")),
+                                env=server_env(store), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc)
@@ -343,3 +343,21 @@ def test_disabled_tracking_touches_nothing(tmp_path, monkeypatch):
 def test_cli_modules_import_without_mlflow():
     code = "import sys, nas.cli.dashboard, nas.cli.report, nas.tracking; assert 'mlflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_deleted_store_is_said_and_every_run_logged_again(tmp_path):
+    """Through the CLI (each run a fresh process: MLflow caches a SQLite engine per URI in a process)."""
+    cfg = config(tmp_path, "study=gone")
+    args = [shutil.which("nas-search"), *TINY, "study=gone", "baselines=[]", "report.enabled=false",
+            "n_trials=2", f"out_dir={cfg['out_dir']}", f"data.path={cfg['data']['path']}",
+            f"data.cache_dir={cfg['data']['cache_dir']}"]
+    first = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    db = tmp_path / "runs" / "mlflow" / "mlflow.db"
+    db.unlink()
+    again = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "the MLflow store" in again.stderr and "is gone (deleted?)" in again.stderr, again.stderr[-2000:]
+    assert "unreachable" not in again.stderr
+    runs = runs_of(MlflowClient(f"sqlite:///{db}"), "gone")
+    assert len(runs["trial"]) == 2 and len(runs["search"]) == 1

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
 
+import nas.train
 from nas.cell import KNOWN_CELLS, known_cell
 from nas.config import TrainConfig
 from nas.data import load_corpus
@@ -69,33 +71,33 @@ def test_callback_sees_intermediate_scores_and_can_stop_the_run(corpus):
     assert [s for s, _ in seen] == [20] and math.isfinite(seen[0][1])
 
 
-def test_state_is_carried_across_chunks(corpus):
-    """Scoring a stream in chunks with the state carried equals scoring it in one piece."""
-    torch.manual_seed(0)
-    model = CharLM(known_cell("lstm"), corpus.vocab_size, 16)
-    ids = corpus.val[:801]
-    whole = split_bpc(model, ids, batch_size=1, seq_len=800, device=torch.device("cpu"))
-    chunked = split_bpc(model, ids, batch_size=1, seq_len=37, device=torch.device("cpu"))
-    assert whole == pytest.approx(chunked, rel=1e-5)
-    # and forgetting the state between chunks would change the score
-    inp = torch.as_tensor(ids[:-1].astype("int64")).view(-1, 1)
-    logits, _ = model(inp)
-    full = torch.nn.functional.cross_entropy(logits.flatten(0, 1), torch.as_tensor(ids[1:].astype("int64")))
-    assert whole == pytest.approx(full.item() / math.log(2), rel=1e-5)
+def test_training_carries_the_state_within_the_span_and_resets_it_after(corpus, monkeypatch):
+    """State carry in training: each stream restarts from a zero state once every
+    state_span // seq_len chunks (the span scoring reads from a zero state), streams staggered."""
+    restarted = []
+    forward = CharLM.forward
+
+    def spy(self, ids, state=None):
+        if torch.is_grad_enabled():  # training steps, not evaluations
+            zero = None if state is None else {b for b in range(ids.shape[1])
+                                               if all(bool((s[:, b] == 0).all()) for s in state)}
+            restarted.append(zero)
+        return forward(self, ids, state)
+
+    monkeypatch.setattr(CharLM, "forward", spy)
+    cfg = TrainConfig(**{**TINY.__dict__, "steps": 7, "state_span": 3 * 32 + 5})  # 3 chunks
+    evaluate(known_cell("lstm"), cfg, 0, corpus)
+    assert restarted[0] is None  # a pass starts from a zero state
+    assert restarted[1:] == [{3, 4, 5}, {1, 2}, {0, 6, 7}] * 2
+    # every stream restarts once in any 3 consecutive chunks: no carry beyond the span
+    assert all(set().union(*restarted[k:k + 3]) == set(range(8)) for k in (1, 2, 3, 4))
 
 
-def test_split_bpc_scores_every_character(corpus):
-    """The characters that do not fill the B streams are scored too (no silent truncation)."""
+def test_split_bpc_is_exported_and_scores_in_bits(corpus):
     torch.manual_seed(0)
     model = CharLM(known_cell("gru"), corpus.vocab_size, 16)
-    ids = corpus.val[:1003]
-    one = split_bpc(model, ids, batch_size=1, seq_len=50, device=torch.device("cpu"))
-    inp = torch.as_tensor(ids[:-1].astype("int64")).view(-1, 1)
-    logits, _ = model(inp)
-    ref = torch.nn.functional.cross_entropy(logits.flatten(0, 1), torch.as_tensor(ids[1:].astype("int64")))
-    assert one == pytest.approx(ref.item() / math.log(2), rel=1e-5)
-    seven = split_bpc(model, ids, batch_size=7, seq_len=50, device=torch.device("cpu"))
-    assert math.isfinite(seven) and abs(seven - one) < 0.05  # same chars, 7 cold starts instead of 1
+    bpc = split_bpc(model, corpus.val[:1003], 200, 4, torch.device("cpu"))
+    assert abs(bpc - math.log2(corpus.vocab_size)) < 0.2  # an untrained model is near uniform
 
 
 @pytest.mark.parametrize("name", KNOWN_CELLS)
@@ -143,9 +145,43 @@ def test_test_bpc_on_request(corpus):
     assert r.test_bpc is not None and math.isfinite(r.test_bpc)
 
 
-@pytest.mark.parametrize("field,value", [("steps", 0), ("lr", -1.0), ("dropout", 1.5),
-                                         ("optimizer", "adagrad"), ("lr_schedule", "cyclic"),
-                                         ("batch_size", 0)])
+@pytest.mark.parametrize("field,value", [
+    ("steps", 0), ("lr", -1.0), ("dropout", 1.5), ("optimizer", "adagrad"), ("lr_schedule", "cyclic"),
+    ("batch_size", 0), ("clip_norm", -1.0), ("clip_norm", float("nan")), ("max_bpc", float("nan")),
+    ("max_val_gap", float("inf")), ("embedding_size", 0), ("warmup_steps", -1), ("tokens", -5),
+    ("seconds", -1.0), ("seconds", float("nan")), ("sample_chars", -1), ("temperature", 0.0),
+    ("temperature", float("nan")), ("threads", -1), ("device", "banana"), ("hidden_size", 100_000),
+    ("embedding_size", 100_000), ("lr", float("inf")), ("momentum", 1.0), ("weight_decay", -0.1),
+    ("lr_final_ratio", 1.5), ("state_span", 0), ("eval_chars", 0), ("final_eval_chars", 0),
+    ("eval_batch_size", 0), ("param_budget", 0), ("steps", 2.5), ("steps", True)])
 def test_bad_settings_are_refused_by_name(field, value):
-    with pytest.raises(ValueError, match=f"trainer.{field}"):
+    with pytest.raises(ValueError, match=rf"^trainer\.{field}: expected .*, got {re.escape(repr(value))}$"):
         check_config(TrainConfig(**{**TINY.__dict__, field: value}))
+
+
+def test_the_check_is_torch_free_and_runs_before_any_work(corpus, monkeypatch):
+    """TrainConfig.check needs no torch (CLIs call it first); evaluate calls it before training,
+    so a bad temperature no longer fails only after the whole run."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from nas.config import TrainConfig; TrainConfig().check(); "
+            "assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    monkeypatch.setattr(nas.train, "build_model", None)  # must not be reached
+    with pytest.raises(ValueError, match="trainer.temperature"):
+        evaluate(known_cell("lstm"), TrainConfig(**{**TINY.__dict__, "temperature": 0.0}), 0, corpus)
+
+
+def test_good_settings_pass_on_a_config_node():
+    from omegaconf import OmegaConf
+
+    check_config(TrainConfig())
+    TrainConfig.check(OmegaConf.structured(TrainConfig(device="cuda:1", seconds=2)))
+
+
+def test_zero_width_embedding_is_an_error_not_the_default(corpus):
+    with pytest.raises(ValueError, match="CharLM: expected hidden_size and embedding_size >= 1"):
+        CharLM(known_cell("lstm"), corpus.vocab_size, 16, embedding_size=0)
+    assert count_params(known_cell("lstm"), corpus.vocab_size, 16, embedding_size=8) == \
+        CharLM(known_cell("lstm"), corpus.vocab_size, 16, embedding_size=8).num_params()

@@ -21,7 +21,9 @@ replayed as CUDA graphs (nas.cell.cudagraphs). `cell.triton = False` / `cell.c_k
 `cell.cuda_graphs = False` (or the environment variables NAS_TRITON=0 / NAS_C_KERNELS=0 /
 NAS_CUDA_GRAPHS=0) turn each off: the torch kernels (one call per op) run instead. With MKL (torch's
 x86-64 wheels) the CPU's time loop runs in C as well (nas.cell.cloop); `cell.c_loop = False` or
-NAS_C_LOOP=0 keeps it in Python.
+NAS_C_LOOP=0 keeps it in Python. A cell of more than nas.cell.fused.MAX_KERNEL_NODES nodes (128) runs
+the torch kernels, with one warning: the compile time of C or Triton kernels grows with the cell
+(tens of seconds at 300 nodes), and training should start within seconds.
 
 Parameters of a layer (state_dict names): `weight_x` ((n_x * H, I), all linear terms on x),
 `weight_<src>` ((n * H, H), the terms on state vector or node <src>), and `bias` ((n_b * H,), the

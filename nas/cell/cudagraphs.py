@@ -19,6 +19,10 @@ for training, backward) and their outputs:
   order), that call's values are first copied out (`_Saved.evict`), and copied back in for its
   backward.
 
+All runners of a process warm up and capture on one side stream per device (`side_stream`): a
+stream per runner would leave each its own cuBLAS workspace and its own cached allocator blocks,
+memory that is never returned while the process lives.
+
 The graph computes what the eager code computes, with the same kernels: tests/test_cudagraphs.py
 compares the two on a GPU (skipped where there is none).
 """
@@ -26,6 +30,7 @@ compares the two on a GPU (skipped where there is none).
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 import weakref
 from collections import OrderedDict
@@ -46,16 +51,50 @@ def enabled() -> bool:
     return os.environ.get("NAS_CUDA_GRAPHS", "1") != "0"
 
 
-def capture_cuda(fn: Callable, pool) -> tuple[Callable, object]:
-    """Capture fn's kernels as a CUDA graph: (replay, fn's outputs, which each replay rewrites)."""
+class EmulatedStream:
+    """What `side_stream` hands to emulated runners: it names a device and is never launched on."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __repr__(self) -> str:
+        return f"EmulatedStream({self.device})"
+
+
+# (emulated, device) -> the side stream. Shared by all runners: warm-up and capture on one stream
+# per device is PyTorch's advice for bounded memory (pytorch/pytorch#99196), and torch allows one
+# capture at a time per process, so no two runners use it at once.
+_side_streams: dict[tuple[bool, torch.device], object] = {}
+_side_streams_lock = threading.Lock()
+
+
+def side_stream(device: torch.device | str, emulated: bool = False):
+    """The one stream this process warms up and captures CUDA graphs on for `device`, made on first
+    use ("cuda" means the current device). emulated: an EmulatedStream, for capture_emulated."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if not emulated and device.type != "cuda":
+        raise ValueError(f"side_stream: expected a CUDA device for a real capture, got {device}")
+    with _side_streams_lock:
+        stream = _side_streams.get((emulated, device))
+        if stream is None:
+            stream = EmulatedStream(device) if emulated else torch.cuda.Stream(device)
+            _side_streams[(emulated, device)] = stream
+    return stream
+
+
+def capture_cuda(fn: Callable, pool, stream) -> tuple[Callable, object]:
+    """Capture fn's kernels as a CUDA graph on `stream`: (replay, fn's outputs, which each replay
+    rewrites)."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+    with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
         out = fn()
     return graph.replay, out
 
 
 
-def capture_emulated(fn: Callable, pool) -> tuple[Callable, object]:
+def capture_emulated(fn: Callable, pool, stream) -> tuple[Callable, object]:
     """What capture_cuda does, on any device, for the tests of the bookkeeping on machines without a
     GPU: each replay runs fn again and writes its results over the first call's outputs."""
     out = fn()
@@ -126,19 +165,22 @@ class Runner:
             return prog.backward(T, self.dout, self.dfin, self.X, self.xo, self.w, self.saved)
 
         pool = None
+        device = init[0].device  # X may be None (its products come precomputed in base)
+        self.stream = side_stream(device, emulated=capture is not capture_cuda)
         if capture is capture_cuda:
             pool = torch.cuda.graph_pool_handle()  # one memory pool per runner, shared by its graphs
-            # Warm up on a side stream (cuBLAS workspaces, the allocator), then capture: torch's recipe.
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+            # Warm up on the side stream (cuBLAS workspaces, the allocator), then capture on it:
+            # torch's recipe, with the process's one stream for this device.
+            main = torch.cuda.current_stream(device)
+            self.stream.wait_stream(main)
+            with torch.cuda.stream(self.stream):
                 _, _, self.saved = forward()
                 if keep:
                     backward()
-            torch.cuda.current_stream().wait_stream(side)
-        self.replay_forward, (self.out, self.finals, self.saved) = capture(forward, pool)
+            main.wait_stream(self.stream)
+        self.replay_forward, (self.out, self.finals, self.saved) = capture(forward, pool, self.stream)
         if keep:
-            self.replay_backward, self.grads = capture(backward, pool)
+            self.replay_backward, self.grads = capture(backward, pool, self.stream)
 
     def _load(self, X, base, xo, init, w) -> None:
         _load([self.X, *self.base, *self.xo, *self.init, *self.w], [X, *base, *xo, *init, *w])

@@ -20,6 +20,12 @@ column are ordered by a barycenter heuristic (the ordering with the fewest cross
 placed vertically as near the mean of their neighbours as the spacing allows (isotonic regression),
 so chains run straight. One data unit is one inch, so labels keep their size and the figure grows
 with the cell.
+
+Size limit: the layout's work grows faster than the cell (waypoints grow with the square of a
+chain's length, crossing counts with the square of a column), so a cell of more than
+MAX_DRAW_NODES nodes or MAX_DRAW_WAYPOINTS edge waypoints is drawn as a small card saying so
+(a picture of hundreds of columns would be unreadable anyway). Either way `draw_cell` takes well
+under a second.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ from nas.cell.spec import INPUT, CellSpec, Node
 
 FORMATS = (".png", ".svg")
 DPI = 110
+MAX_DRAW_NODES = 150
+MAX_DRAW_WAYPOINTS = 1000
 
 # kind: (fill, border, legend label). The op kinds are read off the registry (see `_kind`).
 _KINDS = {
@@ -98,14 +106,46 @@ def draw_cell(spec: CellSpec, path: str | Path, title: str | None = None) -> Pat
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise ValueError(f"draw_cell: expected a path ending in {' or '.join(FORMATS)}, got {str(path)!r}")
-    items, edges = _layout(spec)
-    fig = _figure(spec, items, edges, title)
+    too_large = _too_large(spec)
+    if too_large:
+        fig = _card(spec, too_large, title)
+    else:
+        items, edges = _layout(spec)
+        fig = _figure(spec, items, edges, title)
     path.parent.mkdir(parents=True, exist_ok=True)
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "nas-cell"}):
         metadata = {"Date": None} if path.suffix.lower() == ".svg" else None
         fig.savefig(path, dpi=DPI, metadata=metadata)
     fig.clear()
     return path
+
+
+def _too_large(spec: CellSpec) -> str:
+    """Why the cell is too large to lay out ("" if it is not), counted in linear time."""
+    if len(spec.nodes) > MAX_DRAW_NODES:
+        return f"{len(spec.nodes)} nodes (the drawing's limit is {MAX_DRAW_NODES})"
+    depth = {name: 0 for name in spec.inputs}
+    waypoints = 0
+    for n in spec.nodes:
+        depth[n.name] = 1 + max(depth[i] for i in n.inputs)
+    last = max(depth.values()) + 1
+    for n in spec.nodes:
+        waypoints += sum(depth[n.name] - depth[i] - 1 for i in n.inputs)
+    waypoints += sum(last - depth[o] - 1 for o in spec.outputs)
+    if waypoints > MAX_DRAW_WAYPOINTS:
+        return f"{waypoints} edge waypoints (the drawing's limit is {MAX_DRAW_WAYPOINTS})"
+    return ""
+
+
+def _card(spec: CellSpec, reason: str, title: str | None) -> Figure:
+    """The picture of a cell too large to draw: its title, size and why it is not drawn."""
+    fig = Figure(figsize=(_MIN_FIG_W, 1.4))
+    FigureCanvasAgg(fig)
+    fig.text(0.04, 0.72, title if title is not None else spec.name or "cell", fontsize=13, fontweight="bold")
+    fig.text(0.04, 0.45, f"{len(spec.nodes)} ops, {spec.num_linear_terms()} weight matrices; "
+             f"state ({', '.join(spec.state)})", fontsize=8.5, color="#555555")
+    fig.text(0.04, 0.2, f"not drawn: {reason}; its JSON has every node", fontsize=9)
+    return fig
 
 
 def _layout(spec: CellSpec) -> tuple[dict[str, _Item], list[_Edge]]:

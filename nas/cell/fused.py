@@ -196,6 +196,8 @@ def select(cell, xs: Tensor, dtype: torch.dtype) -> Program:
         prog, forced_dtype = _FORCED.get(cell, (None, None))
         if prog is not None and forced_dtype in (None, dtype):
             return prog
+    if too_large(cell.spec):
+        return program(cell.spec)
     if xs.is_cuda:
         if dtype in (torch.float32, torch.bfloat16, torch.float16) and cell.triton and \
                 os.environ.get("NAS_TRITON", "1") != "0" and triton_works(xs.device, dtype):
@@ -207,6 +209,40 @@ def select(cell, xs: Tensor, dtype: torch.dtype) -> Program:
         if prog is not None:
             return prog
     return program(cell.spec)
+
+
+# Cells with more nodes than this run the torch code (one call per op) instead of generated C or
+# Triton kernels. The kernels' compile time grows with their source, about 1 KB of C per node: gcc
+# -O3 took 1.1 s of CPU for a 60-node chain with a linear node every 4th, 3.2 s at 128 nodes, 8 s at
+# 300 (20-100 s of wall time under heavy load), per dtype; the torch code of a 1000-node cell is made
+# in under a second. Its steps are slower (~4x for that 300-node chain at hidden size 32), so a
+# long run of a large cell may raise the cap with $NAS_MAX_KERNEL_NODES. Every cell of
+# nas.cell.known and of the default search spaces is far below it (enas: 61 nodes).
+MAX_KERNEL_NODES = 128
+
+
+def kernel_node_cap() -> int:
+    """$NAS_MAX_KERNEL_NODES where it is set, else MAX_KERNEL_NODES."""
+    text = os.environ.get("NAS_MAX_KERNEL_NODES")
+    if text is None:
+        return MAX_KERNEL_NODES
+    if not text.strip().isdigit():
+        raise ValueError(f"NAS_MAX_KERNEL_NODES: expected a non-negative integer, got {text!r}")
+    return int(text)
+
+
+@lru_cache(maxsize=1024)
+def too_large(spec: CellSpec) -> bool:
+    """Whether `spec` has more nodes than `kernel_node_cap()`; if so, warns (once per cell) that it
+    runs the torch code. Cached per cell: `too_large.cache_clear()` forgets the answers."""
+    cap = kernel_node_cap()
+    if len(spec.nodes) <= cap:
+        return False
+    warnings.warn(f"nas: cell {spec.name or spec.canonical_hash()[:12]} has {len(spec.nodes)} nodes, more than "
+                  f"the {cap} for which C or Triton kernels are compiled (their compile time grows with the "
+                  f"cell; NAS_MAX_KERNEL_NODES raises the cap): it runs the torch code, one call per op",
+                  RuntimeWarning, stacklevel=5)
+    return True
 
 
 def c_choice(spec: CellSpec, dtype: torch.dtype, loop: bool) -> Program | None:

@@ -49,6 +49,14 @@ class Stages:
         self.outputs = [self.root(o) for o in spec.outputs]
         self.elementwise = [n for n in spec.nodes if n.op not in ("linear", "identity")]
         self.sources = {self.root(self.plan.groups[k].source) for k in self.rec}
+        # Per stage its nodes, per value the stages of the nodes that read it: looked up, not
+        # searched for per node and stage, which was quadratic in the nodes.
+        self._by_stage: dict[int, list] = {}
+        self._read_in: dict[str, set[int]] = {}
+        for n in self.elementwise:
+            self._by_stage.setdefault(self.stage[n.name], []).append(n)
+            for i in n.inputs:
+                self._read_in.setdefault(self.root(i), set()).add(self.stage[n.name])
         self.kept = {n.name for n in self.elementwise if self._read_outside(n.name)}
         # A linear value a product reads, summed over several groups, is written once to a buffer.
         self.materialized = [v for v in sorted(self.sources) if self.kind(v) == "linear"
@@ -76,8 +84,7 @@ class Stages:
     def _read_outside(self, v: str) -> bool:
         if v in self.sources or v in self.outputs:
             return True
-        return any(self.stage[n.name] != self.stage[v] for n in self.elementwise
-                   if v in (self.root(i) for i in n.inputs))
+        return any(s != self.stage[v] for s in self._read_in.get(v, ()))
 
     def columns(self, v: str) -> list[tuple[str, int]]:
         """A linear value's columns (buffer, column in units of H), the first is its gradient's home."""
@@ -89,7 +96,7 @@ class Stages:
         return [(f"G{k}", self.plan.offset(self.plan.groups[k], i) + pos) for k in groups]
 
     def nodes(self, s: int) -> list:
-        return [n for n in self.elementwise if self.stage[n.name] == s]
+        return list(self._by_stage.get(s, ()))
 
     def exports(self, s: int) -> list[tuple[str, int]]:
         """(value, k): values not computed in stage s that stage s writes to state k's next slot."""

@@ -18,7 +18,7 @@ from typing import Any
 import networkx as nx
 
 from nas.cell.ops import OPS
-from nas.cell.spec import FORMAT, INPUT, CellError, CellSpec, Node, _str_list
+from nas.cell.spec import FORMAT, INPUT, MAX_NODES, MAX_STATE, CellError, CellSpec, Node, _str_list
 
 _RESERVED = {"op", "inputs", "kind", "positions", "pos"}
 
@@ -41,6 +41,9 @@ def to_networkx(spec: CellSpec) -> nx.DiGraph:
 def from_networkx(graph: Any) -> CellSpec:
     if not isinstance(graph, nx.DiGraph):
         raise CellError(f"cell: expected a networkx DiGraph, got {type(graph).__name__}")
+    if graph.number_of_nodes() > MAX_NODES + MAX_STATE + 1:  # refused before any per-node work
+        raise CellError(f"cell graph: at most {MAX_NODES} nodes are allowed (plus x and the state "
+                        f"vectors), got {graph.number_of_nodes()}")
     # Checked like the JSON field: a non-list raised TypeError, a string "hc" became ("h", "c").
     state = _str_list(graph.graph.get("state", ["h"]), "cell graph: 'state'")
     outputs = graph.graph.get("outputs")

@@ -8,6 +8,7 @@ against direct transcriptions of the published equations.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -172,3 +173,15 @@ def known_cell(name: str, **options: Any) -> CellSpec:
     except TypeError:
         raise CellError(f"reference cell {name!r}: unsupported options {sorted(options)}") from None
     return CellSpec.from_dict({"name": name, **data})
+
+
+@functools.cache
+def _reference_hashes() -> dict[str, str]:
+    """Canonical hash -> reference cell name, for the reference cells with default options."""
+    return {known_cell(name).canonical_hash(): name for name in KNOWN_CELLS}
+
+
+def identify(spec: CellSpec) -> str | None:
+    """The name of the reference cell (default options) that computes what `spec` computes (equal
+    canonical hashes), or None: identify(sampled) == "mut3" says trial 5 re-found MUT3."""
+    return _reference_hashes().get(spec.canonical_hash())

@@ -20,6 +20,7 @@ This is the part of the compiler that knows no torch tensors, only names. The pl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from nas.cell.ops import OPS, render
 from nas.cell.spec import INPUT, CellSpec
@@ -47,16 +48,28 @@ class Plan:
     step_source: str
 
     def group(self, source: str) -> Group | None:
-        return next((g for g in self.groups if g.source == source), None)
+        return self._by_source.get(source)
 
     def offset(self, group: Group, family: int) -> int:
         """Row offset (in units of hidden_size) of `family` inside `group`."""
-        off = 0
-        for f in group.families:
-            if f == family:
-                return off
-            off += len(self.families[f].members)
-        raise KeyError(family)
+        return self._offsets[group.source, family]
+
+    # Both by lookup: the generators ask for them per family and group, and a search over the list
+    # made code generation cubic in the nodes (seconds at 1000 nodes). Computed on first use
+    # (cached_property writes the instance's __dict__, which a frozen dataclass allows).
+    @cached_property
+    def _by_source(self) -> dict[str, Group]:
+        return {g.source: g for g in self.groups}
+
+    @cached_property
+    def _offsets(self) -> dict[tuple[str, int], int]:
+        out = {}
+        for g in self.groups:
+            off = 0
+            for f in g.families:
+                out[g.source, f] = off
+                off += len(self.families[f].members)
+        return out
 
 
 def lower(spec: CellSpec) -> Plan:

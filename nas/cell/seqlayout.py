@@ -104,6 +104,7 @@ class Layout:
         self.buffers += [b for b in self.width if b.startswith("F")]
         self.buffers += [w[1] for w in self.where.values() if w[0] == "buf"]
         self.hosts = self._hosts()
+        self._bases: tuple | None = None
 
     # -- analysis ------------------------------------------------------------------------------
     def _hosts(self) -> dict[str, str]:
@@ -302,6 +303,12 @@ class Layout:
 
     def bases(self) -> tuple:
         """Per recurrent group, what its product is added to (see seqgen.SeqCode.bases)."""
+        # Once per layout: the generators ask for it per product, which made it quadratic.
+        if self._bases is None:
+            self._bases = self._make_bases()
+        return self._bases
+
+    def _make_bases(self) -> tuple:
         plan, xg = self.plan, self.plan.group(INPUT)
         absorbed = {i: gs[0] for i, gs in enumerate(self.fam_groups)
                     if gs and INPUT in plan.families[i].sources}

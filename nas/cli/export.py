@@ -12,9 +12,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nas.cli import hydra_cli, load_cell
+from nas.cli import check_study_exists, check_writable, hydra_cli, load_cell
 from nas.config import ExportApp
 from nas.search.results import export_bundle
+
+
+def check(app: ExportApp) -> None:
+    """The settings, the cell file and the study (whichever is given), before any folder is created."""
+    from nas.config import check_export_app
+
+    check_export_app(app)
+    if app.dest:
+        check_writable(app.dest)
+    if app.cell:
+        load_cell(app.cell)
+    elif app.study and not app.run_id:
+        check_study_exists(app.study, app.storage.url, app.study_dir or Path("runs") / "search" / app.study)
 
 
 def resolve(cfg: ExportApp) -> dict[str, Any]:
@@ -55,7 +68,7 @@ def run(cfg: ExportApp) -> None:
     print(f"exported {found['spec'].canonical_hash()} ({weights}) to {folder}")
 
 
-main = hydra_cli("nas-export", "export", ExportApp, run)
+main = hydra_cli("nas-export", "export", ExportApp, run, check)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ from typing import Any, List, Optional
 
 from omegaconf import OmegaConf
 
-from nas.cli import hydra_cli
+from nas.cli import check_study_exists, check_trainer, hydra_cli
+from nas.cli.search import check_storage
 from nas.config import ReportConfig, StorageConfig, TrackingConfig
 
 
@@ -37,6 +38,21 @@ class ReportApp:
     report: ReportConfig = field(default_factory=ReportConfig)
 
 
+def check(app: ReportApp) -> None:
+    """The settings given, and that the study exists, before any folder is created (the ones taken
+    from the study are checked once read, in `run`)."""
+    from nas.config import check_baselines, check_device, check_int, check_name, check_report
+
+    check_name("study", app.study)
+    check_device("device", app.device, app.threads)
+    check_int("workers", app.workers, 1, optional=True)
+    if app.baselines is not None:
+        from nas.cell import KNOWN_CELLS  # a torch import: only when there are names to check
+
+        check_baselines(app.baselines, KNOWN_CELLS)
+    check_report(app.report)
+    check_storage(app.storage)
+    check_study_exists(app.study, app.storage.url, app.out_dir)
 
 
 def report_config(stored: dict[str, Any], given: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -67,6 +83,7 @@ def run(app: ReportApp) -> None:
     given = OmegaConf.to_container(app, resolve=True)
     study, stored = join_study(given["study"], given["storage"]["url"], given["out_dir"])
     cfg = report_config(stored, given, list(HydraConfig.get().overrides.task))
+    check_trainer(cfg["trainer"], cfg["data"])
     tracker = Tracker.from_config(cfg)
     tracker.start_search(study, cfg)
     comparison = final_comparison(study, cfg, tracker, progress=sys.stderr.isatty())
@@ -76,7 +93,7 @@ def run(app: ReportApp) -> None:
     print(f"files: {', '.join(comparison.files)}")
 
 
-main = hydra_cli("nas-report", "report", ReportApp, run)
+main = hydra_cli("nas-report", "report", ReportApp, run, check)
 
 
 if __name__ == "__main__":

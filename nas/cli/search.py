@@ -7,17 +7,58 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import OmegaConf
 
-from nas.cli import hydra_cli
+from nas.cli import Failure, check_trainer, check_writable, hide_password, hydra_cli
 from nas.config import SearchApp
+
+
+def check(app: SearchApp) -> None:
+    """Every setting, before the study or any folder is created: the search-level ones, the
+    trainer's and the corpus's, the search space and its options, the controller and its options."""
+    from nas.config import check_baselines, check_search_app
+
+    check_search_app(app)  # torch-free checks first: a typo is answered at once
+    app.trainer.check()
+    app.data.check()
+    check_storage(app.storage)
+
+    from nas.cell import KNOWN_CELLS
+    from nas.search.controllers import make_sampler
+    from search_spaces import get_space
+
+    check_baselines(app.baselines, KNOWN_CELLS)
+    check_trainer(app.trainer, app.data)
+    space = get_space(app.search_space.name, **app.search_space.options)
+    options = dict(app.controller.options)
+    if app.controller.name == "evolution" and "seed_params" not in options:
+        options["seed_params"] = list(space.known.values())  # as the search will
+    make_sampler(app.controller.name, seed=app.seed, **options)
+    # Folders written only at the end of a search: a read-only one must fail now, not hours later.
+    if app.export.enabled:
+        check_writable(app.export.dir)
+    if app.tracking.enabled and not app.tracking.uri:
+        check_writable(Path("runs") / "mlflow")
+
+
+def check_storage(storage) -> None:
+    """The storage settings, by the storage module's own rules."""
+    from nas.search.storage import check_storage as check
+
+    check(storage)
 
 
 def run(cfg: SearchApp) -> None:
     from nas.search.run import format_table, search
+    from nas.search.worker import WorkerFailed
 
     plain = OmegaConf.to_container(cfg, resolve=True)
-    outcome = search(plain)
+    try:
+        outcome = search(plain)
+    except WorkerFailed as e:  # a local worker died: the work failed, the settings were fine
+        raise Failure(str(e)) from e
     print(format_table(outcome))
     comparison = outcome.extra.get("comparison")
     if comparison is not None:
@@ -26,14 +67,14 @@ def run(cfg: SearchApp) -> None:
     if plain["export"]["enabled"]:
         print(f"\nbest cell exported to {export_best(plain)}")
     if plain["tracking"]["enabled"]:
-        uri = f" --uri {plain['tracking']['uri']}" if plain["tracking"]["uri"] else ""
+        uri = plain["tracking"]["uri"]
+        uri = f" --uri {hide_password(uri, uri)}" if uri else ""
         print(f"inspect the runs in MLflow: nas-dashboard{uri}   (then open http://127.0.0.1:5000)")
 
 
 def export_best(cfg: dict) -> str:
     """Export the study's best trial to <export.dir>/<study>-best (replacing an earlier export)."""
     import re
-    from pathlib import Path
 
     from nas.export import export_cell
     from nas.search.results import ResultError, export_bundle
@@ -51,7 +92,7 @@ def export_best(cfg: dict) -> str:
     return str(folder)
 
 
-main = hydra_cli("nas-search", "search", SearchApp, run)
+main = hydra_cli("nas-search", "search", SearchApp, run, check)
 
 
 if __name__ == "__main__":

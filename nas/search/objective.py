@@ -1,19 +1,28 @@
-"""One trial: sample a cell, validate, deduplicate, train, report, return val bpc.
+"""One trial: sample a cell, validate, deduplicate, screen, train, report, return val bpc.
 
     sample (the controller, through the space) -> CellSpec (invalid: the trial fails with the reason)
-    -> canonical hash -> same cell already evaluated at the same budget? reuse, tag duplicate
+    -> canonical hash (functionally equal cells share it) and the reference cell it equals, if any
+    -> same cell already evaluated at the same budget? reuse its result, tag duplicate; the same cell
+       being trained by another worker right now? wait for it, then reuse
+    -> screen (a few cheap steps: a cell that would diverge at once fails as `screened`)
     -> evaluate(spec, trainer, seed), reporting intermediate val bpc to the pruner
     -> val bpc (minimised), or (val bpc, parameter count) for multi-objective controllers
 
-What each finished trial carries (user attrs): `nas_state` (complete / pruned / invalid / diverged /
-error / lost / duplicate), `reason` for failures, `cell_hash`, `cell_json`, `budget`, and the
-evaluation's numbers (params, hidden_size, seconds, chars_per_sec, train_bpc, curve).
+So no cell is trained twice at one budget: a duplicate of a pruned trial is pruned again with the
+earlier trial's intermediate values, a duplicate of a diverged or screened one fails the same way.
+
+What each finished trial carries (user attrs): `nas_state` (complete / pruned / invalid / screened /
+diverged / error / lost / duplicate), `reason` for failures, `cell_hash`, `cell_json`, `budget`,
+`reference` (the reference cell it equals, e.g. "mut3", or absent for a new cell), `cell_label`
+("trial 5 = mut3" / "trial 7 (new)"), `code_version`, and the evaluation's numbers (params,
+hidden_size, seconds, chars_per_sec, train_bpc, curve).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +36,17 @@ from nas.config import TrainConfig
 
 # TrainConfig fields that change where or how visibly a cell trains, not its score.
 _NOT_BUDGET = {"device", "threads", "progress", "tf32", "bf16", "eval_batch_size"}
+# What a duplicate trial copies from the trial that trained its cell.
+_RESULT_ATTRS = ("params", "hidden_size", "steps", "tokens", "seconds", "chars_per_sec", "train_bpc",
+                 "val_bpc", "curve", "train_curve", "diverged", "run_dir")
+# How often a trial polls for the same cell being trained by another worker.
+WAIT_POLL = 2.0
+
+
+def cell_label(number: int, reference: str | None) -> str:
+    """How a trial is named everywhere (terminal, MLflow, optuna-dashboard): 'trial 5 = mut3' for a
+    trial whose cell is a reference cell, 'trial 7 (new)' otherwise."""
+    return f"trial {number} = {reference}" if reference else f"trial {number} (new)"
 
 
 class TrialFailed(Exception):
@@ -52,6 +72,12 @@ class Objective:
     seed: int
     multi_objective: bool = False
     evaluate: Callable[..., Any] | None = None  # injectable for tests; default nas.train.evaluate
+    # (spec, trainer, corpus, seed) -> None or the reason; default nas.train.screen with the default
+    # evaluate, none with an injected one (a test's stand-in trains nothing to screen)
+    screen: Callable[..., str | None] | None = None
+    # study -> None: fail the trials whose worker died (storage.reap_lost), so that a trial waiting for
+    # the same cell in another worker's trial stops waiting when that worker is gone
+    reap: Callable[[optuna.Study], Any] | None = None
     on_result: Callable[..., None] | None = None  # (trial, spec, EvalResult) hook
     trials_dir: Path | None = None     # each trial's run (weights, sample, cell) goes to trials_dir/NNNNN
 
@@ -63,13 +89,20 @@ class Objective:
             spec = self.space(trial)
         except CellError as e:
             raise TrialFailed("invalid", str(e)) from None
-        h = spec.canonical_hash()
+        from nas.cell import identify
+        from nas.provenance import short
+
+        h, reference = spec.canonical_hash(), identify(spec)
         for key, value in (("cell_hash", h), ("cell_json", spec.to_json(indent=None)),
-                           ("budget", self.budget)):
+                           ("budget", self.budget), ("cell_label", cell_label(trial.number, reference)),
+                           ("code_version", short())):
             trial.set_user_attr(key, value)
+        if reference:
+            trial.set_user_attr("reference", reference)
         earlier = self._earlier_result(trial.study, h, trial.number)
         if earlier is not None:
             return self._reuse(trial, earlier)
+        self._screen(spec, trial)
         result = self._evaluate(spec, trial)
         self._record(trial, result)
         if self.on_result is not None:
@@ -77,6 +110,19 @@ class Objective:
         if result.diverged is not None:
             raise TrialFailed("diverged", result.diverged)
         return (result.val_bpc, float(result.params)) if self.multi_objective else result.val_bpc
+
+    def _screen(self, spec: CellSpec, trial: optuna.Trial) -> None:
+        screen = self.screen
+        if screen is None and self.evaluate is None:
+            from nas.train import screen
+        if screen is None:
+            return
+        start = time.perf_counter()
+        reason = screen(spec, self.trainer, self.corpus, self.seed)
+        trial.set_user_attr("screen_seconds", round(time.perf_counter() - start, 3))
+        if reason is not None:
+            trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+            raise TrialFailed("screened", reason)
 
     def _evaluate(self, spec: CellSpec, trial: optuna.Trial):
         evaluate = self.evaluate
@@ -110,28 +156,46 @@ class Objective:
             trial.set_user_attr("reason", result.diverged)
 
     def _earlier_result(self, study: optuna.Study, cell_hash: str, number: int):
-        """A finished evaluation of the same cell at the same budget: complete, or diverged (which
-        is deterministic for a given seed and budget). Pruned ones are not reused: pruning depends
-        on the other trials of the moment."""
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-            if t.number == number or t.user_attrs.get("cell_hash") != cell_hash:
-                continue
-            if t.user_attrs.get("budget") != self.budget or "duplicate_of" in t.user_attrs:
-                continue
-            if t.state == TrialState.COMPLETE or t.user_attrs.get("nas_state") == "diverged":
-                return t
-        return None
+        """The trial that evaluated the same cell at the same budget: finished (complete, pruned,
+        diverged or screened: each is deterministic for a given seed and budget, up to the pruner's
+        view of the moment), or, if an earlier-numbered trial is training it right now, that one once
+        it finishes. Waiting only on earlier numbers means two workers never wait on each other."""
+        while True:
+            running = False
+            for t in study.get_trials(deepcopy=False):
+                if t.number == number or t.user_attrs.get("cell_hash") != cell_hash:
+                    continue
+                if t.user_attrs.get("budget") != self.budget or "duplicate_of" in t.user_attrs:
+                    continue
+                if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                    return t
+                if t.state == TrialState.FAIL and t.user_attrs.get("nas_state") in ("diverged", "screened"):
+                    return t
+                running |= t.state == TrialState.RUNNING and t.number < number
+            if not running:
+                return None
+            time.sleep(WAIT_POLL)
+            if self.reap is not None:
+                self.reap(study)
 
     def _reuse(self, trial: optuna.Trial, earlier) -> float | tuple[float, float]:
         trial.set_user_attr("duplicate_of", earlier.number)
-        for key in ("params", "hidden_size", "steps", "tokens", "seconds", "chars_per_sec", "train_bpc",
-                    "val_bpc", "curve", "train_curve", "diverged", "run_dir"):
+        for key in _RESULT_ATTRS:
             if key in earlier.user_attrs:
                 trial.set_user_attr(key, earlier.user_attrs[key])
         if earlier.state == TrialState.FAIL:
-            trial.set_user_attr("nas_state", "diverged")
-            raise TrialFailed("diverged", f"duplicate of trial {earlier.number}: "
-                                          f"{earlier.user_attrs.get('reason', 'diverged')}")
+            state = earlier.user_attrs.get("nas_state", "diverged")
+            trial.set_user_attr("nas_state", state)
+            raise TrialFailed(state, f"duplicate of trial {earlier.number}: "
+                                     f"{earlier.user_attrs.get('reason', state)}")
+        if earlier.state == TrialState.PRUNED:
+            # The same cell at the same budget: its curve would be the same, so it is pruned again
+            # from the earlier trial's intermediate values instead of being trained a second time.
+            for step, value in sorted(earlier.intermediate_values.items()):
+                trial.report(value, step)
+            trial.set_user_attr("nas_state", "pruned")
+            trial.set_user_attr("reason", f"duplicate of pruned trial {earlier.number}")
+            raise optuna.TrialPruned(f"duplicate of pruned trial {earlier.number}")
         trial.set_user_attr("nas_state", "duplicate")
         values = earlier.values
         return tuple(values) if self.multi_objective else values[0]

@@ -31,7 +31,7 @@ def train_job(job: TrainJob, threads: int | None = None) -> dict[str, Any]:
     cfg = job.cfg
     device = pin_device(cfg.get("device", "auto"), threads or cfg.get("threads"))
     trainer = TrainConfig(**{**cfg["trainer"], "progress": False, "test": job.test, "device": device})
-    corpus = load_corpus(cfg["data"]["path"], cfg["data"]["cache_dir"])
+    corpus = load_corpus(cfg["data"]["path"], cfg["data"]["cache_dir"], cfg["data"].get("format", "auto"))
     spec = CellSpec.from_json(job.cell_json)
     r = evaluate(spec, trainer, job.seed, corpus, out_dir=job.run_dir,
                  desc=f"{job.label} seed {job.seed}")

@@ -6,6 +6,7 @@ trial" and "the baselines at this budget" mean the same thing everywhere.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.cell import CellSpec
+
+log = logging.getLogger("nas.search")
 
 
 class ResultError(ValueError):
@@ -26,8 +29,57 @@ def scored_trials(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(done, key=lambda t: (t.values[0], t.number))
 
 
-def best_trial(study: optuna.Study) -> FrozenTrial:
+def reference_of(t: FrozenTrial) -> str | None:
+    """The reference cell (e.g. "mut3") that a trial's cell equals, or None for a new cell. Read from the
+    trial (recorded when it ran) or, for trials of older studies, from its cell."""
+    if "reference" in t.user_attrs:
+        return t.user_attrs["reference"]
+    if "cell_json" not in t.user_attrs:
+        return None
+    from nas.cell import CellError, identify
+
+    try:
+        return identify(trial_cell(t))
+    except CellError:
+        return None
+
+
+def label(t: FrozenTrial) -> str:
+    """'trial 5 = mut3' or 'trial 7 (new)'."""
+    from nas.search.objective import cell_label
+
+    return cell_label(t.number, reference_of(t))
+
+
+def new_cells(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials whose cell is not a reference cell: what a search discovered. A cell recorded by an
+    older version that today's rules refuse (e.g. one with no trainable weight) is left out, with a
+    warning: it cannot be retrained or exported."""
+    from nas.cell import CellError
+
+    out = []
+    for t in trials:
+        if reference_of(t) is not None:
+            continue
+        try:
+            trial_cell(t)
+        except CellError as e:
+            log.warning("trial %d: its cell is no longer valid (%s); left out", t.number, e)
+            continue
+        out.append(t)
+    return out
+
+
+def best_trial(study: optuna.Study, new_only: bool = True) -> FrozenTrial:
+    """The best scored trial; with new_only (the default), the best whose cell is not a reference
+    cell (a search seeded with the reference cells finds them again: that is no discovery)."""
     trials = scored_trials(study)
+    if new_only and trials and not new_cells(trials):
+        best = trials[0]
+        raise ResultError(f"study {study.study_name!r} has completed no new cell yet: its best trial is "
+                          f"{label(best)}, a reference cell (export it with trial={best.number})")
+    if new_only:
+        trials = new_cells(trials)
     if not trials:
         states = {}
         for t in study.get_trials(deepcopy=False):
@@ -100,13 +152,14 @@ def export_bundle(study: optuna.Study, number: int | None = None, cell_hash: str
     else:
         t = best_trial(study)
     cfg = study.user_attrs.get(CONFIG_ATTR, {})
-    metrics = {f"trial {t.number}": _metrics(t.user_attrs)}
+    metrics = {label(t): _metrics(t.user_attrs)}
     for name, r in baselines(study, t.user_attrs.get("budget")).items():
         metrics[name] = _metrics(r)
     origin = {"study": study.study_name, "trial": t.number,
               "search space": cfg.get("search_space", {}).get("name"),
               "controller": cfg.get("controller", {}).get("name"),
-              "state": t.user_attrs.get("nas_state"), "budget": t.user_attrs.get("budget")}
+              "state": t.user_attrs.get("nas_state"), "budget": t.user_attrs.get("budget"),
+              "reference cell": reference_of(t) or "none (a new cell)"}
     return {"spec": trial_cell(t), "weights": trial_weights(study, t), "metrics": metrics,
             "origin": origin, "name": f"{study.study_name}-trial{t.number}"}
 

@@ -10,8 +10,6 @@ device: GPU i mod n_gpus when GPUs exist, else the CPU with one torch thread eac
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -61,6 +59,9 @@ def search(cfg: dict[str, Any], progress: bool | None = None) -> SearchOutcome:
     start = time.perf_counter()
     multi = is_multi_objective(cfg["controller"]["name"])
     study = open_study(cfg, multi)
+    from nas.provenance import versions
+
+    study.set_user_attr("nas:versions", versions())  # the code of the latest run on this study
     tracker = Tracker.from_config(cfg)
     tracker.start_search(study, cfg)  # before the workers: they attach their runs to its parent run
     show = sys.stderr.isatty() if progress is None else progress
@@ -77,7 +78,7 @@ def search(cfg: dict[str, Any], progress: bool | None = None) -> SearchOutcome:
 
         comparison = final_comparison(study, cfg, tracker, progress=show)
         tracker.log_comparison(study, comparison)
-        outcome = SearchOutcome(**{**outcome.__dict__, "extra": {"comparison": comparison}})
+        outcome = SearchOutcome(**{**outcome.__dict__, "extra": {**outcome.extra, "comparison": comparison}})
     tracker.end_search(study, outcome)
     return outcome
 
@@ -93,41 +94,49 @@ def _run_in_process(study: optuna.Study, cfg: dict[str, Any], show: bool) -> Non
         log_trial(t)
         _tick(bar, study, cfg)
 
-    run_trials(study, objective, cfg["storage"], on_trial=on_trial)
-    if bar is not None:
-        bar.close()
-
-
-def _run_processes(study: optuna.Study, cfg: dict[str, Any], show: bool) -> None:
-    threads = cfg["threads"] or 1
-    procs = []
-    for i in range(cfg["workers"]):
-        cmd = [sys.executable, "-m", "nas.search.worker", "--study", cfg["study"], "--out-dir", cfg["out_dir"],
-               "--device", cfg["device"], "--threads", str(threads), "--index", str(i)]
-        if cfg["storage"]["url"]:
-            cmd += ["--storage", cfg["storage"]["url"]]
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        procs.append(subprocess.Popen(cmd, env=env))
-    bar = _bar(study, cfg, show)
     try:
-        while any(p.poll() is None for p in procs):
+        run_trials(study, objective, cfg["storage"], on_trial=on_trial)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _run_processes(study: optuna.Study, cfg: dict[str, Any], show: bool, reap_every: float = 5.0) -> None:
+    """workers=N: N local worker processes share the study. Meanwhile this process reaps the trials of
+    workers that died (the others may be waiting on such a trial's cell). Raises WorkerFailed, once
+    all have ended, naming each worker that died or failed and why; finished trials stay in the study."""
+    from nas.search.storage import reap_lost
+    from nas.search.worker import LocalWorker, WorkerFailed
+
+    threads = cfg["threads"] or 1
+    workers = [LocalWorker(cfg, i, threads) for i in range(cfg["workers"])]
+    bar, reaped = _bar(study, cfg, show), time.monotonic()
+    try:
+        while any(w.running() for w in workers):  # running() also collects a dead worker's zombie
             time.sleep(1.0)
+            if time.monotonic() - reaped > reap_every:
+                reaped = time.monotonic()
+                try:
+                    reap_lost(study, cfg["storage"]["grace_period"])
+                except OSError as e:  # a full disk: the workers meet it too and say so
+                    log.warning("could not reap lost trials: %s", e)
             _tick(bar, study, cfg)
     except KeyboardInterrupt:
-        for p in procs:
-            p.terminate()
+        for w in workers:
+            w.stop()
         raise
     finally:
         if bar is not None:
             bar.close()
-    failed = [i for i, p in enumerate(procs) if p.returncode not in (0, None)]
+    failed = [why for why in (w.failure() for w in workers) if why]
     if failed:
-        log.warning("worker(s) %s exited with an error; rerun the same command to resume the study", failed)
+        raise WorkerFailed(f"{'; '.join(failed)}; finished trials are kept: rerun the same command to resume")
 
 
 def _wait_for_workers(study: optuna.Study, cfg: dict[str, Any], show: bool, poll: float = 5.0) -> None:
     """workers=0: the trials are run by nas-worker processes elsewhere (e.g. a SLURM array); wait until
-    the study's budget is finished, reaping trials whose workers died."""
+    the study's budget is finished, reaping trials whose workers died. Polling all along makes this
+    the reaper that judges other hosts' heartbeats soonest (see nas.search.storage on clock skew)."""
     from nas.search.storage import reap_lost
 
     bar = _bar(study, cfg, show)
@@ -155,14 +164,39 @@ def _bar(study: optuna.Study, cfg: dict[str, Any], show: bool):
 
 
 def _tick(bar, study: optuna.Study, cfg: dict[str, Any]) -> None:
-    if bar is None:
-        return
+    """Progress: the bar on a terminal; otherwise one log line per newly finished trial."""
     trials = study.get_trials(deepcopy=False)
+    if bar is None:
+        _announce(study.study_name, trials)
+        return
     done = sum(t.state.is_finished() and t.user_attrs.get("nas_state") != "lost" for t in trials)
     bar.update(done - bar.n)
     best = [t.values[0] for t in trials if t.state == TrialState.COMPLETE]
     if best:
         bar.set_postfix(best_bpc=f"{min(best):.4f}")
+
+
+_announced: set[tuple[str, int]] = set()
+
+
+def _announce(study_name: str, trials) -> None:
+    """Log each finished trial once: number and cell, state, val bpc or reason, best so far."""
+    from nas.search.results import label
+
+    best = None
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.state == TrialState.COMPLETE and (best is None or t.values[0] < best[0]):
+            best = (t.values[0], t)
+        key = (study_name, t.number)
+        if not t.state.is_finished() or key in _announced:
+            continue
+        _announced.add(key)
+        state = t.user_attrs.get("nas_state") or t.state.name.lower()
+        what = (f"val bpc {t.values[0]:.4f}" if t.state == TrialState.COMPLETE
+                else t.user_attrs.get("reason", ""))
+        so_far = f"; best so far {best[0]:.4f} ({label(best[1])})" if best else ""
+        log.info("%s: %s, %s%s", label(t) if "cell_json" in t.user_attrs else f"trial {t.number}",
+                 state, what, so_far)
 
 
 def run_baselines(study: optuna.Study, cfg: dict[str, Any], tracker=None,
@@ -176,9 +210,12 @@ def run_baselines(study: optuna.Study, cfg: dict[str, Any], tracker=None,
     from nas.search.objective import budget_key
     from nas.search.pool import TrainJob, run_jobs
 
-    corpus = load_corpus(cfg["data"]["path"], cfg["data"]["cache_dir"])
+    corpus = load_corpus(cfg["data"]["path"], cfg["data"]["cache_dir"], cfg["data"].get("format", "auto"))
     key = budget_key(TrainConfig(**cfg["trainer"]), cfg["seed"], corpus.source_hash)
     todo = [name for name in cfg["baselines"] if f"baseline:{name}:{key}" not in study.user_attrs]
+    for name, data in _baselines_from_trials(study, todo, key, cfg["seed"]).items():
+        study.set_user_attr(f"baseline:{name}:{key}", data)
+        todo.remove(name)
     jobs = [TrainJob(f"baseline {name}", known_cell(name).to_json(indent=None), cfg, cfg["seed"],
                      str((Path(cfg["out_dir"]) / "baselines" / f"{name}-{key}").resolve()), key, test=False)
             for name in todo]
@@ -192,38 +229,102 @@ def run_baselines(study: optuna.Study, cfg: dict[str, Any], tracker=None,
     return out
 
 
+def _baselines_from_trials(study: optuna.Study, names: list[str], budget: str,
+                           seed: int) -> dict[str, dict[str, Any]]:
+    """Baselines that a trial already trained (a search seeded with the reference cells trains them
+    as trials, with the same trainer, data, seed and budget): their results, not a second training."""
+    from nas.cell import known_cell
+
+    wanted = {known_cell(name).canonical_hash(): name for name in names}
+    found: dict[str, dict[str, Any]] = {}
+    for t in scored_trials(study):
+        name = wanted.get(t.user_attrs.get("cell_hash"))
+        if name is None or name in found or t.user_attrs.get("budget") != budget:
+            continue
+        ua = t.user_attrs
+        found[name] = {**{k: ua.get(k) for k in ("params", "hidden_size", "steps", "tokens", "seconds",
+                                                 "chars_per_sec", "train_bpc", "diverged", "run_dir")},
+                       "val_bpc": t.values[0],
+                       "cell_hash": ua["cell_hash"], "cell_name": name, "test_bpc": None, "seed": seed,
+                       "curve": ua.get("curve") or [], "train_curve": ua.get("train_curve") or [],
+                       "budget": budget, "from_trial": t.number}
+    return found
+
+
 def summarise(study: optuna.Study, cfg: dict[str, Any], baselines: dict[str, dict[str, Any]],
               seconds: float) -> SearchOutcome:
+    """The search at its budget: trial counts by state, the seconds each state cost, the best *new*
+    cells (reference cells found again are no discovery) and the baselines."""
+    from nas.search.results import label, new_cells
+
     trials = study.get_trials(deepcopy=False)
     states: dict[str, int] = {}
+    costs: dict[str, float] = {}
     for t in trials:
         key = t.user_attrs.get("nas_state") or t.state.name.lower()
         states[key] = states.get(key, 0) + 1
+        if "duplicate_of" not in t.user_attrs:  # a duplicate's seconds are its original's
+            costs[key] = costs.get(key, 0.0) + _trial_seconds(t)
     done, seen = [], set()
-    for t in scored_trials(study):  # best first; the same cell trained twice in parallel shows once
+    for t in new_cells(scored_trials(study)):  # best first; one row per cell
         if t.user_attrs.get("cell_hash") not in seen:
             seen.add(t.user_attrs.get("cell_hash"))
             done.append(t)
-    best = tuple(Row(f"trial {t.number}", t.user_attrs.get("cell_hash", "?"), t.values[0],
+    best = tuple(Row(label(t), t.user_attrs.get("cell_hash", "?"), t.values[0],
                      t.user_attrs.get("params"), t.user_attrs.get("hidden_size"),
                      t.user_attrs.get("chars_per_sec"), "trial", t.number) for t in done[:cfg["report"]["top_k"]])
     base = tuple(Row(name, r["cell_hash"], r["val_bpc"], r["params"], r["hidden_size"], r["chars_per_sec"],
                      "baseline") for name, r in baselines.items())
     counted = sum(v for k, v in states.items() if k != "lost")
-    return SearchOutcome(cfg["study"], counted, states, best, base, seconds)
+    return SearchOutcome(cfg["study"], counted, states, best, base, seconds,
+                         {"seconds_by_state": {k: round(v, 1) for k, v in costs.items()}})
+
+
+def _trial_seconds(t) -> float:
+    """Wall seconds a trial's worker spent on it (its evaluation's, else start to end)."""
+    if t.user_attrs.get("seconds") is not None:
+        return float(t.user_attrs["seconds"])
+    if t.datetime_start and t.datetime_complete:
+        return (t.datetime_complete - t.datetime_start).total_seconds()
+    return 0.0
+
+
+def verdicts(outcome: SearchOutcome) -> list[str]:
+    """Did the search's best new cell beat each baseline at the search budget (one seed, val bpc)?
+    Plain sentences; the final comparison (several seeds, test split) is what settles it."""
+    if not outcome.best:
+        return ["no new cell completed: the search found nothing to compare with the baselines"]
+    best = outcome.best[0]
+    out = []
+    for b in outcome.baselines:
+        if b.val_bpc is None:
+            out.append(f"{best.label} vs {b.label}: the baseline diverged")
+            continue
+        diff = best.val_bpc - b.val_bpc
+        word = "beats" if diff < 0 else "does not beat"
+        out.append(f"{best.label} {word} {b.label} at the search budget (val bpc {best.val_bpc:.4f} vs "
+                   f"{b.val_bpc:.4f}, {diff:+.4f}; one seed)")
+    return out
 
 
 def format_table(outcome: SearchOutcome) -> str:
-    """The terminal table: best cells and baselines at the same budget, best first."""
+    """The terminal table: the best new cells and the baselines at the same budget, best first; then
+    where the search's time went and whether its best new cell beat each baseline."""
     rows = sorted(outcome.best + outcome.baselines,
                   key=lambda r: (r.val_bpc is None, r.val_bpc if r.val_bpc is not None else 0.0))
-    head = f"{'cell':<12} {'role':<8} {'val bpc':>8} {'params':>9} {'hidden':>6} {'chars/s':>9}  hash"
+    width = max([len(r.label) for r in rows] + [12])
+    head = f"{'cell':<{width}} {'role':<8} {'val bpc':>8} {'params':>9} {'hidden':>6} {'chars/s':>9}  hash"
     lines = [head, "-" * len(head)]
     for r in rows:
         bpc = "diverged" if r.val_bpc is None else f"{r.val_bpc:.4f}"
-        lines.append(f"{r.label:<12} {r.role:<8} {bpc:>8} {r.params or 0:>9,} {r.hidden_size or 0:>6} "
+        lines.append(f"{r.label:<{width}} {r.role:<8} {bpc:>8} {r.params or 0:>9,} {r.hidden_size or 0:>6} "
                      f"{r.chars_per_sec or 0:>9,.0f}  {r.cell_hash}")
     states = ", ".join(f"{k} {v}" for k, v in sorted(outcome.states.items()))
     lines.append(f"study {outcome.study_name}: {outcome.n_trials} trials ({states}) in {outcome.seconds:.0f} s")
+    costs = outcome.extra.get("seconds_by_state") or {}
+    total = sum(costs.values())
+    if total > 0:
+        spent = ", ".join(f"{k} {v:.0f} s ({v / total:.0%})" for k, v in sorted(costs.items()))
+        lines.append(f"trial time by state: {spent}")
+    lines += verdicts(outcome)
     return "\n".join(lines)
-

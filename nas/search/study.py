@@ -13,7 +13,7 @@ from typing import Any
 
 import optuna
 
-from nas.search.storage import make_storage, top_up
+from nas.search.storage import StudyError, check_storage, make_storage, top_up
 
 CONFIG_ATTR = "nas:config"
 # Settings that may differ between runs of one study (budget, parallelism, where and how it runs).
@@ -22,10 +22,6 @@ _FREE = {"n_trials", "workers", "device", "threads", "storage", "pruner", "out_d
 _FREE_TRAINER = {"device", "threads", "progress", "tf32", "bf16", "eval_batch_size"}
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-class StudyError(ValueError):
-    """The study cannot be created, found or resumed as asked."""
 
 
 def make_pruner(cfg: dict[str, Any], eval_every: int, steps: int) -> optuna.pruners.BasePruner:
@@ -66,7 +62,17 @@ def open_study(cfg: dict[str, Any], multi_objective: bool) -> optuna.Study:
     """Create the study (or resume it), check its settings, and top up its trial budget.
 
     Called once by the launcher before any worker starts: creating a study from several processes at
-    once races in Optuna's RDB storages."""
+    once races in Optuna's RDB storages. An unwritable folder or a full disk is a StudyError."""
+    check_storage(cfg["storage"])
+    try:
+        return _open_study(cfg, multi_objective)
+    except OSError as e:
+        where = "the study's storage" if cfg["storage"]["url"] else str(Path(cfg["out_dir"]) / "journal.log")
+        raise StudyError(f"cannot write {where}: {e.strerror or e}; make it writable (or free space) "
+                         "or choose another out_dir=...") from None
+
+
+def _open_study(cfg: dict[str, Any], multi_objective: bool) -> optuna.Study:
     storage = make_storage(cfg["storage"]["url"], Path(cfg["out_dir"]))
     directions = ["minimize", "minimize"] if multi_objective else ["minimize"]
     study = optuna.create_study(study_name=cfg["study"], storage=storage, directions=directions,

@@ -4,14 +4,25 @@ Every worker, local or on another machine, runs this same loop against the share
 controller is rebuilt in each worker from the study's stored config (all controllers are Optuna
 samplers that read the study's history), so workers need no other coordination.
 
+Failures that are not the cell's: an error of the machine (full disk, I/O error, no permission,
+read-only filesystem, quota; `infrastructure_error`) while a trial runs sends that trial back to the
+study to be retried with the same cell, and stops the worker with WorkerFailed (one line: which
+worker, why). A trial finished meanwhile by another process (reaped as lost) is a logged event: this
+worker drops its result and goes on.
+
     python -m nas.search.worker --study NAME [--storage URL] [--out-dir DIR] [--device D] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
+import signal
+import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +32,36 @@ import optuna
 from optuna.trial import TrialState
 
 from nas.search.objective import Objective, TrialFailed
-from nas.search.storage import Heartbeat, pop_trial, reap_lost
+from nas.search.storage import Heartbeat, check_storage, pop_trial, reap_lost, release, this_worker
 
 log = logging.getLogger("nas.search")
+
+# Errors of the machine, not of the cell being trained.
+_INFRA = {errno.ENOSPC, errno.EIO, errno.EACCES, errno.EPERM, errno.EROFS} | (
+    {errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
+# torch.save on a full disk raises RuntimeError("[enforce fail at inline_container.cc] unexpected pos")
+# with "basic_ios::clear: iostream error" as its context, not an OSError.
+_TORCH_WRITE = ("iostream error", "file write failed", "unexpected pos")
+
+
+class WorkerFailed(RuntimeError):
+    """A worker stopped before the study's budget was used up; the one-line message says which and
+    why. The study keeps every trial that finished: rerunning the same command resumes it."""
+
+
+def infrastructure_error(e: BaseException | None) -> str | None:
+    """The one-line reason when `e`, or an exception that caused it, is the machine's fault (full
+    disk, I/O error, no permission, read-only filesystem, quota), else None."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _INFRA:
+            where = f" ({e.filename})" if e.filename else ""
+            return f"{errno.errorcode[e.errno]}: {e.strerror}{where}"
+        if isinstance(e, RuntimeError) and any(s in str(e) for s in _TORCH_WRITE):
+            return f"cannot write a file (disk full?): {str(e).strip().splitlines()[0]}"
+        e = e.__cause__ or e.__context__
+    return None
 
 
 @dataclass(frozen=True)
@@ -52,7 +90,7 @@ def build_objective(cfg: dict[str, Any], device: str) -> tuple[Objective, Any]:
 
     space = get_space(cfg["search_space"]["name"], **cfg["search_space"]["options"])
     trainer = TrainConfig(**{**cfg["trainer"], "device": device, "progress": False})
-    corpus = load_corpus(cfg["data"]["path"], cfg["data"]["cache_dir"])
+    corpus = load_corpus(cfg["data"]["path"], cfg["data"]["cache_dir"], cfg["data"].get("format", "auto"))
     controller = cfg["controller"]
     options = dict(controller["options"])
     if controller["name"] == "evolution" and "seed_params" not in options:
@@ -60,8 +98,9 @@ def build_objective(cfg: dict[str, Any], device: str) -> tuple[Objective, Any]:
     sampler = make_sampler(controller["name"], seed=cfg["seed"], **options)
     multi = is_multi_objective(controller["name"])
     trials_dir = Path(cfg["out_dir"]) / "trials"
-    return Objective(space.sample, trainer, corpus, cfg["seed"], multi_objective=multi,
-                     trials_dir=trials_dir), sampler
+    grace = cfg["storage"]["grace_period"]
+    return Objective(space.sample, trainer, corpus, cfg["seed"], multi_objective=multi, trials_dir=trials_dir,
+                     reap=lambda study: reap_lost(study, grace)), sampler
 
 
 def trial_logger(study: optuna.Study, cfg: dict[str, Any]):
@@ -74,20 +113,63 @@ def trial_logger(study: optuna.Study, cfg: dict[str, Any]):
 
 def run_trials(study: optuna.Study, objective: Objective, storage_cfg: dict[str, Any],
                on_trial=None) -> WorkerSummary:
-    """The worker loop. `on_trial(frozen_trial)` is called after each finished trial."""
+    """The worker loop. `on_trial(frozen_trial)` is called after each finished trial.
+
+    Raises StudyError for bad storage settings (check_storage) and WorkerFailed on an error of the
+    machine, after handing the trial in progress back to the study for a retry."""
+    check_storage(storage_cfg)
     start, done = time.perf_counter(), 0
     while True:
-        reap_lost(study, storage_cfg["grace_period"])
-        trial = pop_trial(study)
-        if trial is None:
-            break
-        with Heartbeat(study, trial._trial_id, storage_cfg["heartbeat_interval"]):
-            state, values = _run_one(objective, trial)
-        study.tell(trial, values, state=state)
-        done += 1
-        if on_trial is not None:
-            on_trial(study._storage.get_trial(trial._trial_id))
+        trial = None
+        try:
+            reap_lost(study, storage_cfg["grace_period"])
+            trial = pop_trial(study)
+            if trial is None:
+                break
+            if _run_and_tell(study, objective, trial, storage_cfg["heartbeat_interval"]):
+                done += 1
+                if on_trial is not None:
+                    on_trial(study._storage.get_trial(trial._trial_id))
+        except Exception as e:
+            reason = infrastructure_error(e)
+            if reason is None:
+                raise
+            raise _stopped(study, trial, reason) from e
     return WorkerSummary(done, time.perf_counter() - start)
+
+
+def _run_and_tell(study: optuna.Study, objective: Objective, trial: optuna.Trial, interval: float) -> bool:
+    """Evaluate and tell one trial. False when another process finished it meanwhile (reaped as lost
+    by a reaper that thought this worker dead): logged, and this result dropped, as its retry is
+    already enqueued and evaluates the same cell."""
+    try:
+        with Heartbeat(study, trial._trial_id, interval) as beat:
+            state, values = _run_one(objective, trial)
+        taken = beat.taken or study._storage.get_trial(trial._trial_id).state.is_finished()
+    except optuna.exceptions.UpdateFinishedTrialError:
+        taken = True
+    if taken:
+        t = study._storage.get_trial(trial._trial_id)
+        log.warning("trial %d was finished by another process while this worker ran it (%s: %s); its "
+                    "result here is dropped", trial.number, t.user_attrs.get("nas_state", t.state.name.lower()),
+                    t.user_attrs.get("reason", "no reason recorded"))
+        return False
+    study.tell(trial, values, state=state, skip_if_finished=True)  # a reap in between: dropped as above
+    return True
+
+
+def _stopped(study: optuna.Study, trial: optuna.Trial | None, reason: str) -> WorkerFailed:
+    """The error that stops this worker; the trial it held (if still running) goes back for a retry."""
+    note = ""
+    if trial is not None:
+        try:
+            t = study._storage.get_trial(trial._trial_id)
+            if t.state == TrialState.RUNNING and release(study, t, f"infrastructure error: {reason}"):
+                note = f"; trial {t.number} will be retried with the same cell"
+        except Exception as e:  # noqa: BLE001 - the storage may sit on the failing disk too
+            note = f"; trial {trial.number} is retried once a rerun finds this worker gone ({type(e).__name__})"
+    return WorkerFailed(f"worker {this_worker()} stopped: {reason}{note}; fix the cause and rerun the same "
+                        "command to resume the study")
 
 
 def _run_one(objective: Objective, trial: optuna.Trial):
@@ -100,11 +182,61 @@ def _run_one(objective: Objective, trial: optuna.Trial):
         trial.set_user_attr("nas_state", e.state)
         trial.set_user_attr("reason", str(e))
         return TrialState.FAIL, None
+    except optuna.exceptions.UpdateFinishedTrialError:
+        raise  # reaped while running: not the cell's fault (see _run_and_tell)
     except Exception as e:
+        if infrastructure_error(e) is not None:
+            raise  # the machine's fault: the trial is retried (see run_trials)
         log.exception("trial %d failed", trial.number)
         trial.set_user_attr("nas_state", "error")
         trial.set_user_attr("reason", f"{type(e).__name__}: {e}")
         return TrialState.FAIL, None
+
+
+class LocalWorker:
+    """One `python -m nas.search.worker` process of a local search (`workers=N`). Its stderr passes
+    through to ours; its last line is kept as the reason, should it fail."""
+
+    def __init__(self, cfg: dict[str, Any], index: int, threads: int):
+        cmd = [sys.executable, "-m", "nas.search.worker", "--study", cfg["study"], "--out-dir", cfg["out_dir"],
+               "--device", cfg["device"], "--threads", str(threads), "--index", str(index)]
+        if cfg["storage"]["url"]:
+            cmd += ["--storage", cfg["storage"]["url"]]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        self.index, self._last = index, ""
+        self.proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+        self._relay = threading.Thread(target=self._pass_through, daemon=True)
+        self._relay.start()
+
+    def _pass_through(self) -> None:
+        for line in self.proc.stderr:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            if line.strip():
+                self._last = line.strip()
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+
+    def failure(self) -> str | None:
+        """None when the process exited 0 (waiting for it), else one line: which worker and why."""
+        rc = self.proc.wait()
+        self._relay.join(timeout=5)
+        if rc == 0:
+            return None
+        if rc < 0:
+            try:
+                name = signal.Signals(-rc).name
+            except ValueError:
+                name = f"signal {-rc}"
+            why = f"was killed by {name}" + (" (out of memory?)" if -rc == signal.SIGKILL else "")
+        else:
+            why = f"exited with status {rc}" + (f": {self._last.removeprefix('nas-worker: error: ')}"
+                                                 if self._last else "")
+        return f"worker {self.index} (pid {self.proc.pid}) {why}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,6 +263,9 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         print(f"nas-worker: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except WorkerFailed as e:
+        print(f"nas-worker: error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _pruner(cfg: dict[str, Any]):

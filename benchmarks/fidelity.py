@@ -1,0 +1,335 @@
+"""Fidelity of the search's budget: does a short training rank cells as a longer one does?
+
+N cells drawn from a search space (optuna RandomSampler(--sample-seed) through the space function,
+deduplicated by canonical hash; invalid draws, and cells that nas.train.screen fails at the search
+budget, are skipped and counted: a search fails those without training them, --no-screen keeps
+them) and the reference cells lstm, gru, mut1-3 are trained with every seed at the search's
+per-trial budget (conf/trainer/search.yaml, composed as nas-search composes it), at any extra
+--budgets, and at --long-factor times the search's steps. Everything but `steps` is the search's
+trainer: same data, batch, parameter budget, lr.
+
+Each budget is a separate training run, not a point on the long run's curve: once the trainer's lr
+schedule depends on the total steps (cosine, linear decay), the model at step 150 of a 1200-step run
+is not the model a 150-step run ends with, and the search scores the latter.
+
+Reported, per short budget against the long one, among the cells that learn (every long-budget seed
+finished and the long seed-mean val bpc is below the unigram entropy of the training split: a model
+that does not beat a unigram model has learned no context, and its rank is noise):
+    Spearman's rho and Kendall's tau-b of the per-cell seed means, percentile-bootstrap 95% intervals
+    over cells (--resamples, seeded); the top-5 overlap; the seed spread (mean over cells of the std
+    over seeds) against the median gap between adjacent cells' means.
+Cells whose short run diverged on some seed are left out of that budget's statistics and counted.
+
+Every finished (cell, seed, budget) run is appended to <out>.jsonl, so an interrupted run resumes
+where it stopped (same command); runs go to a process pool of --workers processes, --threads torch
+threads each. Output: the JSON (per-cell table, statistics, machine, versions, config, wall time)
+and a scatter plot of short- vs long-budget val bpc with error bars over seeds.
+
+    python benchmarks/fidelity.py --space graph --cells 24 --seeds 2 --workers 2
+    python benchmarks/fidelity.py --budgets 150,300,450 --long-factor 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `benchmarks.stats` imports as a script
+
+from benchmarks.stats import (
+    JsonlCache,
+    machine,
+    rank_agreement,
+    search_config,
+    seed_spread_vs_gaps,
+    top_k_overlap,
+    write_json,
+)
+
+REFERENCES = ("lstm", "gru", "mut1", "mut2", "mut3")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training: a cell, a seed, a budget. `key` identifies it in the cache."""
+
+    key: str
+    label: str
+    cell_json: str
+    seed: int
+    steps: int
+    trainer: dict[str, Any]
+    corpus: str | None
+    cache_dir: str | None
+
+
+def train(run: Run) -> dict[str, Any]:
+    """Train one run; the cache record (plain JSON types)."""
+    from nas.cell import CellSpec
+    from nas.config import TrainConfig
+    from nas.data import load_corpus
+    from nas.train import evaluate
+
+    cfg = TrainConfig(**{**run.trainer, "steps": run.steps})
+    r = evaluate(CellSpec.from_json(run.cell_json), cfg, run.seed, load_corpus(run.corpus, run.cache_dir))
+    return {"key": run.key, "label": run.label, "cell_hash": r.cell_hash, "seed": run.seed,
+            "steps": run.steps, "val_bpc": r.val_bpc, "diverged": r.diverged, "params": r.params,
+            "hidden_size": r.hidden_size, "seconds": r.seconds}
+
+
+def sample_cells(space_name: str, options: dict[str, Any], n: int, seed: int, screen=None):
+    """The reference cells, then `n` distinct cells drawn at random from the space; with `screen`
+    (spec -> None or a reason), only cells it passes, as a search trains only those.
+
+    Returns ([(label, spec, is_reference)], counts of draws, invalid, duplicate and screened draws)."""
+    import optuna
+
+    from nas.cell import CellError, known_cell
+    from search_spaces import get_space
+
+    space = get_space(space_name, **options)
+    cells = [(name, known_cell(name), True) for name in REFERENCES]
+    seen = {spec.canonical_hash() for _, spec, _ in cells}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    counts = {"drawn": 0, "invalid": 0, "duplicates": 0, "screened": 0}
+    while len(cells) < len(REFERENCES) + n:
+        if counts["drawn"] >= 100 * max(n, 1):
+            raise ValueError(f"fidelity: space {space_name!r} gave only {len(cells) - len(REFERENCES)} "
+                             f"distinct valid cells in {counts['drawn']} draws, expected {n}")
+        trial = study.ask()
+        counts["drawn"] += 1
+        try:
+            spec = space.sample(trial)
+        except CellError:
+            counts["invalid"] += 1
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        study.tell(trial, 0.0)
+        h = spec.canonical_hash()
+        if h in seen:
+            counts["duplicates"] += 1
+            continue
+        seen.add(h)
+        if screen is not None and screen(spec) is not None:
+            counts["screened"] += 1
+            continue
+        cells.append((f"c{len(cells) - len(REFERENCES):02d}", spec, False))
+    return cells, counts
+
+
+def screener(trainer: dict[str, Any], corpus):
+    """nas.train.screen at the search's budget and seed 0: the cells a search would fail at once."""
+    from nas.config import TrainConfig
+    from nas.train import screen
+
+    cfg = TrainConfig(**trainer)
+    return lambda spec: screen(spec, cfg, corpus, 0)
+
+
+def plan(cells, seeds: int, budgets: list[int], trainer: dict[str, Any], corpus, args) -> list[Run]:
+    """Every (cell, seed, budget) run, the longest budgets first (the pool finishes sooner)."""
+    from nas.config import TrainConfig
+    from nas.search.objective import budget_key
+
+    runs = []
+    for steps in sorted(budgets, reverse=True):
+        for seed in range(seeds):
+            key = budget_key(TrainConfig(**{**trainer, "steps": steps}), seed, corpus.source_hash)
+            for label, spec, _ in cells:
+                runs.append(Run(f"{spec.canonical_hash()}|{key}", label, spec.to_json(indent=None), seed,
+                                steps, trainer, args.corpus, args.cache_dir))
+    return runs
+
+
+def execute(runs: list[Run], cache: JsonlCache, workers: int) -> int:
+    """Run what the cache lacks, recording each result as it finishes. Returns how many ran."""
+    todo = [r for r in runs if r.key not in cache]
+    if workers <= 1:
+        for r in todo:
+            cache.add(train(r))
+        return len(todo)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(train, r) for r in todo]
+        for f in as_completed(futures):
+            cache.add(f.result())
+    return len(todo)
+
+
+def cell_table(cells, runs: list[Run], cache: JsonlCache, budgets: list[int], threshold: float):
+    """Per cell: the val bpc of each seed at each budget (None: diverged), seed means, whether it learns."""
+    import numpy as np
+
+    by_cell: dict[str, dict[str, list]] = {}
+    for r in runs:
+        rec = cache.records[r.key]
+        by_cell.setdefault(r.label, {}).setdefault(str(r.steps), []).append(rec)
+    long = str(max(budgets))
+    table = []
+    for label, spec, ref in cells:
+        recs = by_cell[label]
+        vals = {b: [rec["val_bpc"] for rec in sorted(recs[b], key=lambda x: x["seed"])] for b in recs}
+        means = {b: (round(float(np.mean(v)), 5) if all(x is not None for x in v) else None)
+                 for b, v in vals.items()}
+        first = recs[long][0]
+        table.append({"label": label, "cell_hash": spec.canonical_hash(), "reference": ref,
+                      "params": first["params"], "hidden_size": first["hidden_size"], "val_bpc": vals,
+                      "mean": means, "learns": means[long] is not None and means[long] < threshold})
+    return table
+
+
+def statistics(table: list[dict], short: list[int], long: int, resamples: int) -> dict[str, Any]:
+    """The fidelity numbers of each short budget against the long one, among the cells that learn."""
+    learners = [c for c in table if c["learns"]]
+    out = {}
+    for b in short:
+        rows = [c for c in learners if c["mean"][str(b)] is not None]
+        s = {c["label"]: c["mean"][str(b)] for c in rows}
+        lg = {c["label"]: c["mean"][str(long)] for c in rows}
+        out[str(b)] = {
+            "cells": len(rows), "short_diverged": len(learners) - len(rows),
+            **rank_agreement([s[k] for k in s], [lg[k] for k in s], resamples, seed=0),
+            "top5": top_k_overlap(s, lg, 5),
+            "seed_spread": seed_spread_vs_gaps({c["label"]: c["val_bpc"][str(b)] for c in rows}),
+        }
+    out["long_seed_spread"] = seed_spread_vs_gaps({c["label"]: c["val_bpc"][str(long)] for c in learners})
+    return out
+
+
+def plot(table: list[dict], short: list[int], long: int, threshold: float, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(short), figsize=(5.5 * len(short), 5), squeeze=False)
+    for ax, b in zip(axes[0], short):
+        for c in table:
+            xs, ys = c["val_bpc"][str(b)], c["val_bpc"][str(long)]
+            if c["mean"][str(b)] is None or c["mean"][str(long)] is None:
+                continue
+            color = "tab:red" if c["reference"] else ("tab:blue" if c["learns"] else "tab:gray")
+            ax.errorbar(np.mean(xs), np.mean(ys), xerr=np.std(xs), yerr=np.std(ys), fmt="o", ms=4,
+                        color=color, capsize=2)
+            if c["reference"]:
+                ax.annotate(c["label"], (np.mean(xs), np.mean(ys)), textcoords="offset points",
+                            xytext=(4, 4), fontsize=8)
+        ax.axhline(threshold, color="tab:gray", ls=":", lw=1)  # below it a cell learns
+        ax.set_xlabel(f"val bpc after {b} steps")
+        ax.set_ylabel(f"val bpc after {long} steps")
+        ax.set_title(f"{b} vs {long} steps (gray: does not learn)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--space", default="graph")
+    p.add_argument("--cells", type=int, default=24, help="sampled cells, besides the 5 reference cells")
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--short-steps", type=int, default=None, help="default: the search trainer's steps")
+    p.add_argument("--budgets", default="", help="extra short budgets in steps, comma-separated")
+    p.add_argument("--long-factor", type=int, default=8)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run; 0: torch's default")
+    p.add_argument("--corpus", default=None, help="default: the shipped Tiny Shakespeare")
+    p.add_argument("--cache-dir", default=None, help="encoded-corpus cache (default: runs/cache)")
+    p.add_argument("--sample-seed", type=int, default=0)
+    p.add_argument("--resamples", type=int, default=2000)
+    p.add_argument("--no-screen", action="store_true",
+                   help="keep sampled cells that nas.train.screen fails (a search never trains them)")
+    p.add_argument("--learn-below", type=float, default=None,
+                   help="val bpc a cell must beat at the long budget to count; default: unigram entropy")
+    p.add_argument("--override", action="append", default=[],
+                   help="extra Hydra override of the search config, e.g. trainer.param_budget=5000")
+    p.add_argument("--out", default=None, help="default: benchmarks/results/fidelity_<space>.json")
+    p.add_argument("--plot", default=None, help="default: the --out path with .png")
+    args = p.parse_args(argv)
+    for name in ("cells", "seeds", "long_factor", "workers", "resamples"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    try:
+        args.budgets = sorted({int(b) for b in args.budgets.split(",") if b.strip()})
+    except ValueError:
+        p.error(f"--budgets: expected comma-separated step counts such as 150,300, got {args.budgets!r}")
+    if any(b < 1 for b in args.budgets):
+        p.error(f"--budgets: every budget must be >= 1 step, got {args.budgets}")
+    args.out = Path(args.out or RESULTS / f"fidelity_{args.space}.json")
+    args.plot = Path(args.plot or args.out.with_suffix(".png"))
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run (or resume) the benchmark; returns the JSON it writes."""
+    args = parse_args(argv)
+    start = time.perf_counter()
+    from nas.data import load_corpus, unigram_entropy_bits
+
+    cfg = search_config([f"search_space={args.space}", *args.override])
+    trainer = {**cfg["trainer"], "progress": False, "threads": args.threads or None}
+    short = sorted({args.short_steps or trainer["steps"], *args.budgets})
+    long = (args.short_steps or trainer["steps"]) * args.long_factor
+    if short[-1] >= long:
+        raise ValueError(f"fidelity: every short budget must be below the long one ({long} steps), "
+                         f"got {short}")
+    corpus = load_corpus(args.corpus, args.cache_dir)
+    entropy = unigram_entropy_bits(corpus.train)
+    threshold = entropy if args.learn_below is None else args.learn_below
+    cells, counts = sample_cells(args.space, cfg["search_space"]["options"], args.cells, args.sample_seed,
+                                 None if args.no_screen else screener(trainer, corpus))
+    runs = plan(cells, args.seeds, [*short, long], trainer, corpus, args)
+    cache = JsonlCache(args.out.with_suffix(".jsonl"))
+    ran = execute(runs, cache, args.workers)
+    table = cell_table(cells, runs, cache, [*short, long], threshold)
+    result = {
+        "benchmark": "fidelity", "space": args.space, "space_options": cfg["search_space"]["options"],
+        "trainer": trainer, "short_budgets": short, "long_steps": long, "seeds": args.seeds,
+        "corpus": {"name": corpus.name, "sha256": corpus.source_hash, "unigram_entropy_bits": entropy},
+        "sampling": {"sampler": "RandomSampler", "seed": args.sample_seed, "requested": args.cells,
+                     "screen": not args.no_screen, **counts},
+        "learns_if": f"every long-budget seed finished and the seed-mean val bpc < {threshold:.4f}"
+                     + (" (unigram entropy)" if args.learn_below is None else ""),
+        "cells_total": len(table), "cells_learning": sum(c["learns"] for c in table),
+        "budgets": statistics(table, short, long, args.resamples), "cells": table,
+        "runs": {"total": len(runs), "ran_now": ran, "from_cache": len(runs) - ran,
+                 "train_seconds": round(sum(cache.records[r.key]["seconds"] for r in runs), 1)},
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "machine": machine(), "wall_s": round(time.perf_counter() - start, 1),
+    }
+    write_json(args.out, result)
+    plot(table, short, long, threshold, args.plot, f"fidelity, {args.space} space, {args.seeds} seeds")
+    return result
+
+
+def summary(result: dict[str, Any]) -> str:
+    lines = [(f"{result['cells_learning']}/{result['cells_total']} cells learn "
+              f"(long budget {result['long_steps']} steps)")]
+    for b in result["short_budgets"]:
+        s = result["budgets"][str(b)]
+        lines.append(f"{b} vs {result['long_steps']} steps, {s['cells']} cells: Spearman {s['spearman']} "
+                     f"{s['spearman_ci95']}, Kendall {s['kendall']} {s['kendall_ci95']}, top-5 overlap "
+                     f"{s['top5']['overlap']}/{s['top5']['k']}, seed std {s['seed_spread']['seed_std_mean']} "
+                     f"vs adjacent gap {s['seed_spread']['adjacent_gap_median']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    try:
+        out = main()
+    except ValueError as e:
+        sys.exit(f"{Path(__file__).name}: error: {e}")
+    print(summary(out))
+    print(f"wrote {out['args']['out']} and {out['args']['plot']} in {out['wall_s']} s")

@@ -1,0 +1,174 @@
+"""The search-trust benchmarks (benchmarks/fidelity.py, controllers.py) at a tiny scale: the JSON has
+its fields and sane numbers, and a rerun skips the work already done."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks folder is no package
+
+from benchmarks import controllers, fidelity
+from benchmarks.stats import (
+    JsonlCache,
+    best_so_far,
+    paired_difference,
+    rank_agreement,
+    seed_spread_vs_gaps,
+    top_k_overlap,
+)
+
+TINY = ["--override", "trainer.param_budget=3000", "--override", "trainer.eval_every=2",
+        "--override", "trainer.eval_chars=300", "--override", "trainer.batch_size=4",
+        "--override", "trainer.seq_len=16", "--threads", "0", "--workers", "1"]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """A 20k-character slice of the default corpus and a cache folder of its own."""
+    from nas.data import default_corpus_path
+
+    path = tmp_path / "small.txt"
+    path.write_text(default_corpus_path().read_text()[:20_000])
+    return ["--corpus", str(path), "--cache-dir", str(tmp_path / "cache")]
+
+
+# ---- statistics ------------------------------------------------------------------------------------
+
+def test_rank_agreement_of_monotone_and_reversed_scores():
+    x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    same = rank_agreement(x, [v * 2 + 1 for v in x], resamples=300)
+    assert same["spearman"] == 1.0 and same["kendall"] == 1.0
+    assert same["spearman_ci95"] == [1.0, 1.0] and same["resamples_used"] > 250
+    rev = rank_agreement(x, x[::-1], resamples=300)
+    assert rev["spearman"] == -1.0 and rev["kendall_ci95"] == [-1.0, -1.0]
+    assert rank_agreement([1.0, 2.0], [2.0, 1.0])["spearman"] is None  # too few cells
+    with pytest.raises(ValueError, match="paired"):
+        rank_agreement([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def test_overlap_spread_paired_difference_and_best_so_far():
+    short = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}
+    long = {"a": 1.5, "b": 1.0, "c": 3.5, "d": 0.5}
+    assert top_k_overlap(short, long, 2)["overlap"] == 1  # best two: {a, b} vs {d, b}
+    spread = seed_spread_vs_gaps({"a": [1.0, 1.2], "b": [2.0, 2.2], "c": [4.0, 4.2]})
+    assert spread["seed_std_mean"] == pytest.approx(0.14142, abs=1e-4)
+    assert spread["adjacent_gap_median"] == pytest.approx(1.5)
+    d = paired_difference([1.0, 2.0, 3.0], [1.5, 2.4, 3.6])
+    assert d["mean_diff"] == pytest.approx(-0.5) and d["ci95"][0] < -0.5 < d["ci95"][1] < 0
+    assert d["excludes_zero"] is True
+    assert best_so_far([None, 3.0, 4.0, None, 2.0, math.inf]) == [None, 3.0, 3.0, 3.0, 2.0, 2.0]
+
+
+def test_jsonl_cache_survives_a_torn_last_line(tmp_path):
+    cache = JsonlCache(tmp_path / "c.jsonl")
+    cache.add({"key": "a", "v": 1})
+    with (tmp_path / "c.jsonl").open("a") as f:
+        f.write('{"key": "b", "v"')  # killed mid-write
+    again = JsonlCache(tmp_path / "c.jsonl")
+    assert "a" in again and "b" not in again
+    with pytest.raises(ValueError, match="'key'"):
+        again.add({"v": 2})
+
+
+# ---- fidelity ----------------------------------------------------------------------------------------
+
+def test_fidelity_tiny_run_and_resume(tmp_path, corpus):
+    out = tmp_path / "fid.json"
+    argv = ["--cells", "1", "--short-steps", "2", "--budgets", "1", "--long-factor", "2",
+            "--resamples", "100", "--learn-below", "100", "--out", str(out), *corpus, *TINY]
+    first = fidelity.main([*argv, "--seeds", "1"])
+    assert first["runs"] == {**first["runs"], "total": 6 * 3, "ran_now": 18, "from_cache": 0}
+    result = fidelity.main([*argv, "--seeds", "2"])  # only the second seed's runs are new
+    assert result["runs"] == {**result["runs"], "total": 6 * 2 * 3, "ran_now": 18, "from_cache": 18}
+    assert json.loads(out.read_text()) == result
+    assert out.with_suffix(".png").stat().st_size > 0
+    cells = result["cells"]
+    assert result["short_budgets"] == [1, 2] and result["long_steps"] == 4
+    assert len(cells) == result["cells_total"] == 1 + len(fidelity.REFERENCES)
+    assert len({c["cell_hash"] for c in cells}) == len(cells)
+    sampling = result["sampling"]
+    assert sampling["screen"]
+    assert sampling["drawn"] == 1 + sampling["invalid"] + sampling["duplicates"] + sampling["screened"]
+    for c in cells:
+        assert all(len(c["val_bpc"][b]) == 2 for b in ("1", "2", "4"))
+        assert c["learns"] == (c["mean"]["4"] is not None)  # threshold 100: every finished cell learns
+    learners = sum(c["learns"] for c in cells)
+    assert result["cells_learning"] == learners >= 3
+    for b in ("1", "2"):
+        s = result["budgets"][b]
+        assert s["cells"] + s["short_diverged"] == learners and s["n"] == s["cells"]
+        for name in ("spearman", "kendall"):
+            low, high = s[f"{name}_ci95"]
+            assert -1 <= low <= high <= 1 and -1 <= s[name] <= 1
+        assert s["top5"]["overlap"] <= s["top5"]["k"] == min(5, s["cells"])
+        assert s["seed_spread"]["seed_std_mean"] >= 0
+    assert result["machine"]["versions"]["torch"] and result["wall_s"] > 0
+
+    again = fidelity.main([*argv, "--seeds", "2"])
+    assert again["runs"]["ran_now"] == 0 and again["cells"] == cells
+
+
+def test_fidelity_rejects_a_short_budget_not_below_the_long_one(tmp_path, corpus):
+    with pytest.raises(ValueError, match="below the long one"):
+        fidelity.main(["--short-steps", "3", "--budgets", "6", "--long-factor", "2", "--cells", "1",
+                       "--out", str(tmp_path / "f.json"), *corpus, *TINY])
+    with pytest.raises(SystemExit):
+        fidelity.parse_args(["--budgets", "1,x"])
+
+
+# ---- controllers ---------------------------------------------------------------------------------------
+
+def test_controllers_tiny_run_and_resume(tmp_path, corpus):
+    out = tmp_path / "ctl.json"
+    argv = ["--controllers", "random,evolution", "--trials", "3", "--seeds", "2", "--trainer", "tiny",
+            "--override", "trainer.steps=3", "--out", str(out), *corpus, *TINY]
+    result = controllers.main(argv)
+    assert json.loads(out.read_text()) == result
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert result["run"]["studies"] == result["run"]["ran_now"] == 4
+    assert not out.with_suffix(".studies").exists()  # finished studies leave no journal behind
+    for study in result["studies"]:
+        assert len(study["trials"]) == len(study["best_so_far"]) == 3
+        assert study["reference_seeding"] is False
+        curve = [v for v in study["best_so_far"] if v is not None]
+        assert curve and curve == sorted(curve, reverse=True) and all(0 < v < 10 for v in curve)
+    summary = result["summary"]
+    assert set(summary) == {"random", "evolution"} and "vs_random" not in summary["random"]
+    end = summary["evolution"]["vs_random"]["3"]
+    assert end["n"] == 2 and end["ci95"][0] <= end["mean_diff"] <= end["ci95"][1]
+    assert summary["random"]["best_at"]["3"]["seeds"] == 2
+
+    again = controllers.main(argv)
+    assert again["run"]["ran_now"] == 0 and again["studies"] == result["studies"]
+
+
+def test_controllers_reference_seeding_starts_every_controller_from_the_reference_cells(tmp_path, corpus):
+    argv = ["--controllers", "random,evolution", "--trials", "2", "--seeds", "1", "--trainer", "tiny",
+            "--override", "trainer.steps=2", "--reference-seeding", "--out", str(tmp_path / "c.json"),
+            *corpus, *TINY]
+    result = controllers.main(argv)
+    for study in result["studies"]:
+        assert study["reference_seeding"] is True
+        assert [t["reference"] for t in study["trials"]] == ["rnn_tanh", "lstm"], study["controller"]
+        assert study["best_new_so_far"] == [None, None]
+    with pytest.raises(SystemExit):
+        controllers.parse_args(["--controllers", "random,nsga2"])
+
+
+def test_controllers_resume_an_interrupted_study_from_its_journal(tmp_path, corpus):
+    out = tmp_path / "ctl.json"
+    argv = ["--controllers", "random", "--trials", "2", "--seeds", "1", "--trainer", "tiny",
+            "--override", "trainer.steps=2", "--out", str(out), *corpus, *TINY]
+    args = controllers.parse_args(argv)
+    job = controllers.plan(args, out.with_suffix(".studies"))[0]
+    first = controllers.run_study(controllers.StudyJob(job.key, job.controller, job.seed,
+                                                       {**job.cfg, "n_trials": 1}, False))  # then killed
+    result = controllers.main(argv)
+    trials = result["studies"][0]["trials"]
+    assert result["run"]["ran_now"] == 1 and [t["number"] for t in trials] == [0, 1]
+    assert trials[0] == first["trials"][0]  # trial 0 was not run again
