@@ -209,12 +209,14 @@ class TrackingConfig:
 
 @dataclass
 class ReportConfig:
-    """The final comparison: the top_k cells and the baselines retrained with `seeds` seeds and scored
-    on the test split (mean +- std), as a table (markdown, CSV) and plots on the parent run."""
+    """The final comparison: the top_k new cells and the baselines retrained with `seeds` seeds (for
+    `steps` steps, default the search trainer's) and scored on the test split (mean +- std, and paired
+    differences with 95% intervals), as a table (markdown, CSV) and plots on the parent run."""
 
     enabled: bool = True
     top_k: int = 3
     seeds: int = 3
+    steps: Optional[int] = None    # the finalists' training steps; None: the search trainer's steps
 
 
 @dataclass
@@ -323,6 +325,8 @@ def check_pruner(cfg: PrunerConfig) -> None:
 def check_report(cfg: ReportConfig) -> None:
     check_int("report.top_k", cfg.top_k, 1)
     check_int("report.seeds", cfg.seeds, 1)
+    if cfg.steps is not None:
+        check_int("report.steps", cfg.steps, 1)
 
 
 def check_baselines(names: Any, cells: Any) -> None:

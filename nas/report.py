@@ -171,9 +171,12 @@ def final_comparison(study: optuna.Study, cfg: dict[str, Any], tracker=None,
     from nas.data import load_corpus
     from nas.search.objective import budget_key
 
-    trainer = TrainConfig(**{**cfg["trainer"], "progress": False})
     corpus = load_corpus(cfg["data"]["path"], cfg["data"]["cache_dir"], cfg["data"].get("format", "auto"))
-    budget = budget_key(trainer, cfg["seed"], corpus.source_hash)
+    search_budget = budget_key(TrainConfig(**cfg["trainer"]), cfg["seed"], corpus.source_hash)
+    # The finalists are retrained longer than a trial where report.steps says so (the search's
+    # short budget only has to rank cells; the comparison should say how good they are).
+    cfg = final_config(cfg)
+    budget = budget_key(TrainConfig(**cfg["trainer"]), cfg["seed"], corpus.source_hash)
     baselines = _baselines(cfg["baselines"])
     subjects = top_cells(study, cfg["report"]["top_k"]) + baselines
     seeds = tuple(cfg["seed"] + i for i in range(cfg["report"]["seeds"]))
@@ -194,9 +197,18 @@ def final_comparison(study: optuna.Study, cfg: dict[str, Any], tracker=None,
     (out / "comparison.csv").write_text(comparison.csv())
     plots = (_plot_curves(out / "learning_curves.png", subjects, seeds, results),
              _plot_test_vs_params(out / "test_bpc_vs_params.png", rows),
-             _plot_best_so_far(out / "best_so_far.png", study, cfg["baselines"], budget))
+             _plot_best_so_far(out / "best_so_far.png", study, cfg["baselines"], search_budget))
     files = tuple(str(p) for p in (out / "comparison.md", out / "comparison.csv", *plots))
     return Comparison(study.study_name, budget, seeds, tuple(rows), files, pairs)
+
+
+def final_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The search config as the final comparison trains: the trainer's steps set to report.steps
+    (None or absent: the search's own steps)."""
+    steps = (cfg.get("report") or {}).get("steps")
+    if not steps:
+        return cfg
+    return {**cfg, "trainer": {**cfg["trainer"], "steps": steps}}
 
 
 def paired_difference(cell: str, baseline: str, mine: list[dict[str, Any]],

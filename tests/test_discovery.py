@@ -233,3 +233,21 @@ def test_budget_key_is_shared_by_trials_and_baselines():
     cfg = TrainConfig(steps=6)
     assert budget_key(cfg, 0, "x") == budget_key(TrainConfig(steps=6, device="cpu"), 0, "x")
     assert budget_key(cfg, 0, "x") != budget_key(cfg, 1, "x")
+
+
+def test_the_canonical_form_is_what_is_trained_and_recorded():
+    """An Elman ReLU cell with an extra state `c` that nothing reads: trained and recorded as the
+    one-state cell it is, so its score belongs to its hash."""
+    from nas.cell import CellSpec
+
+    spelled = CellSpec.from_dict({
+        "state": ["h", "c"],
+        "nodes": {"pre": {"op": "linear", "in": ["x", "h"]}, "act": {"op": "relu", "in": ["pre"]},
+                  "keep": {"op": "tanh", "in": ["c"]}},
+        "outputs": {"h": "act", "c": "keep"}})
+    trained = []
+    study = run(make_objective([spelled], lambda spec, *a, **k: trained.append(spec) or fake_result(spec)), 1)
+    (t,) = study.trials
+    assert trained[0].state == ("h",) and trained[0] == spelled.canonical()
+    assert CellSpec.from_json(t.user_attrs["cell_json"]) == spelled.canonical()
+    assert t.user_attrs["cell_hash"] == spelled.canonical_hash()

@@ -1,7 +1,8 @@
 """One trial: sample a cell, validate, deduplicate, screen, train, report, return val bpc.
 
     sample (the controller, through the space) -> CellSpec (invalid: the trial fails with the reason)
-    -> canonical hash (functionally equal cells share it) and the reference cell it equals, if any
+    -> its canonical form (what is trained and recorded), its hash (functionally equal cells share
+       it) and the reference cell it equals, if any
     -> same cell already evaluated at the same budget? reuse its result, tag duplicate; the same cell
        being trained by another worker right now? wait for it, then reuse
     -> screen (a few cheap steps: a cell that would diverge at once fails as `screened`)
@@ -92,6 +93,11 @@ class Objective:
         from nas.cell import identify
         from nas.provenance import short
 
+        # The canonical form is what is trained, recorded and exported: the same function in its one
+        # spelling, so a score belongs to its hash (a spelling with an always-zero state would carry
+        # weights that do nothing, get a smaller hidden size at the same parameter budget, and score
+        # differently from its twin).
+        spec = spec.canonical()
         h, reference = spec.canonical_hash(), identify(spec)
         for key, value in (("cell_hash", h), ("cell_json", spec.to_json(indent=None)),
                            ("budget", self.budget), ("cell_label", cell_label(trial.number, reference)),
