@@ -221,7 +221,9 @@ def plot(records: list[dict[str, Any]], controllers: list[str], n: int, path: Pa
         xs, mean, std = [], [], []
         for t in range(1, n + 1):
             vals = [v[t - 1] for v in rows if len(v) >= t and v[t - 1] is not None]
-            if vals:
+            # Only where every seed has a best: a mean over the seeds that have one so far would jump
+            # up when a worse seed gets its first complete trial.
+            if vals and len(vals) == len(rows):
                 xs.append(t)
                 mean.append(np.mean(vals))
                 std.append(np.std(vals))
@@ -307,8 +309,9 @@ def summary(result: dict[str, Any]) -> str:
         line = f"{c:<10} best after {n} trials: {end['mean']} +- {end['std']} ({end['seeds']} seeds)"
         if "vs_random" in s:
             d = s["vs_random"][str(n)]
+            ahead = s["ahead_of_random_from_trial"]
             line += (f"; vs random {d['mean_diff']} bpc, 95% CI {d['ci95']}, "
-                     f"ahead from trial {s['ahead_of_random_from_trial']}")
+                     + (f"ahead of random (mean) from trial {ahead} on" if ahead else "never ahead of random to the end"))
         lines.append(line)
     return "\n".join(lines)
 

@@ -61,6 +61,9 @@ EQUAL = {
     "identity": ({"i": f("identity", "a"), "out": f("tanh", "i")}, {"out": f("tanh", "a")}),
     "relu of relu": ({"r": f("relu", "a"), "out": f("relu", "r")}, {"out": f("relu", "a")}),
     "relu of sigmoid": ({"s": f("sigmoid", "a"), "out": f("relu", "s")}, {"out": f("sigmoid", "a")}),
+    # found in a search: relu(leaky_relu(W x + U h + b)) trained to the same bpc as relu(...)
+    "relu of leaky_relu": ({"l": f("leaky_relu", "a"), "out": f("relu", "l")}, {"out": f("relu", "a")}),
+    "leaky_relu of relu": ({"r": f("relu", "a"), "out": f("leaky_relu", "r")}, {"out": f("relu", "a")}),
     "add of zero": ({**ZERO_C, "out": f("add", "a", "zc")}, A),
     "mul by zero": ({**ZERO_C, "m": f("mul", "zc", "b"), "out": f("add", "a", "m")}, A),
     "sub of zero": ({**ZERO_C, "out": f("sub", "a", "zc")}, A),
@@ -214,3 +217,9 @@ def test_known_gap_constants_are_not_evaluated():
     # sigmoid(0) * a is 0.5 * a, which a following linear absorbs; kept as spelled.
     half = with_c({**ZERO_C, "s": f("sigmoid", "zc"), "m": f("mul", "a", "s"), "out": lin("m")})
     assert not same(half, with_c({"out": lin("a")}))
+
+
+def test_relu_of_a_leaky_relu_with_a_negative_slope_is_not_relu():
+    # leaky_relu(a) with slope < 0 is positive where a < 0, so relu keeps it: another function
+    negative = {"a": lin("x", "h"), "l": {**f("leaky_relu", "a"), "negative_slope": -0.5}, "out": f("relu", "l")}
+    assert not same(cell(negative), cell({"a": lin("x", "h"), "out": f("relu", "a")}))

@@ -251,3 +251,23 @@ def test_the_canonical_form_is_what_is_trained_and_recorded():
     assert trained[0].state == ("h",) and trained[0] == spelled.canonical()
     assert CellSpec.from_json(t.user_attrs["cell_json"]) == spelled.canonical()
     assert t.user_attrs["cell_hash"] == spelled.canonical_hash()
+
+
+def test_trials_that_train_nothing_are_replaced_up_to_a_cap(monkeypatch):
+    from nas.search import storage
+    from nas.search.storage import counts_toward_budget, replace_if_free
+
+    study = optuna.create_study()
+    study.add_trial(create_trial(value=2.0, user_attrs={"nas_state": "complete"}))
+    study.add_trial(create_trial(value=2.0, user_attrs={"nas_state": "duplicate", "duplicate_of": 0}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"nas_state": "screened"}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"nas_state": "diverged"}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"nas_state": "lost"}))
+    assert [counts_toward_budget(t) for t in study.trials] == [True, False, False, True, False]
+    assert [replace_if_free(study, t) for t in study.trials[:5]] == [False, True, True, False, False]
+    assert [t.state for t in study.trials[5:]] == [TrialState.WAITING] * 2  # two placeholders
+    monkeypatch.setattr(storage, "MAX_TRIALS_FACTOR", 1)
+    monkeypatch.setattr(storage, "MIN_TRIALS_CAP", 7)
+    assert replace_if_free(study, study.trials[2]) is False  # 7 trials, 4 that count: at the cap
+    monkeypatch.setattr(storage, "MIN_TRIALS_CAP", 8)
+    assert replace_if_free(study, study.trials[2]) is True

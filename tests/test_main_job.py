@@ -33,7 +33,11 @@ def test_default_main_job_end_to_end(tmp_path):
     assert journal.exists()
     study = optuna.load_study(study_name="graph-evolution", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(journal))))
-    assert len(study.trials) == 10 and all(t.state.is_finished() for t in study.trials)
+    from nas.search.storage import counts_toward_budget
+
+    # n_trials counts cells trained: duplicates and screened cells are replaced, not counted
+    assert sum(counts_toward_budget(t) for t in study.trials) == 10
+    assert all(t.state.is_finished() for t in study.trials)
     assert any(t.state == TrialState.COMPLETE for t in study.trials)
     workers = {t.system_attrs["nas:worker"] for t in study.trials}
     assert len(workers) == 2  # the default runs two worker processes
@@ -53,7 +57,7 @@ def test_default_main_job_end_to_end(tmp_path):
     roles = {}
     for r in runs:
         roles.setdefault(r.data.tags.get("role"), []).append(r)
-    assert len(roles["search"]) == 1 and len(roles["trial"]) == 10
+    assert len(roles["search"]) == 1 and len(roles["trial"]) == len(study.trials)
     assert {r.data.tags["cell"] for r in roles["baseline"]} >= set(BASELINES)
     assert len(roles["final"]) >= 2 * len(BASELINES)
     parent = roles["search"][0].info.run_id

@@ -73,13 +73,17 @@ def test_two_workers_share_the_study_exactly(tmp_path):
     study, _ = join_study("par", None, cfg["out_dir"])
     trials = counted(study)
     assert len(trials) == 8 and outcome.n_trials == 8
-    assert sorted(t.number for t in trials) == list(range(8))  # none duplicated, none lost
-    assert all(t.state.is_finished() for t in trials)
-    workers = {t.system_attrs["nas:worker"] for t in trials}
+    # every trial ran once; the ones that trained nothing (duplicates) were replaced, not counted
+    everything = study.get_trials()
+    assert all(t.state.is_finished() for t in everything)
+    assert sorted(t.number for t in everything) == list(range(len(everything)))
+    assert len({t.user_attrs["cell_hash"] for t in trials}) == 8  # 8 distinct cells trained
+    assert all("duplicate_of" in t.user_attrs for t in everything if t not in trials)
+    workers = {t.system_attrs["nas:worker"] for t in everything}
     assert len(workers) == 2, workers  # both processes took part
     # rerunning the same command finds the budget met and runs nothing more
     again = search(cfg, progress=False)
-    assert again.n_trials == 8 and len(study.get_trials()) == 8
+    assert again.n_trials == 8 and len(study.get_trials()) == len(everything)
     # a larger budget resumes the same study
     search({**cfg, "n_trials": 10, "workers": 1}, progress=False)
     assert len(counted(study)) == 10

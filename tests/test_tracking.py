@@ -361,3 +361,16 @@ def test_a_deleted_store_is_said_and_every_run_logged_again(tmp_path):
     assert "unreachable" not in again.stderr
     runs = runs_of(MlflowClient(f"sqlite:///{db}"), "gone")
     assert len(runs["trial"]) == 2 and len(runs["search"]) == 1
+
+
+def test_a_store_deleted_during_a_search_is_said_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(nas.tracking, "_warned", set())
+    db = tmp_path / "mlflow.db"
+    tracker = Tracker(f"sqlite:///{db}")
+    db.write_bytes(b"")
+    tracker._check_store()  # present: nothing to say
+    db.unlink()
+    with pytest.warns(TrackingWarning, match="was deleted during the search") as caught:
+        tracker._check_store()
+        tracker._check_store()
+    assert len(caught) == 1

@@ -11,7 +11,8 @@ function; the canonical form keeps one of them:
   linear drops zero operands (a linear with none left is its bias: a trainable constant, kept as
   linear(zero), or 0 without a bias). Where a zero must stay an operand (sigmoid(0) = 0.5,
   sub(0, a), blend(z, 0, b), mean(a, 0)) it is one node `sub(h, h)`;
-- identity nodes are dropped, relu(relu(a)) = relu(sigmoid(a)) ... = the inner node, a linear's
+- identity nodes are dropped, relu(relu(a)) = relu(sigmoid(a)) = leaky_relu(relu(a)) ... = the inner
+  node, relu(leaky_relu(a)) = relu(a) (for a slope >= 0), a linear's
   repeated operand is one term (W1 a + W2 a = W a), and equal weightless nodes (same op, options
   and operands) are merged; `linear` nodes are never merged (each owns its weights);
 - state vectors that never influence h (nothing on h's path reads them, at any step) are dropped,
@@ -116,11 +117,12 @@ def _fold(state: Sequence[str], nodes: Sequence[Node], zero: frozenset[str]) -> 
 
     value: dict[str, str] = {INPUT: INPUT, **{s: ZERO if s in zero else s for s in state}}
     op_of: dict[str, str] = {}
+    kept_of: dict[str, Node] = {}
     merged: dict[tuple[Any, ...], str] = {}
     out: list[Node] = []
     for n in nodes:
         operands = [value[i] for i in n.inputs]
-        rule = _rule(n.op, operands, op_of, dict(n.options))
+        rule = _rule(n.op, operands, op_of, dict(n.options), kept_of)
         if isinstance(rule, str):
             value[n.name] = rule
             continue
@@ -134,17 +136,22 @@ def _fold(state: Sequence[str], nodes: Sequence[Node], zero: frozenset[str]) -> 
         merged[key] = value[n.name] = n.name
         op_of[n.name] = op
         out.append(Node(n.name, op, tuple(operands), options))
+        kept_of[n.name] = out[-1]
     return value, out
 
 
-def _rule(op: str, a: list[str], op_of: dict[str, str], options: dict[str, Any]) -> str | tuple[str, list[str]]:
+def _rule(op: str, a: list[str], op_of: dict[str, str], options: dict[str, Any],
+          kept_of: dict[str, Node] | None = None) -> str | tuple[str, list[str]]:
     """One node with folded operands `a`: the value it is (a name or ZERO) or (op, operands)."""
     if op == "identity":
         return a[0]
     if op in _ZERO_AT_ZERO and a[0] == ZERO:
         return ZERO
-    if op == "relu" and op_of.get(a[0]) in _NON_NEGATIVE:
-        return a[0]
+    if op in ("relu", "leaky_relu") and op_of.get(a[0]) in _NON_NEGATIVE:
+        return a[0]  # both are the identity on values >= 0
+    inner = (kept_of or {}).get(a[0])
+    if op == "relu" and inner is not None and inner.op == "leaky_relu" and inner.option("negative_slope") >= 0:
+        return "relu", [inner.inputs[0]]  # leaky_relu keeps the sign: relu(leaky_relu(a)) = relu(a)
     if op == "add" and ZERO in a:
         return a[0] if a[1] == ZERO else a[1]
     if op == "sub" and (a[1] == ZERO or a[0] == a[1]):

@@ -29,7 +29,7 @@ def run(cfg: WorkerApp) -> None:
     study, stored = join_study(cfg.study, cfg.storage.url, cfg.out_dir)
     check_trainer(stored["trainer"], stored["data"])
     device = pin_device(cfg.device, cfg.threads, cfg.replica)
-    objective, sampler = build_objective(stored, device)
+    objective, sampler = build_objective(stored, device, cfg.replica)
     study.sampler, study.pruner = sampler, _pruner(stored)
     try:
         summary = run_trials(study, objective, {"heartbeat_interval": cfg.storage.heartbeat_interval,

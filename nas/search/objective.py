@@ -105,7 +105,7 @@ class Objective:
             trial.set_user_attr(key, value)
         if reference:
             trial.set_user_attr("reference", reference)
-        earlier = self._earlier_result(trial.study, h, trial.number)
+        earlier = self._earlier_result(trial, h)
         if earlier is not None:
             return self._reuse(trial, earlier)
         self._screen(spec, trial)
@@ -161,25 +161,41 @@ class Objective:
         if result.diverged:
             trial.set_user_attr("reason", result.diverged)
 
-    def _earlier_result(self, study: optuna.Study, cell_hash: str, number: int):
-        """The trial that evaluated the same cell at the same budget: finished (complete, pruned,
-        diverged or screened: each is deterministic for a given seed and budget, up to the pruner's
-        view of the moment), or, if an earlier-numbered trial is training it right now, that one once
-        it finishes. Waiting only on earlier numbers means two workers never wait on each other."""
+    def _earlier_result(self, trial: optuna.Trial, cell_hash: str):
+        """The trial to reuse for the same cell at the same budget, or None: this trial trains it.
+
+        A finished one (complete, pruned, diverged or screened: each is deterministic for a given seed
+        and budget, up to the pruner's view of the moment) is reused at once. Against the same cell
+        running in another worker, a claim without a lock (storages have no compare-and-set on
+        attributes): every trial writes its hash first (the caller did); a trial waits while an
+        earlier-numbered one runs the cell, or a later-numbered one has marked itself `training`;
+        otherwise it marks itself and checks once more for an earlier one (which then wins). Two trials
+        of one cell never both train, and never wait on each other for good."""
+        study, number = trial.study, trial.number
         while True:
-            running = False
+            earlier, running = None, []
             for t in study.get_trials(deepcopy=False):
                 if t.number == number or t.user_attrs.get("cell_hash") != cell_hash:
                     continue
                 if t.user_attrs.get("budget") != self.budget or "duplicate_of" in t.user_attrs:
                     continue
-                if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-                    return t
-                if t.state == TrialState.FAIL and t.user_attrs.get("nas_state") in ("diverged", "screened"):
-                    return t
-                running |= t.state == TrialState.RUNNING and t.number < number
-            if not running:
+                if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+                        t.state == TrialState.FAIL and t.user_attrs.get("nas_state") in ("diverged", "screened")):
+                    earlier = t
+                    break
+                if t.state == TrialState.RUNNING:
+                    running.append(t)
+            if earlier is not None:
+                trial.set_user_attr("training", False)
+                return earlier
+            first = any(t.number < number for t in running)
+            if not first and not any(t.user_attrs.get("training") for t in running):
+                if not trial.user_attrs.get("training"):
+                    trial.set_user_attr("training", True)
+                    continue  # check once more, now that the others can see the mark
                 return None
+            if trial.user_attrs.get("training"):
+                trial.set_user_attr("training", False)  # an earlier trial of the cell wins
             time.sleep(WAIT_POLL)
             if self.reap is not None:
                 self.reap(study)

@@ -169,7 +169,9 @@ def _tick(bar, study: optuna.Study, cfg: dict[str, Any]) -> None:
     if bar is None:
         _announce(study.study_name, trials)
         return
-    done = sum(t.state.is_finished() and t.user_attrs.get("nas_state") != "lost" for t in trials)
+    from nas.search.storage import counts_toward_budget
+
+    done = sum(t.state.is_finished() and counts_toward_budget(t) for t in trials)
     bar.update(done - bar.n)
     best = [t.values[0] for t in trials if t.state == TrialState.COMPLETE]
     if best:
@@ -275,7 +277,9 @@ def summarise(study: optuna.Study, cfg: dict[str, Any], baselines: dict[str, dic
                      t.user_attrs.get("chars_per_sec"), "trial", t.number) for t in done[:cfg["report"]["top_k"]])
     base = tuple(Row(name, r["cell_hash"], r["val_bpc"], r["params"], r["hidden_size"], r["chars_per_sec"],
                      "baseline") for name, r in baselines.items())
-    counted = sum(v for k, v in states.items() if k != "lost")
+    from nas.search.storage import counts_toward_budget
+
+    counted = sum(counts_toward_budget(t) for t in trials)  # cells trained: the n_trials budget
     return SearchOutcome(cfg["study"], counted, states, best, base, seconds,
                          {"seconds_by_state": {k: round(v, 1) for k, v in costs.items()}})
 
@@ -320,7 +324,9 @@ def format_table(outcome: SearchOutcome) -> str:
         lines.append(f"{r.label:<{width}} {r.role:<8} {bpc:>8} {r.params or 0:>9,} {r.hidden_size or 0:>6} "
                      f"{r.chars_per_sec or 0:>9,.0f}  {r.cell_hash}")
     states = ", ".join(f"{k} {v}" for k, v in sorted(outcome.states.items()))
-    lines.append(f"study {outcome.study_name}: {outcome.n_trials} trials ({states}) in {outcome.seconds:.0f} s")
+    total = sum(outcome.states.values())
+    lines.append(f"study {outcome.study_name}: {outcome.n_trials} cells trained, {total} trials ({states}) in "
+                 f"{outcome.seconds:.0f} s")
     costs = outcome.extra.get("seconds_by_state") or {}
     total = sum(costs.values())
     if total > 0:

@@ -7,7 +7,9 @@ processes on one machine, ~10x cheaper per trial than SQLite here); any Optuna R
 Partial writes: see nas.search.journal (the journal file never stays unreadable after a crash).
 
 Trial budget: `top_up` enqueues WAITING trials until the study holds `n_trials` trials that count
-(finished, running or waiting; trials lost with a killed worker do not count), and workers only
+(finished, running or waiting; trials lost with a killed worker do not count, nor trials that
+trained nothing: duplicates, screened and invalid cells, each replaced by its worker with a new
+placeholder, up to MAX_TRIALS_FACTOR trials per counted one), and workers only
 ever *pop* waiting trials (an atomic WAITING -> RUNNING transition in every Optuna storage). So N
 workers run exactly n_trials trials between them, and rerunning a command resumes the study until
 its budget is met.
@@ -124,8 +126,39 @@ def this_worker() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+# States of a trial that trained nothing (besides `lost`): it is replaced, so that n_trials counts cells
+# trained. A duplicate (of any outcome) carries `duplicate_of`.
+FREE_STATES = ("screened", "invalid")
+# At most this many trials per trial that counts (and at least MIN_TRIALS_CAP in all): a space or
+# controller that yields only duplicates or junk still ends. Measured: 56% of random `graph` cells are
+# screened at the search budget, so ~2.3 trials per trained cell.
+MAX_TRIALS_FACTOR = 10
+MIN_TRIALS_CAP = 20
+
+
 def counts_toward_budget(t: FrozenTrial) -> bool:
-    return not (t.state == TrialState.FAIL and t.user_attrs.get("nas_state") == LOST)
+    """Whether `t` uses the study's budget: not lost with its worker, and not a trial that trained
+    nothing (a duplicate of an earlier cell, a screened or an invalid cell)."""
+    state = t.user_attrs.get("nas_state")
+    if t.state == TrialState.FAIL and state == LOST:
+        return False
+    return not (t.state.is_finished() and ("duplicate_of" in t.user_attrs or state in FREE_STATES))
+
+
+def replace_if_free(study: optuna.Study, t: FrozenTrial) -> bool:
+    """Enqueue a placeholder for the finished trial `t` if it trained nothing (see counts_toward_budget),
+    so that the study still trains n_trials cells; not beyond MAX_TRIALS_FACTOR trials per counted
+    trial. Called once per trial by the worker that ran it. True when one was enqueued."""
+    if counts_toward_budget(t) or t.user_attrs.get("nas_state") == LOST:
+        return False
+    trials = study.get_trials(deepcopy=False)
+    counted = sum(counts_toward_budget(x) for x in trials)
+    if len(trials) >= max(MIN_TRIALS_CAP, MAX_TRIALS_FACTOR * counted):
+        log.warning("study %s: %d trials for %d that train a cell; not replacing trial %d (%s)",
+                    study.study_name, len(trials), counted, t.number, t.user_attrs.get("nas_state"))
+        return False
+    study.enqueue_trial({}, skip_if_exists=False)
+    return True
 
 
 def top_up(study: optuna.Study, n_trials: int) -> int:

@@ -28,11 +28,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
 from nas.search.objective import Objective, TrialFailed
-from nas.search.storage import Heartbeat, check_storage, pop_trial, reap_lost, release, this_worker
+from nas.search.storage import (
+    Heartbeat,
+    check_storage,
+    pop_trial,
+    reap_lost,
+    release,
+    replace_if_free,
+    this_worker,
+)
 
 log = logging.getLogger("nas.search")
 
@@ -81,8 +90,11 @@ def pin_device(device: str, threads: int | None, index: int = 0) -> str:
     return device
 
 
-def build_objective(cfg: dict[str, Any], device: str) -> tuple[Objective, Any]:
-    """The trial objective and the controller (sampler) described by a stored search config."""
+def build_objective(cfg: dict[str, Any], device: str, index: int = 0) -> tuple[Objective, Any]:
+    """The trial objective and the controller (sampler) described by a stored search config, for the
+    worker numbered `index`: each worker's sampler gets its own seed (the search's seed for worker 0),
+    since samplers that draw from a process-wide stream (random, TPE) would otherwise hand every
+    worker the same cells in the same order."""
     from nas.config import TrainConfig
     from nas.data import load_corpus
     from nas.search.controllers import is_multi_objective, make_sampler
@@ -95,7 +107,8 @@ def build_objective(cfg: dict[str, Any], device: str) -> tuple[Objective, Any]:
     options = dict(controller["options"])
     if controller["name"] == "evolution" and "seed_params" not in options:
         options["seed_params"] = list(space.known.values())  # start from the reference cells
-    sampler = make_sampler(controller["name"], seed=cfg["seed"], **options)
+    seed = cfg["seed"] if index == 0 else int(np.random.SeedSequence([cfg["seed"], index]).generate_state(1)[0])
+    sampler = make_sampler(controller["name"], seed=seed, **options)
     multi = is_multi_objective(controller["name"])
     trials_dir = Path(cfg["out_dir"]) / "trials"
     grace = cfg["storage"]["grace_period"]
@@ -128,8 +141,10 @@ def run_trials(study: optuna.Study, objective: Objective, storage_cfg: dict[str,
                 break
             if _run_and_tell(study, objective, trial, storage_cfg["heartbeat_interval"]):
                 done += 1
+                finished = study._storage.get_trial(trial._trial_id)
+                replace_if_free(study, finished)
                 if on_trial is not None:
-                    on_trial(study._storage.get_trial(trial._trial_id))
+                    on_trial(finished)
         except Exception as e:
             reason = infrastructure_error(e)
             if reason is None:
@@ -254,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         device = pin_device(args.device, args.threads, args.index)
         study, cfg = join_study(args.study, args.storage, args.out_dir)
-        objective, sampler = build_objective(cfg, device)
+        objective, sampler = build_objective(cfg, device, args.index)
         study.sampler = sampler
         study.pruner = _pruner(cfg)
         run_trials(study, objective, {**cfg["storage"], "url": args.storage}, trial_logger(study, cfg))
