@@ -234,6 +234,9 @@ class SearchApp:
     study: str = "${search_space.name}-${controller.name}"
     n_trials: int = 30
     workers: int = 1           # local worker processes; 0: only create the study and wait for nas-worker
+    # k worker processes per device, replacing `workers` when set: k x n_gpus on a machine with GPUs
+    # (worker i on GPU i mod n_gpus, so k share each), k on a CPU-only machine
+    workers_per_device: Optional[int] = None
     seed: int = 0
     device: str = "auto"       # per worker: auto = GPU (worker i on GPU i mod n_gpus) if any, else CPU
     threads: Optional[int] = None  # torch threads per CPU worker; None: 1 when workers > 1
@@ -260,6 +263,8 @@ class WorkerApp:
     device: str = "auto"
     threads: Optional[int] = None
     replica: int = 0           # this worker's index in a multirun sweep: GPU = replica mod n_gpus
+    # k worker processes per device of this machine (k x n_gpus, or k on the CPU) instead of this one
+    workers_per_device: Optional[int] = None
 
 
 @dataclass
@@ -344,6 +349,7 @@ def check_search_app(cfg: SearchApp) -> None:
     check_name("study", cfg.study)
     check_int("n_trials", cfg.n_trials, 0)
     check_int("workers", cfg.workers, 0)
+    check_int("workers_per_device", cfg.workers_per_device, 1, optional=True)
     check_int("seed", cfg.seed, 0)
     check_device("device", cfg.device, cfg.threads)
     for key, value in (("search_space.name", cfg.search_space.name), ("controller.name", cfg.controller.name)):
@@ -361,6 +367,7 @@ def check_worker_app(cfg: WorkerApp) -> None:
     check_name("study", cfg.study)
     check_device("device", cfg.device, cfg.threads)
     check_int("replica", cfg.replica, 0)
+    check_int("workers_per_device", cfg.workers_per_device, 1, optional=True)
 
 
 def check_export_app(cfg: ExportApp) -> None:

@@ -271,3 +271,19 @@ def test_trials_that_train_nothing_are_replaced_up_to_a_cap(monkeypatch):
     assert replace_if_free(study, study.trials[2]) is False  # 7 trials, 4 that count: at the cap
     monkeypatch.setattr(storage, "MIN_TRIALS_CAP", 8)
     assert replace_if_free(study, study.trials[2]) is True
+
+
+def test_a_trial_is_never_pruned_at_its_last_step():
+    class AlwaysPrune(optuna.pruners.BasePruner):
+        def prune(self, study, trial):
+            return True
+
+    def evaluate(spec, cfg, seed, corpus, callback=None, **kw):
+        callback(cfg.steps, 2.0)  # the final evaluation: training is over
+        return fake_result(spec)
+
+    study = run(make_objective([new_cell()], evaluate), 1, AlwaysPrune())
+    assert study.trials[0].state == TrialState.COMPLETE
+    study = run(make_objective([new_cell()], lambda spec, cfg, seed, corpus, callback=None, **kw:
+                               callback(3, 2.0) or fake_result(spec)), 1, AlwaysPrune())
+    assert study.trials[0].state == TrialState.PRUNED

@@ -174,3 +174,27 @@ def test_evolution_starts_from_the_reference_cells_of_the_space(tmp_path):
     names = list(get_space("graph", **cfg["search_space"]["options"]).known)[:3]
     assert [t.system_attrs.get("evolution:seed") for t in study.trials] == [0, 1, 2]
     assert [t.user_attrs["cell_hash"] for t in study.trials] == [known_cell(n).canonical_hash() for n in names]
+
+
+def test_workers_per_device_places_k_workers_on_each_gpu(monkeypatch):
+    import torch
+
+    from nas.search.worker import local_workers, pin_device
+
+    assert local_workers(3, None, "auto") == 3
+    assert local_workers(3, 2, "auto") == 2  # no GPU here: k workers on the CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    n = local_workers(1, 2, "auto")
+    assert n == 8
+    devices = [pin_device("auto", None, i) for i in range(n)]
+    assert sorted(devices) == sorted(f"cuda:{g}" for g in range(4) for _ in range(2))
+    assert local_workers(1, 2, "cpu") == 2  # a CPU search on a GPU machine
+
+
+def test_workers_per_device_on_the_cpu_runs_k_workers(tmp_path):
+    cfg = config(tmp_path, "n_trials=4", "workers=1", "workers_per_device=2", "search_space=highway",
+                 "controller=random", "baselines=[]", "study=wpd")
+    search(cfg, progress=False)
+    study, _ = join_study("wpd", None, cfg["out_dir"])
+    assert len({t.system_attrs["nas:worker"] for t in study.get_trials()}) == 2

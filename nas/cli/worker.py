@@ -28,6 +28,8 @@ def run(cfg: WorkerApp) -> None:
 
     study, stored = join_study(cfg.study, cfg.storage.url, cfg.out_dir)
     check_trainer(stored["trainer"], stored["data"])
+    if cfg.workers_per_device is not None:
+        return run_several(cfg, study, stored)
     device = pin_device(cfg.device, cfg.threads, cfg.replica)
     objective, sampler = build_objective(stored, device, cfg.replica)
     study.sampler, study.pruner = sampler, _pruner(stored)
@@ -38,6 +40,23 @@ def run(cfg: WorkerApp) -> None:
     except WorkerFailed as e:  # the machine failed (full disk, ...): the trial goes back to the study
         raise Failure(str(e)) from e
     print(f"nas-worker: {summary.trials} trials of study {cfg.study} in {summary.seconds:.0f} s")
+
+
+def run_several(cfg: WorkerApp, study, stored: dict) -> None:
+    """workers_per_device=k: k worker processes per device of this machine, as nas-search starts them
+    (worker i on GPU i mod n_gpus), until the study's budget is used up."""
+    from nas.search.run import _run_processes
+    from nas.search.worker import WorkerFailed, local_workers
+
+    n = local_workers(1, cfg.workers_per_device, cfg.device)
+    local = {**stored, "study": cfg.study, "out_dir": cfg.out_dir, "device": cfg.device, "threads": cfg.threads,
+             "workers": n, "storage": {"url": cfg.storage.url, "heartbeat_interval": cfg.storage.heartbeat_interval,
+                                       "grace_period": cfg.storage.grace_period}}
+    try:
+        _run_processes(study, local, show=False)
+    except WorkerFailed as e:
+        raise Failure(str(e)) from e
+    print(f"nas-worker: {n} workers on study {cfg.study} finished")
 
 
 main = hydra_cli("nas-worker", "worker", WorkerApp, run, check)

@@ -139,7 +139,10 @@ class Objective:
             if self.multi_objective:
                 return  # Optuna cannot prune multi-objective trials
             trial.report(bpc, step)
-            if trial.should_prune():
+            # Never at the last step: the training is done, so stopping it saves nothing and would throw
+            # a complete score away (successive halving has a rung at the last step when steps is
+            # min_resource x reduction_factor^k).
+            if step < self.trainer.steps and trial.should_prune():
                 trial.set_user_attr("nas_state", "pruned")
                 trial.set_user_attr("reason", f"pruned at step {step} (val bpc {bpc:.4f})")
                 raise optuna.TrialPruned(f"pruned at step {step}")

@@ -62,6 +62,9 @@ def search(cfg: dict[str, Any], progress: bool | None = None) -> SearchOutcome:
     from nas.provenance import versions
 
     study.set_user_attr("nas:versions", versions())  # the code of the latest run on this study
+    from nas.search.worker import local_workers
+
+    cfg = {**cfg, "workers": local_workers(cfg["workers"], cfg.get("workers_per_device"), cfg["device"])}
     tracker = Tracker.from_config(cfg)
     tracker.start_search(study, cfg)  # before the workers: they attach their runs to its parent run
     show = sys.stderr.isatty() if progress is None else progress

@@ -17,8 +17,8 @@ from nas.search.storage import StudyError, check_storage, make_storage, top_up
 
 CONFIG_ATTR = "nas:config"
 # Settings that may differ between runs of one study (budget, parallelism, where and how it runs).
-_FREE = {"n_trials", "workers", "device", "threads", "storage", "pruner", "out_dir", "baselines", "top_k",
-         "tracking", "report", "export"}
+_FREE = {"n_trials", "workers", "workers_per_device", "device", "threads", "storage", "pruner", "out_dir",
+         "baselines", "top_k", "tracking", "report", "export"}
 _FREE_TRAINER = {"device", "threads", "progress", "tf32", "bf16", "eval_batch_size"}
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

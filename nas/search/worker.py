@@ -79,6 +79,17 @@ class WorkerSummary:
     seconds: float
 
 
+def local_workers(workers: int, workers_per_device: int | None, device: str) -> int:
+    """How many worker processes a machine runs: `workers`, or with `workers_per_device` = k, k per
+    device the workers would use (pin_device: worker i on GPU i mod n_gpus), k on the CPU."""
+    if workers_per_device is None:
+        return workers
+    import torch
+
+    uses_gpus = device in ("auto", "cuda") and torch.cuda.is_available()
+    return workers_per_device * (torch.cuda.device_count() if uses_gpus else 1)
+
+
 def pin_device(device: str, threads: int | None, index: int = 0) -> str:
     """Choose this worker's device (GPU index mod n_gpus under 'auto') and CPU threads."""
     import torch
