@@ -287,3 +287,12 @@ def test_a_trial_is_never_pruned_at_its_last_step():
     study = run(make_objective([new_cell()], lambda spec, cfg, seed, corpus, callback=None, **kw:
                                callback(3, 2.0) or fake_result(spec)), 1, AlwaysPrune())
     assert study.trials[0].state == TrialState.PRUNED
+
+
+def test_finalists_are_retrained_for_report_steps():
+    from nas.report import final_config
+
+    cfg = {"trainer": {"steps": 300, "lr": 0.01}, "report": {"steps": 600}}
+    assert final_config(cfg)["trainer"] == {"steps": 600, "lr": 0.01}
+    assert cfg["trainer"]["steps"] == 300  # the search's own config is untouched
+    assert final_config({**cfg, "report": {"steps": None}})["trainer"]["steps"] == 300

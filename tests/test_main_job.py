@@ -22,7 +22,7 @@ def test_default_main_job_end_to_end(tmp_path):
     # the defaults (graph space, evolution, 2 workers, 5 baselines, report, MLflow, export), but a
     # budget of seconds and a small corpus
     tiny = ["trainer=tiny", "trainer.steps=6", "trainer.eval_every=3", "trainer.eval_chars=500",
-            "trainer.sample_chars=20", "n_trials=10", "report.seeds=2", "report.top_k=2",
+            "trainer.sample_chars=20", "n_trials=10", "report.seeds=2", "report.top_k=2", "report.steps=null",
             "data.path=small.txt"]
     p = subprocess.run([exe, *tiny], capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -76,7 +76,7 @@ def test_default_main_job_end_to_end(tmp_path):
     assert re.search(r"^- (lstm|gru|mut\d): (beaten by|no new cell beats it)", out, re.MULTILINE), out[-3000:]
 
     # the exported best cell (a new one), and the printed pointers
-    match = re.search(r"best cell exported to (\S+)", out)
+    match = re.search(r"best new cell \(trial \d+ \(new\)\) exported to (\S+)", out)
     assert match, out[-2000:]
     folder = tmp_path / match.group(1)
     assert "reference cell: none (a new cell)" in (folder / "README.md").read_text()

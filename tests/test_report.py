@@ -29,7 +29,7 @@ def config(tmp_path: Path, *overrides: str) -> dict:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("search", overrides=[
             "trainer=tiny", "trainer.steps=6", "trainer.eval_every=3", "trainer.eval_chars=500",
-            "trainer.sample_chars=0", "workers=1", "baselines=[lstm]", "report.seeds=2", "report.top_k=2",
+            "trainer.sample_chars=0", "workers=1", "baselines=[lstm]", "report.seeds=2", "report.top_k=2", "report.steps=null",
             f"out_dir={tmp_path / 'study'}", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}",
             *overrides])
     return OmegaConf.to_container(cfg, resolve=True)

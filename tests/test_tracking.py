@@ -37,7 +37,7 @@ BASELINES = ["lstm", "gru", "mut1", "mut2", "mut3"]
 TINY = ["trainer=tiny", "trainer.steps=6", "trainer.eval_every=3", "trainer.eval_chars=500",
         "trainer.sample_chars=20", "pruner=none", "workers=1", "search_space=highway", "controller=random",
         "n_trials=3",
-        "tracking.enabled=true", "report.enabled=true", "report.seeds=2", "report.top_k=1",
+        "tracking.enabled=true", "report.enabled=true", "report.seeds=2", "report.top_k=1", "report.steps=null",
         f"baselines=[{','.join(BASELINES)}]"]
 
 

@@ -65,7 +65,7 @@ def run(cfg: SearchApp) -> None:
         print("\nFinal comparison (retrained, test split, mean +- std over seeds):")
         print(comparison.markdown())
     if plain["export"]["enabled"]:
-        print(f"\nbest cell exported to {export_best(plain)}")
+        print(f"\n{export_best(plain)}")
     if plain["tracking"]["enabled"]:
         uri = plain["tracking"]["uri"]
         uri = f" --uri {hide_password(uri, uri)}" if uri else ""
@@ -73,7 +73,8 @@ def run(cfg: SearchApp) -> None:
 
 
 def export_best(cfg: dict) -> str:
-    """Export the study's best trial to <export.dir>/<study>-best (replacing an earlier export)."""
+    """Export the study's best new cell to <export.dir>/<study>-best (replacing an earlier export); the
+    line that says where, or why nothing was exported."""
     import re
 
     from nas.export import export_cell
@@ -84,12 +85,12 @@ def export_best(cfg: dict) -> str:
     try:
         found = export_bundle(study)
     except ResultError as e:
-        return f"nowhere: {e}"
+        return f"no cell exported: {e}"
     name = re.sub(r"[^A-Za-z0-9_]+", "_", f"{cfg['study']}_best").strip("_").lower()
     folder = export_cell(found["spec"], Path(cfg["export"]["dir"]) / name, name=name,
                          weights=found["weights"], metrics=found["metrics"], origin=found["origin"],
                          overwrite=True)
-    return str(folder)
+    return f"best new cell ({found['label']}) exported to {folder}"
 
 
 main = hydra_cli("nas-search", "search", SearchApp, run, check)

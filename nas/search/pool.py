@@ -5,8 +5,11 @@ trial workers; in this process otherwise.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
+
+log = logging.getLogger("nas.search")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,13 @@ def train_job(job: TrainJob, threads: int | None = None) -> dict[str, Any]:
     return {**r.to_dict(), "run_dir": job.run_dir, "budget": job.budget}
 
 
+def _scores(data: dict[str, Any]) -> str:
+    if data.get("diverged"):
+        return f"diverged ({data['diverged']})"
+    test = f", test bpc {data['test_bpc']:.4f}" if data.get("test_bpc") is not None else ""
+    return f"val bpc {data['val_bpc']:.4f}{test}"
+
+
 def _train_one_thread(job: TrainJob) -> dict[str, Any]:
     return train_job(job, threads=1)
 
@@ -61,10 +71,13 @@ def run_jobs(jobs: list[TrainJob], cfg: dict[str, Any], progress: bool, desc: st
 
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
             runs = pool.map(_train_one_thread, jobs)
-        for data in runs:
+        for job, data in zip(jobs, runs):
             yield data
             if bar is not None:
                 bar.update(1)
+            else:  # not on a terminal: one line per training
+                log.info("%s: %s seed %d: %s (%.0f s)", desc, job.label, job.seed, _scores(data),
+                         data.get("seconds") or 0.0)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

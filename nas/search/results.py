@@ -161,7 +161,7 @@ def export_bundle(study: optuna.Study, number: int | None = None, cell_hash: str
               "state": t.user_attrs.get("nas_state"), "budget": t.user_attrs.get("budget"),
               "reference cell": reference_of(t) or "none (a new cell)"}
     return {"spec": trial_cell(t), "weights": trial_weights(study, t), "metrics": metrics,
-            "origin": origin, "name": f"{study.study_name}-trial{t.number}"}
+            "origin": origin, "name": f"{study.study_name}-trial{t.number}", "label": label(t)}
 
 
 def _metrics(r: dict[str, Any]) -> dict[str, Any]:
