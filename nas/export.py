@@ -243,6 +243,8 @@ def _equations(spec: CellSpec) -> list[str]:
             operands = list(OPERANDS[:op.arity[1] or 2])
             call, text = f"{op.symbol}({', '.join(operands)})", render(op.expr, operands, {})
             legend += [f"{call} = {text.replace('torch.', '')}"] if text != f"torch.{call}" else []
+    if not legend:  # only linear and infix ops: nothing to explain
+        return lines
     return lines + textwrap.wrap(f"where {', '.join(legend)}", 100, subsequent_indent="      ")
 
 

@@ -65,16 +65,18 @@ def run(cfg: SearchApp) -> None:
         print("\nFinal comparison (retrained, test split, mean +- std over seeds):")
         print(comparison.markdown())
     if plain["export"]["enabled"]:
-        print(f"\n{export_best(plain)}")
+        best = comparison.best() if comparison is not None else None
+        print(f"\n{export_best(plain, best.trial if best is not None else None)}")
     if plain["tracking"]["enabled"]:
         uri = plain["tracking"]["uri"]
         uri = f" --uri {hide_password(uri, uri)}" if uri else ""
         print(f"inspect the runs in MLflow: nas-dashboard{uri}   (then open http://127.0.0.1:5000)")
 
 
-def export_best(cfg: dict) -> str:
-    """Export the study's best new cell to <export.dir>/<study>-best (replacing an earlier export); the
-    line that says where, or why nothing was exported."""
+def export_best(cfg: dict, number: int | None = None) -> str:
+    """Export the study's best new cell to <export.dir>/<study>-best (replacing an earlier export): trial
+    `number` (the final comparison's best new cell, retrained with seeds), else the best new cell at
+    the search budget. The line that says where, or why nothing was exported."""
     import re
 
     from nas.export import export_cell
@@ -83,7 +85,7 @@ def export_best(cfg: dict) -> str:
 
     study, _ = join_study(cfg["study"], cfg["storage"]["url"], cfg["out_dir"])
     try:
-        found = export_bundle(study)
+        found = export_bundle(study, number)
     except ResultError as e:
         return f"no cell exported: {e}"
     name = re.sub(r"[^A-Za-z0-9_]+", "_", f"{cfg['study']}_best").strip("_").lower()
