@@ -50,6 +50,7 @@ from benchmarks.stats import (
     best_so_far,
     machine,
     paired_difference,
+    save_figure,
     search_config,
     write_json,
 )
@@ -233,10 +234,7 @@ def plot(records: list[dict[str, Any]], controllers: list[str], n: int, path: Pa
     ax.set_ylabel("best val bpc so far (mean +- std over seeds)")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

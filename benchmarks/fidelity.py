@@ -44,6 +44,7 @@ from benchmarks.stats import (
     JsonlCache,
     machine,
     rank_agreement,
+    save_figure,
     search_config,
     seed_spread_vs_gaps,
     top_k_overlap,
@@ -228,10 +229,7 @@ def plot(table: list[dict], short: list[int], long: int, threshold: float, path:
         ax.set_ylabel(f"val bpc after {long} steps")
         ax.set_title(f"{b} vs {long} steps (gray: does not learn)")
     fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -118,7 +118,10 @@ def test_killed_worker_is_detected_and_its_trial_retried(tmp_path):
     retry = [t for t in trials if t.user_attrs.get("retry_of") == lost_number]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
     assert retry[0].params == lost[0].params
-    assert len(counted(study)) == 3 and all(t.state == TrialState.COMPLETE for t in counted(study))
+    # exactly the budget counts, every counted trial finished with its cell's own outcome
+    outcomes = [(t.state, t.user_attrs.get("nas_state")) for t in counted(study)]
+    assert len(outcomes) == 3 and all(state.is_finished() and nas_state in ("complete", "diverged")
+                                      for state, nas_state in outcomes), outcomes
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):
