@@ -115,7 +115,8 @@ class AgingEvolutionSampler(DefineByRunSampler):
         A duplicate (a trial that reused an earlier trial's result for the same cell, `duplicate_of`)
         is not a member: a mutation of a dead parameter gives the parent's cell again, and counting
         such copies would fill the population with the best cell and make most children copies too
-        (measured: 680 trials for 100 distinct cells, against ... without them)."""
+        (measured on the default search: 780 trials, 511 of them duplicates, for 100 cells trained;
+        without them in the population: 144 trials, 7 duplicates)."""
         trials = [t for t in study.get_trials(deepcopy=False)
                   if is_informative(t) and "duplicate_of" not in t.user_attrs]
         return sorted(trials, key=lambda t: t.number)[-self._population_size:]
