@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import optuna
@@ -372,5 +373,7 @@ def test_a_store_deleted_during_a_search_is_said_once(tmp_path, monkeypatch):
     db.unlink()
     with pytest.warns(TrackingWarning, match="was deleted during the search") as caught:
         tracker._check_store()
-        tracker._check_store()
-    assert len(caught) == 1
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        tracker._check_store()  # said once only
+    assert len(caught) == 1 and again == []
