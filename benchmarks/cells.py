@@ -70,7 +70,7 @@ def graph_cells(count: int, seed: int, min_live: int = 8) -> dict[str, CellSpec]
     live nodes, two of them linear: cells like those a search trains."""
     import optuna
 
-    from search_spaces import get_space
+    from nas.search_spaces import get_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = get_space("graph", min_nodes=12, max_nodes=16)

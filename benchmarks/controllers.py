@@ -82,7 +82,7 @@ def run_study(job: StudyJob) -> dict[str, Any]:
     from nas.search.storage import counts_toward_budget, top_up
     from nas.search.study import make_pruner, open_study
     from nas.search.worker import build_objective, pin_device, run_trials
-    from search_spaces import get_space
+    from nas.search_spaces import get_space
 
     cfg = job.cfg
     device = pin_device(cfg["device"], cfg["threads"])

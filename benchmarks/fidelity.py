@@ -91,7 +91,7 @@ def sample_cells(space_name: str, options: dict[str, Any], n: int, seed: int, sc
     import optuna
 
     from nas.cell import CellError, known_cell
-    from search_spaces import get_space
+    from nas.search_spaces import get_space
 
     space = get_space(space_name, **options)
     cells = [(name, known_cell(name), True) for name in REFERENCES]

@@ -28,7 +28,7 @@ from typing import Any
 from optuna.trial import BaseTrial, FixedTrial
 
 from nas.cell import CellSpec
-from search_spaces import graph, highway, tree
+from nas.search_spaces import graph, highway, tree
 
 __all__ = ["SPACES", "SearchSpace", "get_space"]
 

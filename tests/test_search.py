@@ -168,7 +168,7 @@ def test_two_workers_on_postgresql(tmp_path):
 def test_evolution_starts_from_the_reference_cells_of_the_space(tmp_path):
     """Trials come from the budget's placeholders (top_up): evolution must still seed them."""
     from nas.cell import known_cell
-    from search_spaces import get_space
+    from nas.search_spaces import get_space
 
     cfg = config(tmp_path, "n_trials=3", "baselines=[]", "study=evo", "search_space=graph",
                  "controller=evolution")

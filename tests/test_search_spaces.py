@@ -11,7 +11,7 @@ from optuna.trial import FixedTrial, TrialState
 
 from nas.cell import CellError, known_cell
 from nas.cell.known import ENAS_GENOTYPE
-from search_spaces import SPACES, SearchSpace, get_space, graph, highway, tree
+from nas.search_spaces import SPACES, SearchSpace, get_space, graph, highway, tree
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -27,7 +27,7 @@ def check(app: SearchApp) -> None:
 
     from nas.cell import KNOWN_CELLS
     from nas.search.controllers import make_sampler
-    from search_spaces import get_space
+    from nas.search_spaces import get_space
 
     check_baselines(app.baselines, KNOWN_CELLS)
     check_trainer(app.trainer, app.data)

@@ -109,7 +109,7 @@ def build_objective(cfg: dict[str, Any], device: str, index: int = 0) -> tuple[O
     from nas.config import TrainConfig
     from nas.data import load_corpus
     from nas.search.controllers import is_multi_objective, make_sampler
-    from search_spaces import get_space
+    from nas.search_spaces import get_space
 
     space = get_space(cfg["search_space"]["name"], **cfg["search_space"]["options"])
     trainer = TrainConfig(**{**cfg["trainer"], "device": device, "progress": False})
