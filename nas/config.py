@@ -147,16 +147,6 @@ class TrainConfig:
 
 
 @dataclass
-class TrainApp:
-    """`nas-train`: train one cell (a reference cell name or a cell JSON file)."""
-
-    cell: str = "lstm"
-    seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    trainer: TrainConfig = field(default_factory=TrainConfig)
-
-
-@dataclass
 class SpaceConfig:
     """A search space of search_spaces/ and its options (e.g. max_nodes)."""
 
@@ -205,6 +195,18 @@ class TrackingConfig:
     experiment: Optional[str] = None   # None: "nas/<study>"
     retries: int = 3                   # per call, before buffering and moving on
     timeout: float = 10.0              # seconds per HTTP request to a tracking server
+
+
+@dataclass
+class TrainApp:
+    """`nas-train`: train one cell (a reference cell name or a cell JSON file)."""
+
+    cell: str = "lstm"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainConfig = field(default_factory=TrainConfig)
+    # its own MLflow run in the same store as the searches (experiment "nas/train" unless given)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 @dataclass
