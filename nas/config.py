@@ -148,15 +148,20 @@ class TrainConfig:
 
 @dataclass
 class SpaceConfig:
-    """A search space of search_spaces/ and its options (e.g. max_nodes)."""
+    """A search space and its options (e.g. max_nodes). `name`: a built-in space (graph, highway,
+    tree), a plugin's entry point name (group nas.search_spaces), or the dotted path of the user's
+    module or function (my_pkg.my_space): docs/extending.md."""
 
     name: str = "graph"
     options: Dict[str, Any] = field(default_factory=dict)
+    module: Optional[str] = None       # your own space by dotted path; when given it replaces `name`
 
 
 @dataclass
 class ControllerConfig:
-    """A controller (an Optuna sampler: random, tpe, nsga2, evolution, reinforce) and its options."""
+    """A controller (an Optuna sampler: random, tpe, nsga2, evolution, reinforce) and its options.
+    `name` may also be a plugin's entry point name (group nas.controllers) or the dotted path of the
+    user's sampler class or of a function returning a sampler (my_pkg.MySampler): docs/extending.md."""
 
     name: str = "tpe"
     options: Dict[str, Any] = field(default_factory=dict)
@@ -244,6 +249,9 @@ class SearchApp:
     threads: Optional[int] = None  # torch threads per CPU worker; None: 1 when workers > 1
     out_dir: str = "runs/search/${study}"
     baselines: List[str] = field(default_factory=lambda: ["lstm", "gru", "mut1", "mut2", "mut3"])
+    # cells the evolution controller starts from besides the space's reference cells: cell JSON or
+    # NAS-Bench-NLP recipe files, or reference cell names; each must be expressible in the space
+    seed_cells: List[str] = field(default_factory=list)
     search_space: SpaceConfig = field(default_factory=SpaceConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
@@ -272,8 +280,9 @@ class WorkerApp:
 @dataclass
 class ExportApp:
     """`nas-export`: write a cell as a standalone PyTorch module. The cell comes from (first given wins):
-    `cell` (a reference cell name or a cell JSON file), `run_id` (an MLflow run of a trial), or the
-    study `study`: trial `trial`, the trial with `cell_hash`, or else its best trial."""
+    `cell` (a reference cell name, a cell JSON or NAS-Bench-NLP recipe file, or a training run folder:
+    the cell with its whole trained model), `run_id` (an MLflow run of a trial), or the study `study`:
+    trial `trial`, the trial with `cell_hash`, or else its best trial."""
 
     study: Optional[str] = None
     trial: Optional[int] = None

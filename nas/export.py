@@ -11,6 +11,12 @@
     README.md    a model card: equations, canonical hash, origin, metrics, usage.
     weights.pt   the state dict of `<Name>RNN`, when `weights` is given.
     cell.png     the picture, when nas.cell.draw is available.
+    model.pt, model.json, charlm.py, sample.py, evaluate.py
+                 the whole trained character model in plain torch, when `lm` is given
+                 (nas.export_lm: embedding, cell, decoder, vocabulary; text sampling; scoring).
+
+The card also states how fast `<Name>RNN` runs against torch.nn.LSTM on this machine (measured at
+export) and points to nas.cell.CellRNN for the fast path.
 
 Both classes compile with `torch.jit.script` (deprecated in torch 2.13 with a DeprecationWarning, but
 working) and the sequence layer exports with `torch.export.export`; tests/test_export.py checks both.
@@ -38,7 +44,8 @@ import torch
 from nas.cell.lower import Plan, lower
 from nas.cell.ops import OPERANDS, OPS, Op, render
 from nas.cell.spec import INPUT, CellSpec, Node
-from nas.export_templates import MODULE, model_card
+from nas.export_lm import LM_FILES, TrainedLM, measure_speed, write_lm
+from nas.export_templates import MODULE, lm_section, model_card, no_lm_section, speed_section
 
 _SAFE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 # Names the generated step code uses itself, or that ruff flags as ambiguous (E741).
@@ -50,19 +57,39 @@ class ExportError(ValueError):
     """The cell, the weights or the output folder cannot be exported; the message says why."""
 
 
+def _user_op_modules(spec: CellSpec) -> str:
+    """The modules that register the user ops `spec` uses ("" when it uses built-in ops only)."""
+    from nas.cell.ops import OPS, is_user_op
+
+    mods = sorted({OPS[n.op].fn.__module__ for n in spec.nodes if is_user_op(n.op)})
+    return ", ".join(mods)
+
+
 def export_cell(spec: CellSpec, out_dir: str | Path, name: str | None = None,
                 weights: Mapping[str, torch.Tensor] | None = None, metrics: Mapping[str, Any] | None = None,
-                origin: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
+                origin: Mapping[str, Any] | None = None, overwrite: bool = False,
+                lm: TrainedLM | str | None = None, speed: bool = True) -> Path:
     """Write the export folder of `spec` (see the module docstring) and return its path.
 
     name:    the module name (default: the spec's name, else "cell").
-    weights: a CellRNN state dict; its `layers.<n>.` keys give the number of layers.
+    weights: a CellRNN state dict; its `layers.<n>.` keys give the number of layers (default: lm's).
     metrics: {metric: value} for this cell, or {model: {metric: value}} for it and its baselines.
     origin:  where the cell comes from, e.g. {"study": ..., "trial": ..., "search space": ...}.
+    lm:      the trained character model (nas.export_lm.find_trained_lm / trial_lm), or why there is
+             none (a str, said in the card; None: a reason from whether `weights` were given).
+    speed:   measure the plain-torch layer against torch.nn.LSTM for the card (a warm-up round, then
+             up to 3 timed rounds while 2 s have not passed).
     """
     name = _module_name(spec, name)
     source = generate_module(spec, name)
+    needs = _user_op_modules(spec)
+    if needs:  # the step code calls the user's op through nas: the folder is not standalone
+        source = source.replace("Standalone, needs only torch;", f"Needs torch, nas-rnn and {needs};", 1)
     plan = lower(spec)
+    if isinstance(lm, TrainedLM) and weights is None:
+        weights = lm.rnn_weights()
+    elif lm is not None and not isinstance(lm, (TrainedLM, str)):
+        raise ExportError(f"export: lm must be a TrainedLM or a reason (str), got {type(lm).__name__}")
     state_dict, sizes = _check_weights(plan, weights) if weights is not None else (None, None)
     for what, value in (("metrics", metrics), ("origin", origin)):
         if value is not None and not isinstance(value, Mapping):
@@ -71,18 +98,22 @@ def export_cell(spec: CellSpec, out_dir: str | Path, name: str | None = None,
     nested = [isinstance(v, Mapping) for v in metrics.values()]
     if any(nested) and not all(nested):
         raise ExportError("export: metrics must be {metric: value} or {model: {metric: value}}, not a mix")
-    card = model_card(name, spec.canonical_hash(), spec.state, _class_names(name)[1], _equations(spec), sizes,
-                      metrics, origin)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
         raise ExportError(f"export: {out} exists and is not an empty folder (overwrite=True replaces it)")
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.py").write_text(source, encoding="utf-8")
     (out / "cell.json").write_text(spec.to_json() + "\n", encoding="utf-8")
-    for stale in ("weights.pt", "cell.png"):
+    for stale in ("weights.pt", "cell.png", *LM_FILES):
         (out / stale).unlink(missing_ok=True)
     if state_dict is not None:
         torch.save(state_dict, out / "weights.pt")
+    rnn = _class_names(name)[1]
+    sections = _sections(out, name, rnn, lm, state_dict is not None, sizes or (1, 128, 128), speed)
+    card = model_card(name, spec.canonical_hash(), spec.state, rnn, _equations(spec), sizes, metrics, origin,
+                      sections)
+    if needs:
+        card = card.replace("; needs only torch", f"; needs torch, nas-rnn and {needs} (its user ops)", 1)
     try:
         from nas.cell.draw import draw_cell
     except ImportError:  # the picture is optional
@@ -94,6 +125,19 @@ def export_cell(spec: CellSpec, out_dir: str | Path, name: str | None = None,
     return out
 
 
+def _sections(out: Path, name: str, rnn: str, lm: TrainedLM | str | None, has_weights: bool,
+              sizes: tuple[int, int, int], speed: bool) -> list[str]:
+    """The card's "Trained model" section (writing the model's files when there is one) and its "Speed"."""
+    if isinstance(lm, TrainedLM):
+        sections = [lm_section(write_lm(out, name, rnn, lm))]
+    else:
+        default = "only its recurrent weights were given" if has_weights else "the cell did not come from a training run"
+        sections = [no_lm_section(lm or default, has_weights)]
+    if speed:
+        sections.append(speed_section(rnn, measure_speed(out / f"{name}.py", rnn, sizes)))
+    return sections
+
+
 # -- checks: everything that reaches the code ---------------------------------------------------
 def _safe(value: object, what: str) -> str:
     if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value):
@@ -102,12 +146,14 @@ def _safe(value: object, what: str) -> str:
 
 
 def _module_name(spec: CellSpec, name: str | None) -> str:
+    taken = {"torch", *(f.removesuffix(".py") for f in LM_FILES if f.endswith(".py"))}  # charlm, sample, ...
     if name is None:
         name = re.sub(r"[^A-Za-z0-9_]", "_", getattr(spec, "name", "") or "").lstrip("0123456789")
         name = name[:59] or "cell"
-        name = f"{name}_cell" if name in sys.stdlib_module_names or name == "torch" else name
-    if keyword.iskeyword(_safe(name, "module name")) or name in sys.stdlib_module_names or name == "torch":
-        raise ExportError(f"export: module name {name!r} is a keyword or shadows a module torch needs")
+        name = f"{name}_cell" if name in sys.stdlib_module_names or name in taken else name
+    if keyword.iskeyword(_safe(name, "module name")) or name in sys.stdlib_module_names or name in taken:
+        raise ExportError(f"export: module name {name!r} is a keyword, shadows a module torch needs or "
+                          "is the name of a file of the export")
     return name
 
 

@@ -7,7 +7,7 @@ Kept apart from nas/export.py (the generator) so that each reads top to bottom; 
 from __future__ import annotations
 
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 MODULE = string.Template('''\
@@ -157,8 +157,10 @@ def _metrics_table(metrics: Mapping[str, Any], name: str) -> list[str]:
 
 
 def model_card(name: str, cell_hash: str, state: tuple[str, ...], rnn: str, equations: list[str],
-               sizes: tuple[int, int, int] | None, metrics: Mapping[str, Any], origin: Mapping[str, Any]) -> str:
-    """The README.md of an export folder (metrics already checked by the exporter)."""
+               sizes: tuple[int, int, int] | None, metrics: Mapping[str, Any], origin: Mapping[str, Any],
+               sections: Sequence[str] = ()) -> str:
+    """The README.md of an export folder (metrics already checked by the exporter); `sections` (markdown,
+    e.g. lm_section and speed_section) come after the metrics."""
     layers, inputs, hidden = sizes or (1, 128, 128)
     model = f"{rnn}(input_size={inputs}, hidden_size={hidden}, num_layers={layers})"
     lines = [f"# {name}", "", "A recurrent cell from nas-rnn, exported as standalone PyTorch code.", "",
@@ -171,6 +173,7 @@ def model_card(name: str, cell_hash: str, state: tuple[str, ...], rnn: str, equa
         lines += ["## Origin", "", *(f"- {_text(k)}: {_text(v)}" for k, v in origin.items()), ""]
     if metrics:
         lines += ["## Metrics", "", *_metrics_table(metrics, name), ""]
+    lines += [line for section in sections for line in (section.rstrip("\n"), "")]
     lines += ["## Usage", "", "With this folder on the Python path:", "", "```python", "import torch", "",
               f"from {name} import {rnn}", "", f"model = {model}",
               *(['model.load_state_dict(torch.load("weights.pt", weights_only=True))'] if sizes else []),
@@ -178,3 +181,82 @@ def model_card(name: str, cell_hash: str, state: tuple[str, ...], rnn: str, equa
               f"# output: (35, 8, {hidden}); state: ({', '.join(state)}), each ({layers}, 8, {hidden})",
               "```", "", "A state dict saved from nas.cell.CellRNN with the same sizes loads as it is.", ""]
     return "\n".join(lines)
+
+
+_FORMATS = {
+    "chars": "UTF-8 text, one symbol per character",
+    "bytes": "one symbol per byte",
+    "spaced": "characters separated by spaces, one sentence a line: each non-space character is a symbol, "
+              "each line ends with one end-of-line symbol, the separator spaces are not symbols "
+              "(the published char-PTB protocol)",
+}
+
+
+def lm_section(meta: Mapping[str, Any]) -> str:
+    """The card's "Trained model" section, from model.json's content (nas.export_lm.write_lm)."""
+    s, p, r = meta["sizes"], meta["protocol"], meta["reported"]
+    scores = ", ".join(f"{k.replace('_', ' ')} **{r[k]:.4f}**" for k in ("val_bpc", "test_bpc")
+                       if r.get(k) is not None) or "no score"
+    capped = f", at most {p['max_chars']:,} symbols a split" if p.get("max_chars") else ""
+    lines = ["## Trained model", "",
+             ("The whole character-level language model the cell was trained in, in plain torch (needs only "
+             f"torch, not nas-rnn): `Embedding({s['vocab_size']}, {s['embedding_size']})` -> "
+             f"`{meta['rnn_class']}({s['embedding_size']}, {s['hidden_size']}, num_layers={s['num_layers']})` "
+             f"-> `Linear({s['hidden_size']}, {s['vocab_size']})`"
+             f"{', the decoder tied to the embedding' if s['tied'] else ''}."), "",
+             "- `model.pt`: the state dict of `charlm.CharLM` (embedding, cell, decoder)",
+             "- `model.json`: the vocabulary, the sizes, the scoring protocol and the reported scores",
+             "- `charlm.py`: `load()` -> (model, vocabulary, model.json); `bpc()`, the scoring protocol",
+             "- `sample.py`: generates text", "- `evaluate.py`: scores a text file in bits per symbol", "",
+             (f"Reported: {scores} bits per symbol on corpus `{_text(r.get('corpus'))}` (sha256 "
+             f"`{_text(r.get('corpus_sha256'))}`), after {r.get('steps')} steps (seed {r.get('seed')}, "
+             f"{_text(r.get('device'))}); {_text(r.get('protocol'))}."), "",
+             "```bash", "python sample.py --chars 500 --temperature 0.8 --prime 'ROMEO:'",
+             f"python evaluate.py path/to/{_text(r.get('corpus'))}.txt --split val   # a one-file corpus",
+             "python evaluate.py path/to/valid.txt                  # a corpus given as a folder of splits",
+             "```", "",
+             ("What `evaluate.py` assumes, as nas-rnn scores (change it with its options): the file is read as "
+             f"`{meta['text_format']}` ({_FORMATS.get(meta['text_format'], meta['text_format'])}); "
+             "`--split val` / `test` take the symbols from 90% to 95% / 95% to 100% of the file, as nas-rnn "
+             "cuts a one-file corpus (default: the whole file); symbols outside the vocabulary are `<unk>` "
+             f"(id 0), as in training; segments of {p['segment']} symbols, each from a zero state after a "
+             f"burn-in of the {p['burn_in']} symbols before it (read, not scored), every symbol but the first "
+             f"scored once{capped}; bits = nats / ln 2. On the run's corpus it reproduces the reported score "
+             "up to float rounding.")]
+    if r.get("bf16"):
+        lines += ["", ("The reported scores were computed under bf16 autocast on the GPU; `evaluate.py` computes "
+                  "in float32, so expect differences in the third decimal.")]
+    return "\n".join(lines)
+
+
+def no_lm_section(reason: str, has_weights: bool) -> str:
+    """The card's "Trained model" section of an export without one."""
+    what = "the cell module and its trained recurrent weights" if has_weights else "the cell module only"
+    return "\n".join(["## Trained model", "", (f"**No trained model is included**: {reason}. This folder holds "
+                      f"{what}: no embedding, decoder or vocabulary, so no `sample.py` or `evaluate.py`. "
+                      "Export a trained run for those (`nas-export study=NAME`, or `nas-export "
+                      "cell=runs/train/<run folder>`).")])
+
+
+def speed_section(rnn: str, speed: Mapping[str, Any]) -> str:
+    """The card's "Speed" section, from nas.export_lm.measure_speed."""
+    layers, inputs, hidden = speed["sizes"]
+    n = speed.get("rounds", 1)
+    rounds = f"best of {n} round{'s' * (n > 1)} after a warm-up" if n else "one round, warm-up costs included"
+    rows = [(f"`{rnn}` (this folder)", speed["plain_forward_ms"], speed["plain_train_ms"]),
+            ("`torch.nn.LSTM`", speed["lstm_forward_ms"], speed["lstm_train_ms"])]
+    return "\n".join([
+        "## Speed", "",
+        (f"`{rnn}` is plain torch: a Python loop over time steps, a few small kernels a step. Measured when "
+        f"this folder was exported, on {speed['machine']}, one CPU thread (its CPU time; {rounds}), "
+        f"{speed['steps']} steps x batch {speed['batch']}, input {inputs}, hidden {hidden}, {layers} layer(s):"),
+        "",
+        "| layer | forward, no grad (ms) | forward + backward (ms) |", "|---|---|---|",
+        *(f"| {name} | {fwd:.2f} | {train:.2f} |" for name, fwd, train in rows),
+        f"| ratio | {speed['forward_ratio']:.1f}x | {speed['train_ratio']:.1f}x |", "",
+        *([(f"The machine was busy with other work while measuring (load {speed['load']:.1f} per core): the ratios "
+           "are rough; "
+           "measure on your own machine before relying on them."), ""] if (speed.get("load") or 0) > 1 else []),
+        ("For training or fast inference use nas-rnn's `nas.cell.CellRNN`, the same cell with fused kernels: "
+        "`CellRNN(CellSpec.from_file(\"cell.json\"), input_size, hidden_size, num_layers)` (from `nas.cell`); "
+        "`weights.pt` loads into it as it is.")])

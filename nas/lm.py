@@ -12,8 +12,10 @@ never on how many segments run at once.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -108,6 +110,30 @@ def sample(model: CharLM, encode, decode, length: int = 300, temperature: float 
         logits, state = model(torch.tensor([[nxt]], device=device), state)
     model.train(was_training)
     return decode(out)
+
+
+VOCAB_FILE = "vocab.json"  # next to a run's weights.pt: what its embedding rows mean
+
+
+def save_vocab(out_dir: str | Path, symbols: Sequence[str], text_format: str) -> Path:
+    """Write `out_dir/vocab.json`: the symbol of each id (Corpus.symbols, id 0 "<unk>") and how the
+    corpus text became symbols (Corpus.format), so that a saved CharLM can be used without its corpus."""
+    path = Path(out_dir) / VOCAB_FILE
+    path.write_text(json.dumps({"symbols": list(symbols), "format": text_format}) + "\n", encoding="utf-8")
+    return path
+
+
+def load_vocab(path: str | Path) -> tuple[tuple[str, ...], str]:
+    """(symbols, text format) of a vocab.json written by save_vocab; ValueError naming the file if it is
+    not one."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        symbols, text_format = tuple(data["symbols"]), data["format"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: expected a vocab.json ({{'symbols': [...], 'format': ...}}), got {e}") from None
+    if not all(isinstance(s, str) for s in symbols) or not isinstance(text_format, str):
+        raise ValueError(f"{path}: expected a vocab.json whose symbols and format are strings")
+    return symbols, text_format
 
 
 LN2 = math.log(2.0)

@@ -252,7 +252,7 @@ def _baselines(names: list[str]) -> list[_Subject]:
 def _retrain_all(study, cfg, subjects, seeds, budget, progress) -> dict[tuple[str, int], dict[str, Any]]:
     """Every (subject, seed) result: from the study's cache, else trained (in a pool if workers > 1)."""
     from nas.cell import CellSpec
-    from nas.search.pool import TrainJob, run_jobs
+    from nas.search.pool import TrainJob, run_jobs, scores
 
     results, jobs = {}, []
     for s in subjects:
@@ -261,6 +261,9 @@ def _retrain_all(study, cfg, subjects, seeds, budget, progress) -> dict[tuple[st
             cached = study.user_attrs.get(f"final:{h}:{seed}:{budget}")
             if cached is not None:
                 results[s.label, seed] = cached
+                if not progress:
+                    log.info("final comparison: %s seed %d: %s (trained by an earlier run)", s.label, seed,
+                             scores(cached))
             else:
                 run_dir = Path(cfg["out_dir"]) / "final" / f"{h}-s{seed}"
                 jobs.append(TrainJob(s.label, s.cell_json, cfg, seed, str(run_dir.resolve()), budget))
@@ -328,10 +331,30 @@ def _plot_test_vs_params(path: Path, rows: list[ComparisonRow]) -> Path:
             ax.errorbar([r.params for r in mine], [r.test_bpc for r in mine], [r.test_std or 0 for r in mine],
                         fmt="o", capsize=3, color=colour,
                         label="searched cells" if role == "trial" else "baselines")
-        for r in mine:
-            ax.annotate(r.label, (r.params, r.test_bpc), textcoords="offset points", xytext=(5, 4),
-                        fontsize=8)
+    shown = [r for r in rows if r.test_bpc is not None and r.params]
+    for (x, y), labels in label_groups([(r.params, r.test_bpc, r.label) for r in shown]):
+        ax.annotate(", ".join(labels), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     return _save(fig, ax, path)
+
+
+def label_groups(points: list[tuple[float, float, str]], near_x: float = 0.15, near_y: float = 0.03
+                 ) -> list[tuple[tuple[float, float], list[str]]]:
+    """Points (x, y, label) whose labels would overlap (within `near_x` of the x range, about a
+    label's width, and `near_y` of the y range), as one label each: ((x, y) of the group's lowest
+    point, its labels, lowest first). Equal results would otherwise print on top of each other."""
+    if not points:
+        return []
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    dx, dy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    groups: list[tuple[tuple[float, float], list[str]]] = []
+    for x, y, label in sorted(points, key=lambda p: (p[1], p[0])):
+        for (gx, gy), labels in groups:
+            if abs(x - gx) <= near_x * dx and abs(y - gy) <= near_y * dy:
+                labels.append(label)
+                break
+        else:
+            groups.append(((x, y), [label]))
+    return groups
 
 
 def _plot_best_so_far(path: Path, study: optuna.Study, baselines: list[str], budget: str) -> Path:

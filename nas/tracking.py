@@ -1,20 +1,27 @@
-"""Every MLflow call of the project: searches, trials, baselines and the final comparison as runs.
+"""Every MLflow call of the project: searches, trials, baselines, the final comparison and `nas-train`.
 
-What a search looks like in the MLflow dashboard (one experiment per study, "nas/<study>"):
+What a search looks like in MLflow (one experiment per study, "nas/<study>", marked as model training
+so MLflow opens its runs view; docs/mlflow.md). Every run is top-level, so the runs table shows them
+without expanding anything; the final comparison's seed runs are nested under their cell's run:
 
-    <study>                       parent run, role=search: the search config as params; at the end
-    |                             best_val_bpc (history: best so far per trial number), trial counts
-    |                             by state, and report/ (comparison table .md/.csv, plots .png); the
-    |                             run's description is the comparison table
-    +- trial 0000 ... trial N     role=trial, state=complete|pruned|failed|diverged|duplicate (and
-    |                             nas_state, the finer reason: invalid, error, lost), reason; params:
-    |                             cell hash, space, controller, hidden size, parameter count, budget,
-    |                             seed, trainer.*; metrics: curve/val_bpc and curve/train_bpc per step,
-    |                             final val_bpc, train_bpc, params, chars_per_sec, seconds;
-    |                             artifacts: cell.json, cell.png, sample.txt, result.json
-    +- baseline lstm, gru, ...    role=baseline, once per budget (tags cell, budget)
-    +- final <cell> seed S        role=final: the top cells and baselines retrained with S seeds,
-                                  with test_bpc
+    final <cell>                  role=comparison, one per compared cell: mean test_bpc over the seeds,
+    |                             test_bpc_std (so MLflow charts one bar per cell in one chart)
+    +- final <cell> seed S        role=final: the cell retrained with seed S, its test_bpc
+    search <study>                role=search: the search config as params; best_val_bpc per trial
+                                  number; trial counts by state (tags); report/ (comparison table
+                                  .md/.csv, plots .png); its description is the comparison table
+    baseline lstm, gru, ...       role=baseline, once per budget (tags cell, budget)
+    trial 5 = mut3, trial 7 (new) role=trial, named by cell_label; state=complete|pruned|failed|
+                                  diverged|duplicate (and nas_state, the finer reason), reason;
+                                  params: cell hash, space, controller, hidden size, parameter count,
+                                  steps, tokens, budget, seed, trainer.*; metrics: curve/val_bpc and
+                                  curve/train_bpc per step, final val_bpc, train_bpc, chars_per_sec,
+                                  seconds (at step 0: a bar per run); artifacts: cell.json, cell.png,
+                                  sample.txt, result.json
+
+Scores have one name across runs (val_bpc, test_bpc) and constants are params, so MLflow's own charts
+compare cells. The experiment also holds saved views of the runs table (experiment_url() opens them).
+`nas-train` logs one run (role=train) to the experiment "nas/train" of the same store.
 
 Failed, diverged and pruned trials are runs too: status FAILED (or KILLED when pruned) and a
 `reason` tag. Runs are written with MlflowClient and explicit run ids (no active-run state: several
@@ -31,6 +38,7 @@ run (or `nas-report`) fills the gaps, even after this process died. No method ra
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
@@ -42,8 +50,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from nas.tracking_records import (
+from nas.tracking_records import (  # experiment_url and relocate_artifacts are public here too
+    VIEWS,
     _artifact_files,
+    _comparison_record,
     _finite,
     _flatten,
     _now_ms,
@@ -53,11 +63,29 @@ from nas.tracking_records import (
     _safe_name,
     _search_params,
     _trial_record,
+    experiment_url,
+    relocate_artifacts,
 )
 
 log = logging.getLogger("nas.tracking")
 
 PARENT_ATTR = "mlflow:parent_run_id"
+# MLflow 3 opens an experiment in its GenAI (traces) view unless the experiment says it is model
+# training: the UI reads this tag (values of its ExperimentKind: custom_model_development, ...).
+EXPERIMENT_KIND = "custom_model_development"
+GUIDE = ("**How to read this experiment.** One run per trial (`trial 5 = mut3`: the search found a "
+         "reference cell; `trial 7 (new)`: a new cell), per baseline (`baseline lstm`), and per cell of the "
+         "final comparison (`final <cell>`: mean `test_bpc` over the seeds, its seeds nested under it). "
+         "Chart view: `test_bpc` compares the final cells, `val_bpc` the trials and baselines at the search "
+         "budget, `curve/val_bpc` shows their learning curves. The search run holds the comparison table "
+         "and plots (artifacts, report/).")
+TRAIN_GUIDE = ("One run per `nas-train` command (`train <cell> seed <seed>`): `val_bpc`, `train_bpc` and "
+               "`test_bpc` (with trainer.test=true) are the final scores, `curve/val_bpc` the learning curve; "
+               "the cell's JSON and picture, a text sample and result.json are its artifacts.")
+EXPERIMENT_TAGS = {"mlflow.experimentKind": EXPERIMENT_KIND, "mlflow.note.content": GUIDE,
+                   **{f"mlflow.sharedViewState.{k}": json.dumps(v) for k, v in VIEWS.items()}}
+
+
 PROBE_INTERVAL = 60.0          # seconds offline before the store is tried again
 _BACKOFF = (0.5, 1.0, 2.0, 4.0)
 # MLflow error codes that mean "this request is wrong", not "the store is unreachable".
@@ -136,6 +164,7 @@ class _Connection:
                 # MLflow's own retries back off for ~4 minutes; ours are short. Set per process.
                 os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, math.ceil(self.timeout)))
                 os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+            relocate_artifacts(self.uri)  # once per process and store, before MLflow reads it
             self._client = _mlflow()[0].MlflowClient(self.uri)
         return self._client
 
@@ -262,14 +291,14 @@ class Tracker:
             if PARENT_ATTR in study.user_attrs and not db.exists():
                 _warn_once(f"nas: the MLflow store {db} is gone (deleted?) although study "
                            f"{study.study_name!r} logged runs to it: logging them all again")
-            db.parent.mkdir(parents=True, exist_ok=True)
+        self._make_store_dir()
         exp = self._experiment_id(study.study_name)
         parent = self._parent_id(study)
         params = _flatten(_search_params(cfg))
         if parent is None:
             from nas.provenance import versions
 
-            run = self._do("create_run", exp, run_name=study.study_name,
+            run = self._do("create_run", exp, run_name=f"search {study.study_name}",
                            tags={"role": "search", "study": study.study_name,
                                  **{f"version.{k}": v for k, v in versions().items()}})
             parent = run.info.run_id
@@ -287,7 +316,7 @@ class Tracker:
         """A finished trial as a child run of the search (once: a logged trial is skipped)."""
         exp = self._experiment_id(study.study_name)
         if not self._logged(exp, "trial", study.study_name, trial=str(trial.number)):
-            self._write(exp, _trial_record(study.study_name, trial, cfg), self._parent_id(study))
+            self._write(exp, _trial_record(study.study_name, trial, cfg), None)
 
     @_safe
     def log_baseline(self, study, name: str, result: dict[str, Any], cfg: dict[str, Any]) -> None:
@@ -297,7 +326,7 @@ class Tracker:
             return
         record = _result_record(f"baseline {name}", result, cfg,
                                 {"role": "baseline", "cell": name, "study": study.study_name})
-        self._write(exp, record, self._parent_id(study))
+        self._write(exp, record, None)
 
     @_safe
     def log_final(self, study, label: str, subject: str, result: dict[str, Any], cfg: dict[str, Any]) -> None:
@@ -309,34 +338,51 @@ class Tracker:
             return
         tags = {"role": "final", "cell": label, "subject": subject, "study": study.study_name}
         cfg = {**cfg, "trainer": {**cfg["trainer"], "test": True}}  # as retrained
-        self._write(exp, _result_record(f"final {label} seed {result['seed']}", result, cfg, tags),
-                    self._parent_id(study))
+        self._write(exp, _result_record(f"final {label} seed {result['seed']}", result, cfg, tags), None)
 
     @_safe
     def log_comparison(self, study, comparison) -> None:
-        """The comparison on the parent run: its files under report/, test bpc per cell as metrics,
-        and the markdown table as the run's description."""
+        """The comparison: one run per cell (role=comparison, mean `test_bpc` over the seeds, that
+        cell's seed runs nested under it); on the search run the table (its description, and the
+        experiment's), the verdicts as tags, and the files under report/."""
         parent = self._parent_id(study)
         if parent is None:
             return
-        metrics = []
-        for row in comparison.rows:
-            key = _safe_name(row.label, keep=" /")
-            if row.test_bpc is not None:
-                metrics.append((f"test_bpc/{key}", row.test_bpc, 0))
-                metrics.append((f"test_bpc_std/{key}", row.test_std or 0.0, 0))
+        exp = self._experiment_id(study.study_name)
+        cells = {row.cell_hash: self._comparison_run(exp, study.study_name, row, comparison.budget)
+                 for row in comparison.rows}
+        finals = self._do("search_runs", [exp], max_results=1000,
+                          filter_string=f"tags.role = 'final' and tags.budget = '{comparison.budget}'")
+        for run in finals:
+            cell = cells.get(run.data.tags.get("cell_hash"))
+            if cell is not None and run.data.tags.get("mlflow.parentRunId") != cell:
+                self._do("set_tag", run.info.run_id, "mlflow.parentRunId", cell)
         best = comparison.best()
-        verdicts = comparison.verdicts()
-        tags = {"mlflow.note.content": comparison.markdown(), "verdict": " ".join(verdicts)}
+        table = comparison.markdown()
+        tags = {"mlflow.note.content": table, "verdict": " ".join(comparison.verdicts())}
         for p in comparison.pairs:
             tags[f"paired/{_safe_name(p.cell, keep=' /')}/{p.baseline}"] = f"{p.verdict}: {p.text()}"
         if best is not None:
             tags.update(best_cell=best.label, best_cell_hash=best.cell_hash)
         else:
             tags.update(best_cell="none: no new cell was retrained")
-        self._batch(parent, metrics=metrics, tags=tags)
+        self._batch(parent, tags=tags)
+        self._do("set_experiment_tag", exp, "mlflow.note.content", f"{table}\n\n{GUIDE}"[:8000])
         for path in comparison.files:
             self._do("log_artifact", parent, str(path), "report")
+
+    def _comparison_run(self, exp: str, study_name: str, row, budget: str) -> str:
+        """The run of one compared cell at this budget: created once, its mean updated by later
+        reports (metrics at step n_seeds)."""
+        rec = _comparison_record(study_name, row, budget)
+        found = self._do("search_runs", [exp], max_results=10, filter_string=(
+            f"tags.role = 'comparison' and tags.cell_hash = '{row.cell_hash}' and tags.budget = '{budget}'"))
+        found = [r for r in found if r.data.tags.get("study") == study_name]
+        if not found:
+            return self._write(exp, rec, None)
+        run_id = found[0].info.run_id
+        self._batch(run_id, metrics=rec.metrics, tags=rec.tags)
+        return run_id
 
     @_safe
     def end_search(self, study, outcome=None) -> None:
@@ -356,13 +402,40 @@ class Tracker:
                 if t.number > after:
                     metrics.append(("best_val_bpc", best, t.number))
         tags = {}
-        if outcome is not None:
+        if outcome is not None:  # counts and the wall time are tags: a one-run metric is a chart of one bar
             tags = {f"trials.{k}": str(v) for k, v in outcome.states.items()}
-            metrics += [("n_trials", outcome.n_trials, 0), ("seconds", outcome.seconds, 0)]
+            tags.update({"trials.total": str(outcome.n_trials), "search_seconds": f"{outcome.seconds:.0f}"})
         self._batch(parent, metrics=metrics, tags=tags)
         self._do("set_terminated", parent, "FINISHED")
 
+    # -- nas-train -----------------------------------------------------------------------------------
+
+    @_safe
+    def log_train(self, label: str, result: dict[str, Any], cfg: dict[str, Any]) -> str | None:
+        """One `nas-train` run (role=train) in the experiment `tracking.experiment`, default
+        "nas/train": the trainer settings, cell hash, budget, seed, hidden size and parameter count as
+        params; the learning curves (curve/val_bpc, curve/train_bpc) and the final bpc as metrics; the
+        cell (cell.json, cell.png), sample.txt and result.json as artifacts. `result` is
+        EvalResult.to_dict() plus `run_dir` and `budget`. Returns the run id (None when not logged)."""
+        self._conn.reset()
+        self._make_store_dir()
+        exp = self._experiment_id("train", note=TRAIN_GUIDE)
+        record = _result_record(f"train {label} seed {result['seed']}", result, cfg,
+                                {"role": "train", "cell": label, "corpus": str(result.get("corpus"))})
+        return self._write(exp, record, None)
+
+    def link(self, study_name: str, base: str = "http://127.0.0.1:5000", view: str = "nas-compare",
+             charts: bool = True) -> str | None:
+        """The MLflow UI link of a study this tracker logged (nas-dashboard serves `base`), else None.
+        No MLflow call: the experiment id is the one this tracker used."""
+        exp = self._experiment_ids.get(study_name)
+        return None if exp is None else experiment_url(base, exp, view, charts)
+
     # -- helpers -------------------------------------------------------------------------------------
+
+    def _make_store_dir(self) -> None:
+        if self.uri.startswith("sqlite:///"):
+            Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
 
     def _check_store(self) -> None:
         """A local SQLite store deleted while a search runs: MLflow keeps writing to the unlinked file, so
@@ -375,10 +448,15 @@ class Tracker:
     def _do(self, method: str, *args, **kwargs):
         return self._conn.call(method, *args, **kwargs)
 
-    def _experiment_id(self, study_name: str) -> str:
+    def _experiment_id(self, study_name: str, note: str = GUIDE) -> str:
+        """The experiment `tracking.experiment`, default "nas/<study_name>", created as a model
+        training experiment with `note` as its description."""
         if study_name in self._experiment_ids:
             return self._experiment_ids[study_name]
         name = self.experiment or f"nas/{study_name}"
+        wanted = {**EXPERIMENT_TAGS, "mlflow.note.content": note}
+        if note is not GUIDE:  # nas-train's experiment has no final comparison
+            del wanted["mlflow.sharedViewState.nas-compare"]
         exp = self._do("get_experiment_by_name", name)
         if exp is None:
             where = None
@@ -386,7 +464,7 @@ class Tracker:
                 where = f"{self.artifact_root}/{_safe_name(name)}"
             try:
                 exp_id = self._do("create_experiment", name, artifact_location=where,
-                                  tags={"study": study_name})
+                                  tags={"study": study_name, **wanted})
             except Exception as e:
                 if getattr(e, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -395,6 +473,9 @@ class Tracker:
             exp_id = exp.experiment_id
             if exp.lifecycle_stage == "deleted":
                 self._do("restore_experiment", exp_id)
+            for key, value in wanted.items():  # an experiment from an earlier version
+                if key not in exp.tags or (key != "mlflow.note.content" and exp.tags[key] != value):
+                    self._do("set_experiment_tag", exp_id, key, value)
         self._experiment_ids[study_name] = exp_id
         return exp_id
 
@@ -445,7 +526,7 @@ class Tracker:
             if t.state.is_finished() and str(t.number) not in logged:
                 self.log_trial(study, t, cfg)
 
-    def _write(self, exp: str, rec: _RunRecord, parent: str | None) -> None:
+    def _write(self, exp: str, rec: _RunRecord, parent: str | None) -> str:
         self._check_store()
         tags = dict(rec.tags)
         if parent is not None:
@@ -457,6 +538,7 @@ class Tracker:
             for path in _artifact_files(rec, Path(tmp)):
                 self._do("log_artifact", run_id, str(path))
         self._do("set_terminated", run_id, rec.status, end_time=rec.end_ms)
+        return run_id
 
     def _batch(self, run_id: str, params: dict[str, str] | None = None, metrics=(), tags=None,
                ms: int | None = None) -> None:

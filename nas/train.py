@@ -20,8 +20,9 @@ whose validation/test score is non-finite, above the uniform bound log2(vocabula
 carries the step and the reason, never a number. `screen` catches most cells that would diverge at
 once, in a few plain-torch steps on a small batch, before any kernel is built.
 
-Progress: with `progress` a tqdm bar; whatever it is, logger "nas.train" gets an INFO line at least
-every LOG_EVERY seconds of a long training or evaluation.
+Progress: with `progress` (default: when stderr is a terminal) a tqdm bar; without one, logger
+"nas.train" gets an INFO line at least every LOG_EVERY seconds of a long training or evaluation
+("trial 3: step 1200/2400, train bpc 2.41, 3,100 chars/s, eta 4m").
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from torch import nn
 from nas.cell import CellSpec
 from nas.config import TrainConfig
 from nas.data import Corpus, batchify, iterate_chunks
-from nas.lm import LN2, CharLM, eval_segments, match_hidden_size, sample, split_bpc
+from nas.lm import LN2, CharLM, eval_segments, match_hidden_size, sample, save_vocab, split_bpc
 
 __all__ = ["Callback", "Diverged", "EvalResult", "build_model", "check_config", "data_offset",
            "evaluate", "resolve_device", "save_run", "screen", "split_bpc"]
@@ -147,14 +148,15 @@ def _reset_masks(batch: int, span: int, device: torch.device) -> list[torch.Tens
 
 
 class _Heartbeat:
-    """An INFO line on logger nas.train when LOG_EVERY seconds have passed since the last one."""
+    """An INFO line on logger nas.train when LOG_EVERY seconds have passed since the last one, while
+    `enabled` (the run shows no progress bar): the message is built only when a line is due."""
 
     def __init__(self) -> None:
-        self.last = time.perf_counter()
+        self.last, self.enabled = time.monotonic(), True
 
     def __call__(self, message: Callable[[], str]) -> None:
-        now = time.perf_counter()
-        if now - self.last >= LOG_EVERY:
+        now = time.monotonic()
+        if self.enabled and now - self.last >= LOG_EVERY:
             self.last = now
             log.info(message())
 
@@ -309,6 +311,7 @@ class _Run:
         opt = _optimizer(cfg, self.model)
         self.label = desc or self.label
         bar = _progress(cfg, self.label)
+        self.heartbeat.enabled = bar is None  # a bar already shows the progress
         try:
             while not self.budget.exhausted(self.step):
                 self._pass(opt, streams, bar)
@@ -337,11 +340,22 @@ class _Run:
             self.step_seconds += time.perf_counter() - t0
             self.window.append(loss / LN2)
             self.step += 1
-            self.heartbeat(lambda w=self.window: f"{self.label}: step {self.step}/{cfg.steps}, "
-                                                 f"train bpc {sum(w) / len(w):.3f}")
+            self.heartbeat(self._progress_line)
             if self.step % cfg.eval_every == 0 or self.budget.exhausted(self.step):
                 self._report(self.window, bar)
                 self.window = []
+
+    def _progress_line(self) -> str:
+        """'trial 3: step 1200/2400, train bpc 2.41, 3,100 chars/s, eta 4m' (train bpc: the mean
+        since the last evaluation; eta: at the pace so far, evaluations included)."""
+        cfg, w = self.cfg, self.window
+        rate = self.budget.tokens / max(1e-9, self.step_seconds)
+        elapsed = self.budget.elapsed()
+        left = elapsed / self.step * (cfg.steps - self.step)
+        if cfg.seconds is not None:
+            left = min(left, max(0.0, cfg.seconds - elapsed))
+        return (f"{self.label}: step {self.step}/{cfg.steps}, train bpc {sum(w) / len(w):.2f}, "
+                f"{rate:,.0f} chars/s, eta {_duration(left)}")
 
     def _step(self, opt, inp, tgt, state):
         cfg = self.cfg
@@ -406,6 +420,14 @@ def _desc_of(spec: CellSpec) -> str:
     return spec.name or spec.canonical_hash()[:12]
 
 
+def _duration(seconds: float) -> str:
+    """'45s', '4m', '2h05m'."""
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    minutes = round(seconds / 60)
+    return f"{minutes}m" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
 def _chars(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 10**6 else f"{n / 1e3:.0f}k" if n >= 10**3 else str(n)
 
@@ -421,10 +443,11 @@ def _progress(cfg: TrainConfig, desc: str):
 
 def save_run(out: Path, spec: CellSpec, model: CharLM, result: EvalResult, corpus: Corpus,
              cfg: TrainConfig, seed: int) -> None:
-    """Write result.json, cell.json, weights.pt and (unless diverged) sample.txt into `out`."""
+    """Write result.json, cell.json, weights.pt, vocab.json and (unless diverged) sample.txt into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "cell.json").write_text(spec.to_json() + "\n")
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / "weights.pt")
+    save_vocab(out, corpus.symbols, corpus.format)  # what turns weights.pt into a usable model
     data = result.to_dict()
     data.update(corpus=corpus.name, corpus_hash=corpus.source_hash, vocab_size=corpus.vocab_size,
                 corpus_format=corpus.format, config=asdict(cfg))

@@ -189,6 +189,10 @@ def _node_params(i: int, n_state: int, op: str, operands: list[str], bias_init: 
     return params
 
 
+# The space protocol's optional `encode(spec, **options)`: seeds a search with the user's own cells.
+encode = params_of
+
+
 def known_params(*, min_nodes: int = 4, max_nodes: int = 16,
                  ops: Sequence[str] = DEFAULT_OPS) -> dict[str, dict[str, Any]]:
     """Parameters of every reference cell (nas.cell.known) the space can express with these options."""

@@ -57,10 +57,13 @@ def test_to_dict_leaves_out_default_options():
 def test_networkx_edges_carry_operand_positions():
     spec = CellSpec.from_dict(rnn(m=f("mul", "a", "a"), out2=f("sub", "m", "h")) | {"outputs": {"h": "out2"}})
     g = spec.to_networkx()
-    assert g.edges["a", "m"]["positions"] == [0, 1]
-    assert g.edges["m", "out2"]["positions"] == [0]
-    assert g.edges["h", "out2"]["positions"] == [1]
-    assert g.nodes["x"]["kind"] == "input"
+    assert sorted(d["pos"] for d in g.get_edge_data("a", "m").values()) == [0, 1]  # parallel edges
+    assert [d["pos"] for d in g.get_edge_data("m", "out2").values()] == [0]
+    assert [d["pos"] for d in g.get_edge_data("h", "out2").values()] == [1]
+    assert g.nodes["x"] == {"kind": "input"}
+    assert g.nodes["h"] == {"kind": "input", "state": 0}
+    assert g.nodes["h'"] == {"kind": "output", "state": 0}
+    assert list(g.predecessors("h'")) == ["out2"]
 
 
 def hand_built_graph(first="p", second="q"):
@@ -320,8 +323,8 @@ def invalid_graphs():
     g.add_edge("h", "out")
     cases["positions not a list"] = (g, ["node 'out'", "the edge from 'x' has positions 3"])
     g = graph()
-    g.add_node("out", op="linear", inputs="xh")
-    cases["inputs not a list"] = (g, ["node 'out': 'inputs'", "expected a list of names"])
+    g.add_node("out", op="linear", inputs=["x", "h"])  # the name-based operands of an older layout
+    cases["operands as an attribute"] = (g, ["node 'out'", "not its 'inputs' attribute"])
     g = graph()
     g.add_node("out", op="frobnicate")
     g.add_edges_from([("x", "out"), ("h", "out")])
@@ -344,6 +347,21 @@ def invalid_graphs():
     g.add_node("out", op="tanh")
     g.add_edges_from([("x", 3), ("h", 3), (3, "out")])
     cases["node name not an identifier"] = (g, ["node '3'", "names must be identifiers"])
+    g = known_cell("rnn_tanh").to_networkx()
+    g.nodes["h'"]["state"] = 1
+    cases["outputs not numbered 0..K-1"] = (g, ["markers for the states 0..0", "outputs [1]"])
+    g = known_cell("rnn_tanh").to_networkx()
+    g.add_node("x2", kind="input")
+    cases["two x markers"] = (g, ["nodes 'x' and 'x2'", "marked as the input 'x'"])
+    g = known_cell("rnn_tanh").to_networkx()
+    g.add_edge("x", "h'")
+    cases["output marker with two in-edges"] = (g, ["output marker \"h'\"", "got 2"])
+    g = known_cell("rnn_tanh").to_networkx()
+    g.add_edge("h'", "h_new", pos=1)
+    cases["output marker as an operand"] = (g, ["\"h'\" is an output marker"])
+    g = known_cell("rnn_tanh").to_networkx()
+    g.nodes["a"]["kind"] = "input"
+    cases["op node marked as an input"] = (g, ["node 'a'", "expected an op node"])
     return cases
 
 
@@ -386,11 +404,11 @@ def corrupt(obj, rng):
 def corrupt_graph(g, rng):
     nodes, r = list(g.nodes), rng.random()
     if r < 0.3:
-        g.nodes[rng.choice(nodes)][rng.choice(["op", "inputs", "bias", "zz"])] = copy.deepcopy(rng.choice(JUNK))
+        g.nodes[rng.choice(nodes)][rng.choice(["op", "kind", "state", "bias", "zz"])] = copy.deepcopy(rng.choice(JUNK))
     elif r < 0.5:
-        g.nodes[rng.choice(nodes)].pop("inputs", None)
+        g.nodes[rng.choice(nodes)].pop(rng.choice(["kind", "state", "op"]), None)
     elif r < 0.7:
-        g.edges[rng.choice(list(g.edges))]["positions"] = copy.deepcopy(rng.choice(JUNK))
+        g.edges[rng.choice(list(g.edges))][rng.choice(["pos", "positions"])] = copy.deepcopy(rng.choice(JUNK))
     elif r < 0.8:
         g.graph[rng.choice(["state", "outputs", "name"])] = copy.deepcopy(rng.choice(JUNK))
     else:

@@ -110,3 +110,24 @@ def test_expose_warns_and_passes_an_explicit_allowed_hosts_list(project):
         proc.stdout.close()
         proc.stderr.close()
     assert code == 0
+
+
+def test_the_dashboard_links_each_experiment_in_the_model_training_view(tmp_path):
+    import sqlite3
+
+    from nas.cli.dashboard import experiment_links
+
+    db = tmp_path / "mlflow.db"
+    with sqlite3.connect(db) as con:  # the columns of MLflow's experiments table that are read
+        con.execute("CREATE TABLE experiments (experiment_id INTEGER, name TEXT, lifecycle_stage TEXT)")
+        con.executemany("INSERT INTO experiments VALUES (?, ?, ?)", [
+            (0, "Default", "active"), (1, "nas/graph-evolution", "active"), (2, "nas/train", "active"),
+            (3, "nas/old", "deleted")])
+    links = experiment_links(f"sqlite:///{db}", "http://127.0.0.1:5000")
+    assert [name for name, _, _ in links] == ["nas/graph-evolution", "nas/train"]
+    (_, runs, compare), (_, train_runs, train_compare) = links
+    assert runs.startswith("http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning")
+    assert compare.endswith("viewStateShareKey=nas-compare&compareRunsMode=CHART")
+    assert "/experiments/2/" in train_runs and train_compare is None
+    assert experiment_links(f"sqlite:///{tmp_path / 'missing.db'}", "http://x") == []
+    assert experiment_links("postgresql://u@h/db", "http://x") == []

@@ -8,9 +8,11 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from test_export_lm import run_alone
 from test_search import config
 
 from nas.cell import CellRNN, known_cell
@@ -46,7 +48,7 @@ def test_best_trial_with_weights_and_baselines(study_dir, tmp_path):
     p = nas_export(["study=ex", f"study_dir={study_dir}", f"dest={tmp_path / 'out'}", "name=best_cell"],
                    tmp_path)
     assert p.returncode == 0, p.stderr
-    assert "with trained weights" in p.stdout
+    assert "with the trained model" in p.stdout and "torch.nn.LSTM" in p.stdout
     study, _ = join_study("ex", None, study_dir)
     best = results.best_trial(study)
     folder = tmp_path / "out"
@@ -65,6 +67,12 @@ def test_best_trial_with_weights_and_baselines(study_dir, tmp_path):
     ref.load_state_dict(results.trial_weights(study, best))
     x = torch.randn(5, 2, hidden)
     assert torch.allclose(exported(x)[0], ref(x)[0], atol=1e-6)
+    # the whole trained model, with torch alone: evaluate.py gives the trial's val bpc, sample.py text
+    corpus = Path(study_dir).parent / "small.txt"
+    out = run_alone(folder / "evaluate.py", corpus, "--split", "val", cwd=tmp_path)
+    assert float(out.split()[0]) == pytest.approx(best.user_attrs["val_bpc"], abs=1e-4)
+    assert len(run_alone(folder / "sample.py", "--chars", 30, cwd=tmp_path)) == 1 + 30 + 1
+    assert "## Trained model" in card and "## Speed" in card
 
 
 def test_trial_number_cell_hash_and_json_file(study_dir, tmp_path):
@@ -78,8 +86,27 @@ def test_trial_number_cell_hash_and_json_file(study_dir, tmp_path):
     assert p.returncode == 0, p.stderr
     (tmp_path / "c.json").write_text(known_cell("gru").to_json())
     p = nas_export(["cell=c.json", f"dest={tmp_path / 'c'}"], tmp_path)
-    assert p.returncode == 0 and "without weights" in p.stdout, p.stderr
-    assert (tmp_path / "c" / "gru.py").exists()
+    assert p.returncode == 0 and "NO trained model included: cell=c.json names a cell" in p.stdout, p.stderr
+    assert (tmp_path / "c" / "gru.py").exists() and not (tmp_path / "c" / "sample.py").exists()
+    assert "**No trained model is included**" in (tmp_path / "c" / "README.md").read_text()
+
+
+def test_a_training_run_folder_exports_its_trained_model(study_dir, tmp_path):
+    """cell=<run folder>: a nas-train run folder (cell.json, weights.pt, result.json, .hydra/config.yaml
+    naming the corpus); here a trial's run folder with the config nas-train would have written."""
+    study, _ = join_study("ex", None, study_dir)
+    best = results.best_trial(study)
+    run = tmp_path / "run"
+    shutil.copytree(best.user_attrs["run_dir"], run)
+    (run / ".hydra").mkdir()
+    data = {"path": str(Path(study_dir).parent / "small.txt"), "cache_dir": str(tmp_path / "cache")}
+    (run / ".hydra" / "config.yaml").write_text(json.dumps({"cell": "cell.json", "data": data}))
+    p = nas_export([f"cell={run}", f"dest={tmp_path / 'out'}", "name=from_run"], tmp_path)
+    assert p.returncode == 0 and "with the trained model" in p.stdout, p.stderr
+    meta = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert meta["reported"]["val_bpc"] == best.user_attrs["val_bpc"] and meta["rnn_class"] == "FromRunRNN"
+    p = nas_export([f"cell={tmp_path}", f"dest={tmp_path / 'x'}"], tmp_path)
+    assert p.returncode != 0 and "not a training run folder (no cell.json in it)" in p.stderr
 
 
 def test_bad_input_gives_one_clear_line(study_dir, tmp_path):

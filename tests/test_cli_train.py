@@ -32,14 +32,42 @@ def test_trains_a_reference_cell_and_writes_the_run(tmp_path):
     for name in ("weights.pt", "cell.json", "sample.txt"):
         assert (tmp_path / "run" / name).exists()
     assert '"val_bpc"' in p.stdout
+    check_tracked(tmp_path / "runs" / "mlflow" / "mlflow.db", result, p.stdout)
+
+
+def check_tracked(db, result, stdout):
+    """The run in MLflow's store (the searches' default, runs/mlflow/mlflow.db): experiment nas/train."""
+    import nas.tracking
+
+    for key, value in nas.tracking.QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("nas/train")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    (run,) = client.search_runs([exp.experiment_id])
+    assert f"MLflow run {run.info.run_id}" in stdout
+    assert run.info.run_name == "train gru seed 0" and run.info.status == "FINISHED"
+    assert run.data.tags["role"] == "train" and run.data.tags["cell"] == "gru"
+    params = run.data.params
+    assert params["cell_hash"] == result["cell_hash"] and params["param_count"] == str(result["params"])
+    assert params["hidden_size"] == str(result["hidden_size"]) and params["trainer.steps"] == "6"
+    assert run.data.metrics["val_bpc"] == pytest.approx(result["val_bpc"], abs=1e-4)
+    assert "params" not in run.data.metrics
+    history = client.get_metric_history(run.info.run_id, "curve/val_bpc")
+    assert [(m.step, m.value) for m in history] == [tuple(p) for p in result["curve"]]
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"cell.json", "cell.png", "sample.txt",
+                                                                          "result.json"}
 
 
 def test_trains_a_cell_json_file_on_a_given_corpus(tmp_path):
     (tmp_path / "cell.json").write_text(known_cell("mut2").to_json())
     (tmp_path / "corpus.txt").write_text("the quick brown fox jumps over the lazy dog. " * 400)
     p = nas_train(["cell=cell.json", "data.path=corpus.txt", *TINY, "trainer.test=true",
-                   "hydra.run.dir=out"], tmp_path)
+                   "hydra.run.dir=out", "tracking.enabled=false"], tmp_path)
     assert p.returncode == 0, p.stderr
+    assert not (tmp_path / "runs" / "mlflow").exists() and "MLflow run" not in p.stdout  # tracking off
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["cell_hash"] == known_cell("mut2").canonical_hash()
     assert result["test_bpc"] is not None and result["corpus"] == "corpus"

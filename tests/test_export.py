@@ -107,7 +107,7 @@ def exported(tmp_path_factory):
         with pytest.MonkeyPatch.context() as patch:
             patch.setitem(sys.modules, "nas.cell.draw", None)  # no pictures here: test_picture draws one
             folder = export_cell(spec, root / name, weights=rnn.state_dict(), metrics={"bpc": 1.5},
-                                 origin={"study": "test"})
+                                 origin={"study": "test"}, speed=False)
         classes = re.findall(r"^class (\w+)\(nn.Module\)", (folder / f"{name}.py").read_text(), re.MULTILINE)
         manifest.append({"name": name, "folder": str(folder), "cell": classes[0], "rnn": classes[1], "I": I,
                          "H": H, "L": L, "batch_first": batch_first, "root": str(root)})
@@ -242,7 +242,7 @@ def test_folder_contents_and_model_card(exported):
 def test_model_card_sections_and_picture(tmp_path, monkeypatch):
     spec = known_cell("gru")
     monkeypatch.setitem(sys.modules, "nas.cell.draw", None)  # the drawing module is missing
-    readme = (export_cell(spec, tmp_path / "plain") / "README.md").read_text()
+    readme = (export_cell(spec, tmp_path / "plain", speed=False) / "README.md").read_text()
     assert "## Origin" not in readme and "## Metrics" not in readme and "![" not in readme
     assert "load_state_dict" not in readme
 
@@ -251,7 +251,7 @@ def test_model_card_sections_and_picture(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "nas.cell.draw", fake)
     metrics = {"gru (found)": {"val_bpc": 1.41234, "params": 1024}, "lstm": {"val_bpc": 1.45}}
     out = export_cell(spec, tmp_path / "drawn", name="found_gru", metrics=metrics,
-                      origin={"study": "s1", "trial": 7, "controller": "tpe | evolution"})
+                      origin={"study": "s1", "trial": 7, "controller": "tpe | evolution"}, speed=False)
     readme = (out / "README.md").read_text()
     assert drawn == [spec] and (out / "cell.png").exists() and "![the found_gru cell](cell.png)" in readme
     assert "| model | val_bpc | params |" in readme and "| gru (found) | 1.412 | 1024 |" in readme
@@ -261,7 +261,7 @@ def test_model_card_sections_and_picture(tmp_path, monkeypatch):
 
 def test_picture_when_the_drawing_module_is_there(tmp_path):
     pytest.importorskip("nas.cell.draw")
-    out = export_cell(known_cell("lstm"), tmp_path / "out")
+    out = export_cell(known_cell("lstm"), tmp_path / "out", speed=False)
     assert (out / "cell.png").stat().st_size > 0
     assert "![the lstm cell](cell.png)" in (out / "README.md").read_text()
 
@@ -270,10 +270,10 @@ def test_bad_output_folder_and_overwrite(tmp_path):
     spec = known_cell("rnn_tanh")
     torch.manual_seed(0)
     weights = CellRNN(spec, 3, 4).state_dict()
-    export_cell(spec, tmp_path / "out", weights=weights)
+    export_cell(spec, tmp_path / "out", weights=weights, speed=False)
     with pytest.raises(ExportError, match="exists and is not an empty folder"):
         export_cell(spec, tmp_path / "out")
-    export_cell(spec, tmp_path / "out", overwrite=True)
+    export_cell(spec, tmp_path / "out", overwrite=True, speed=False)
     assert not (tmp_path / "out" / "weights.pt").exists()  # no stale weights from the last export
     (tmp_path / "file").write_text("")
     with pytest.raises(ExportError, match="not an empty folder"):
@@ -300,17 +300,18 @@ def test_weights_that_do_not_fit_are_named(tmp_path):
         export_cell(spec, tmp_path / "out", metrics={"bpc": 1.0, "lstm": {"bpc": 1.2}})
 
 
-@pytest.mark.parametrize("name", ["x; import os", "os", "torch", "class", "1cell", "a" * 65])
+@pytest.mark.parametrize("name", ["x; import os", "os", "torch", "class", "1cell", "a" * 65, "sample", "charlm"])
 def test_module_names_are_checked(tmp_path, name):
     with pytest.raises(ExportError, match="module name"):
         export_cell(known_cell("gru"), tmp_path / "out", name=name)
 
 
 @pytest.mark.parametrize(("label", "module"), [
-    ("", "cell"), ("my-cell 2", "my_cell_2"), ("random", "random_cell"), ("2nd", "nd"), ("ñu", "_u")])
+    ("", "cell"), ("my-cell 2", "my_cell_2"), ("random", "random_cell"), ("2nd", "nd"), ("ñu", "_u"),
+    ("evaluate", "evaluate_cell")])
 def test_default_module_name_comes_from_the_spec_name(tmp_path, label, module):
     spec = CellSpec.from_dict({**known_cell("gru").to_dict(), "name": label})
-    assert (export_cell(spec, tmp_path / "out") / f"{module}.py").exists()
+    assert (export_cell(spec, tmp_path / "out", speed=False) / f"{module}.py").exists()
 
 
 HOSTILE = "x); import os #"

@@ -48,7 +48,21 @@ def test_default_main_job_end_to_end(tmp_path):
         row = next(line for line in out.splitlines() if line.startswith(f"| {name} |"))
         assert re.search(r"\d\.\d{4} ± \d\.\d{4} \| 2 \|", row), row
 
-    # the MLflow store under runs/: parent run, trials, baselines, final retrains
+    # progress when not on a terminal: a line per trial, per baseline and per final training, also
+    # in the job log under runs/
+    trial_lines = re.findall(r"(?m)(?:^|\s)trial (\d+)(?: = \w+| \(new\))?: \w+, (.*)$", p.stderr)
+    assert sorted(int(n) for n, _ in trial_lines) == sorted(t.number for t in study.trials), p.stderr[-3000:]
+    assert re.search(r"; best so far \d\.\d{4} \(trial \d+", trial_lines[-1][1]), trial_lines[-1]
+    assert set(re.findall(r"baselines: baseline (\w+) seed 0: val bpc \d", p.stderr)) == set(BASELINES)
+    finals = re.findall(r"final comparison: (.+) seed (\d): val bpc \d\.\d{4}, test bpc", p.stderr)
+    names = {name for name, _ in finals}
+    assert sorted(finals) == sorted((name, seed) for name in names for seed in "01"), finals  # each once
+    assert set(BASELINES) < names and all(re.fullmatch(r"trial \d+ \(new\)", n) for n in names - set(BASELINES))
+    job_logs = [f.read_text() for f in (tmp_path / "runs").rglob("*.log") if f.name != "journal.log"]
+    assert any("final comparison: lstm seed 1: " in text for text in job_logs), job_logs
+
+    # the MLflow store under runs/: the search run, trials and baselines side by side (no parent to
+    # expand), one run per compared cell with its seed runs nested under it
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow' / 'mlflow.db'}")
@@ -60,8 +74,11 @@ def test_default_main_job_end_to_end(tmp_path):
     assert len(roles["search"]) == 1 and len(roles["trial"]) == len(study.trials)
     assert {r.data.tags["cell"] for r in roles["baseline"]} >= set(BASELINES)
     assert len(roles["final"]) >= 2 * len(BASELINES)
+    compared = {r.info.run_id: r for r in roles["comparison"]}
+    assert {r.info.run_name for r in compared.values()} == {f"final {name}" for name in names}
+    assert all(r.data.tags.get("mlflow.parentRunId") in compared for r in roles["final"])
+    assert not any(r.data.tags.get("mlflow.parentRunId") for r in roles["trial"] + roles["baseline"])
     parent = roles["search"][0].info.run_id
-    assert all(r.data.tags.get("mlflow.parentRunId") == parent for r in roles["trial"])
     artifacts = {a.path for a in client.list_artifacts(parent, "report")}
     assert {"report/comparison.md", "report/comparison.csv"} <= artifacts
 

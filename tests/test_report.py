@@ -161,3 +161,14 @@ def test_nas_report_settings_come_from_the_study_unless_given():
     assert cfg["baselines"] == ["lstm", "gru"] and cfg["out_dir"] == "new" and cfg["trainer"] == {"steps": 9}
     cfg = report_config(stored, {**given, "baselines": ["mut1"]}, ["baselines=[mut1]", "tracking.uri=null"])
     assert cfg["baselines"] == ["mut1"] and cfg["tracking"]["uri"] is None
+
+
+def test_equal_results_share_one_label_on_the_plot():
+    from nas.report import label_groups
+
+    points = [(99_148, 4.8838, "lstm"), (100_416, 4.8824, "mut1"), (99_450, 4.20, "gru"),
+              (100_266, 4.8830, "trial 7 (new)"), (60_000, 4.8830, "small")]
+    groups = {tuple(labels): xy for xy, labels in label_groups(points)}
+    assert set(groups) == {("mut1", "trial 7 (new)", "lstm"), ("gru",), ("small",)}
+    assert groups[("mut1", "trial 7 (new)", "lstm")] == (100_416, 4.8824)  # the best of the group
+    assert label_groups([]) == [] and label_groups([(1, 2, "a")]) == [((1, 2), ["a"])]

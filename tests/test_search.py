@@ -17,6 +17,8 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from nas.cli import CONF_DIR
+from nas.search.objective import equations
+from nas.search.results import trial_cell
 from nas.search.run import format_table, search
 from nas.search.storage import LOST, counts_toward_budget
 from nas.search.study import StudyError, join_study, open_study
@@ -146,7 +148,28 @@ def test_invalid_cells_fail_with_their_reason_and_duplicates_are_reused(tmp_path
             first = study.trials[t.user_attrs["duplicate_of"]]
             assert first.user_attrs["cell_hash"] == t.user_attrs["cell_hash"]
             assert first.values == t.values
+        if "cell_json" in t.user_attrs:  # what optuna-dashboard shows of each trial's cell
+            assert t.user_attrs["cell"] == t.user_attrs.get("reference", "new")
+            assert t.user_attrs["equations"] == equations(trial_cell(t))
+    assert "new" in {t.user_attrs.get("cell") for t in study.trials}
     assert "val bpc" in format_table(outcome)
+
+
+def test_the_cell_reads_as_equations():
+    from nas.cell import known_cell
+
+    assert equations(known_cell("gru")) == [
+        "r_lin = linear(x, h)", "z_lin = linear(x, h)", "r = sigmoid(r_lin)", "z = sigmoid(z_lin)",
+        "xn = linear(x)", "hn = linear(h)", "rhn = mul(r, hn)", "n_pre = add(xn, rhn)", "n = tanh(n_pre)",
+        "h_new = blend(z, h, n)", "h' = h_new"]
+    assert "f_lin = linear(x, h, bias_init=1.0)" in equations(known_cell("lstm"))  # options unlike the default
+
+
+@pytest.mark.parametrize("controller, names", [("random", ["val_bpc"]), ("nsga2", ["val_bpc", "params"])])
+def test_the_study_names_its_metrics(tmp_path, controller, names):
+    """optuna-dashboard labels the objectives by these names (not "Objective 0")."""
+    cfg = config(tmp_path, f"controller={controller}", "study=m")
+    assert open_study(cfg, multi_objective=len(names) == 2).metric_names == names
 
 
 POSTGRES = os.environ.get("NAS_TEST_POSTGRES_URL")
@@ -177,6 +200,9 @@ def test_evolution_starts_from_the_reference_cells_of_the_space(tmp_path):
     names = list(get_space("graph", **cfg["search_space"]["options"]).known)[:3]
     assert [t.system_attrs.get("evolution:seed") for t in study.trials] == [0, 1, 2]
     assert [t.user_attrs["cell_hash"] for t in study.trials] == [known_cell(n).canonical_hash() for n in names]
+    assert [t.user_attrs["cell"] for t in study.trials] == names
+    assert [t.user_attrs["cell_label"] for t in study.trials] == [f"trial {i} = {n}" for i, n in enumerate(names)]
+    assert study.metric_names == ["val_bpc"]
 
 
 def test_workers_per_device_places_k_workers_on_each_gpu(monkeypatch):

@@ -115,19 +115,29 @@ def check_logged(client: MlflowClient, cfg: dict, outcome) -> None:
     assert parent.data.params["trainer.steps"] == "6" and parent.data.params["controller.name"] == "random"
     trials = sorted(runs["trial"], key=lambda r: int(r.data.tags["trial"]))
     assert [r.data.tags["trial"] for r in trials] == ["0", "1", "2"]
+    exp = client.get_experiment_by_name(f"nas/{cfg['study']}")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow's model-training view
+    view = json.loads(exp.tags["mlflow.sharedViewState.nas-compare"])  # what experiment_url opens
+    assert view["searchFilter"] == "tags.role = 'comparison'" and view["runsHiddenMode"] == "SHOW_ALL"
+    assert "| cell |" in exp.tags["mlflow.note.content"] and "How to read" in exp.tags["mlflow.note.content"]
     for run, t in zip(trials, study.trials):
         tags, params = run.data.tags, run.data.params
-        assert tags["mlflow.parentRunId"] == parent.info.run_id and tags["study"] == cfg["study"]
+        # visible without expanding: trials, baselines and compared cells are top-level runs
+        assert "mlflow.parentRunId" not in tags and tags["study"] == cfg["study"]
+        assert run.info.run_name == t.user_attrs["cell_label"]  # "trial 2 (new)" / "trial 2 = mut3"
         assert tags["state"] == "complete" and run.info.status == "FINISHED"
         assert params["cell_hash"] == t.user_attrs["cell_hash"] and params["search_space"] == "highway"
         assert params["controller"] == "random" and params["seed"] == "0" and params["trainer.lr"] == "0.01"
         assert params["param_count"] == str(t.user_attrs["params"])
+        assert params["hidden_size"] == str(t.user_attrs["hidden_size"]) and params["steps"] == "6"
         assert params["budget"] == t.user_attrs["budget"]
         history = client.get_metric_history(run.info.run_id, "curve/val_bpc")
         assert [(m.step, m.value) for m in history] == [tuple(p) for p in t.user_attrs["curve"]]
         assert len(client.get_metric_history(run.info.run_id, "curve/train_bpc")) == 2
-        assert run.data.metrics["val_bpc"] == pytest.approx(t.values[0])
-        assert {"params", "chars_per_sec", "seconds"} <= set(run.data.metrics)
+        assert run.data.metrics["val_bpc"] == pytest.approx(t.values[0], abs=1e-4)  # 4 decimals, as printed
+        assert client.get_metric_history(run.info.run_id, "val_bpc")[0].step == 0  # a bar per run in charts
+        assert {"val_bpc", "train_bpc", "chars_per_sec", "seconds"} <= set(run.data.metrics)
+        assert not {"params", "hidden_size", "steps", "tokens"} & set(run.data.metrics)  # constants: params
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert artifacts >= {"cell.json", "cell.png", "sample.txt"}
     cell = json.loads(Path(client.download_artifacts(trials[0].info.run_id, "cell.json")).read_text())
@@ -138,9 +148,16 @@ def check_logged(client: MlflowClient, cfg: dict, outcome) -> None:
         budget = run.data.tags["budget"]
         assert budget == study.trials[0].user_attrs["budget"]
         trained = study.user_attrs[f"baseline:{name}:{budget}"]
-        assert run.data.metrics["val_bpc"] == pytest.approx(trained["val_bpc"])
+        assert run.data.metrics["val_bpc"] == pytest.approx(trained["val_bpc"], abs=1e-4)
+    assert all("mlflow.parentRunId" not in r.data.tags for r in runs["baseline"])
+    # One run per compared cell, named after it, with the mean test bpc under one metric name (one
+    # chart in MLflow); each cell's seed runs are nested under it.
+    cells = {r.data.tags["cell_hash"]: r for r in runs["comparison"]}
+    assert len(cells) == len(runs["comparison"]) == 1 + len(BASELINES)
     finals = runs["final"]
     assert len(finals) == (1 + len(BASELINES)) * 2 and all("test_bpc" in r.data.metrics for r in finals)
+    for run in finals:
+        assert run.data.tags["mlflow.parentRunId"] == cells[run.data.tags["cell_hash"]].info.run_id
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert report == {f"report/{n}" for n in ("comparison.md", "comparison.csv", "learning_curves.png",
                                                "test_bpc_vs_params.png", "best_so_far.png")}
@@ -149,7 +166,12 @@ def check_logged(client: MlflowClient, cfg: dict, outcome) -> None:
     for name in BASELINES:
         assert float(rows[name]["test_bpc_mean"]) > 0 and rows[name]["n_seeds"] == "2"
         assert float(rows[name]["params"]) > 0 and float(rows[name]["chars_per_sec"]) > 0
-        assert f"test_bpc/{name}" in parent.data.metrics
+    for cell in cells.values():
+        row = rows[cell.data.tags["cell"]]
+        assert cell.info.run_name == f"final {row['label']}" and cell.data.tags["n_seeds"] == "2"
+        assert cell.data.metrics["test_bpc"] == pytest.approx(float(row["test_bpc_mean"]), abs=1e-4)
+        assert cell.data.params["param_count"] == row["params"]
+    assert not [k for k in parent.data.metrics if k.startswith("test_bpc")]  # not 8 one-bar charts
     best = outcome.extra["comparison"].best()
     assert parent.data.tags["best_cell"] == best.label
     assert "| cell |" in parent.data.tags["mlflow.note.content"]  # the table is the run's description
@@ -207,6 +229,13 @@ def test_nas_report_reuses_the_study_and_adds_a_seed(sqlite_search):
     assert len(runs["search"]) == 1 and len(runs["trial"]) == 3 and len(runs["baseline"]) == 5
     finals = [(r.data.tags["cell"], r.data.tags["seed"]) for r in runs["final"]]
     assert len(finals) == len(set(finals)) == 6 * 3  # the two earlier seeds were reused, not retrained
+    assert len(runs["comparison"]) == 6  # the same cell runs, their means now over three seeds
+    table = (Path(cfg["out_dir"]) / "report" / "comparison.csv").read_text()
+    means = {r["cell_hash"]: float(r["test_bpc_mean"]) for r in csv.DictReader(io.StringIO(table))}
+    for cell in runs["comparison"]:
+        assert cell.data.tags["n_seeds"] == "3"
+        assert cell.data.metrics["test_bpc"] == pytest.approx(means[cell.data.tags["cell_hash"]], abs=1e-4)
+        assert len(client.get_metric_history(cell.info.run_id, "test_bpc")) == 2  # 2 seeds, then 3
     assert runs["search"][0].info.status == "FINISHED"
 
 
@@ -377,3 +406,43 @@ def test_a_store_deleted_during_a_search_is_said_once(tmp_path, monkeypatch):
         warnings.simplefilter("always")
         tracker._check_store()  # said once only
     assert len(caught) == 1 and again == []
+
+
+def test_a_moved_store_finds_its_artifacts(tmp_path, monkeypatch):
+    """MLflow records absolute artifact paths: opening a moved runs/ re-points them (relocate_artifacts)."""
+    from nas.cell import known_cell
+
+    run_dir = tmp_path / "a" / "runs" / "train" / "x"
+    run_dir.mkdir(parents=True)
+    (run_dir / "cell.json").write_text(known_cell("gru").to_json())
+    (run_dir / "sample.txt").write_text("to be or not")
+    result = {"cell_hash": "h", "budget": "b", "seed": 0, "steps": 6, "val_bpc": 3.0, "curve": [[3, 3.5], [6, 3.0]],
+              "run_dir": str(run_dir)}
+    monkeypatch.chdir(tmp_path / "a")
+    run_id = Tracker().log_train("gru", result, {"seed": 0, "trainer": {"steps": 6}})
+    assert run_id is not None
+    monkeypatch.chdir(tmp_path)
+    shutil.move(tmp_path / "a" / "runs", tmp_path / "b")
+    shutil.rmtree(tmp_path / "a")
+    uri = f"sqlite:///{tmp_path / 'b' / 'mlflow' / 'mlflow.db'}"
+    assert nas.tracking.relocate_artifacts(uri) == 1
+    assert nas.tracking.relocate_artifacts(uri) == 0  # already in place
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.artifact_uri.startswith((tmp_path / "b" / "mlflow" / "artifacts").as_uri())
+    assert Path(client.download_artifacts(run_id, "sample.txt", str(tmp_path))).read_text() == "to be or not"
+    assert {a.path for a in client.list_artifacts(run_id)} >= {"cell.json", "cell.png", "sample.txt"}
+    assert nas.tracking.relocate_artifacts(f"sqlite:///{tmp_path / 'none.db'}") == 0
+    assert nas.tracking.relocate_artifacts("http://127.0.0.1:1") == 0
+
+
+def test_experiment_url_opens_a_saved_view_in_the_model_training_view():
+    url = nas.tracking.experiment_url("http://127.0.0.1:5000/", "3", "nas-compare", charts=True)
+    assert url == ("http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
+                   "&viewStateShareKey=nas-compare&compareRunsMode=CHART")
+    assert nas.tracking.experiment_url("http://h:1", "0").endswith("viewStateShareKey=nas")
+    tracker = Tracker("sqlite:///unused.db")
+    assert tracker.link("s") is None  # not logged by this tracker: no link, and no MLflow call
+    tracker._experiment_ids["s"] = "7"
+    assert tracker.link("s") == nas.tracking.experiment_url("http://127.0.0.1:5000", "7", "nas-compare", True)
+    with pytest.raises(ValueError, match="view must be one of"):
+        nas.tracking.experiment_url("http://h:1", "0", "compare")

@@ -4,6 +4,8 @@
 autograd) computes, with whole-sequence code (`select` picks it per call): on the CPU, fused C
 kernels per stage of a step (nas.cell.cgen, float32/64, where a C compiler works), else one torch
 call per op (nas.cell.seqgen); on a GPU, fused Triton kernels (nas.cell.gpugen), else the torch code.
+A cell with a user op (nas.cell.ops.register_op), which none of these generators knows, runs the
+reference path (`uses_user_ops`).
 
 - the x products, xw = x @ W_x^T + b_x over all steps, stay an ordinary autograd op (one GEMM
   forward, two backward), and so do the slices and concatenations that make each recurrent group's
@@ -38,6 +40,7 @@ from torch import Tensor
 from nas.cell import cgen, cloop, gpugen, mkl
 from nas.cell.kernels import ATEN_BACKWARDS
 from nas.cell.lower import lower
+from nas.cell.ops import is_user_op
 from nas.cell.probe import c_works, triton_works
 from nas.cell.seqgen import SeqCode, generate
 from nas.cell.spec import INPUT, CellSpec
@@ -394,6 +397,8 @@ def sequence(cell, xs: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple
     The buffers are written with out=, so every tensor must have one dtype: the promoted dtype of
     input, state and parameters, or under autocast the autocast dtype, for the whole recurrence (as
     autocast runs torch.nn.LSTM), with autocast off inside."""
+    if uses_user_ops(cell.spec):
+        return cell.reference_sequence(xs, state)
     if xs.is_cuda and xs.device.index != torch.cuda.current_device():
         # Triton kernels and CUDA graph capture use the current device's stream: make it xs's
         # (a search worker on cuda:1 does not call set_device).
@@ -408,6 +413,24 @@ def sequence(cell, xs: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple
     for t in (*state, *cell.parameters()):
         dtype = torch.promote_types(dtype, t.dtype)
     return _run(cell, xs.to(dtype), tuple(s.to(dtype) for s in state), dtype)
+
+
+@lru_cache(maxsize=1024)
+def uses_user_ops(spec: CellSpec) -> bool:
+    """Whether `spec` has an op of nas.cell.ops.register_op: no generated code (C, Triton, the
+    whole-sequence torch code) knows it, so the cell runs the reference path, the step code under
+    autograd (warned once per op and process: it is slower)."""
+    user = sorted({n.op for n in spec.nodes if is_user_op(n.op)})
+    for name in user:
+        if name not in _WARNED_USER_OPS:
+            _WARNED_USER_OPS.add(name)
+            warnings.warn(f"nas: op {name!r} is a user op (nas.cell.ops.register_op): cells that use it run "
+                          "the reference torch path, step by step under autograd, not the fused kernels",
+                          RuntimeWarning, stacklevel=4)
+    return bool(user)
+
+
+_WARNED_USER_OPS: set[str] = set()
 
 
 def _run(cell, xs: Tensor, state: tuple[Tensor, ...], dtype: torch.dtype):

@@ -4,6 +4,12 @@ Everything else reads this table: the validator (arity, options), the canonical 
 weights), the compiler and the exporter (torch expression, derivative), the drawing (symbol) and the
 search spaces (which ops exist). Adding an elementwise op is one `_register(Op(...))` line.
 
+A user's op comes from the user's own code (docs/extending.md): `register_op(name, fn, arity, ...)`
+with a torch function, called by a module of theirs or by a plugin's entry point in the group
+`nas.ops` (loaded on the first lookup of an op name that is not registered). Such an op has no
+templates: the compiler's step code calls `fn`, and cells that use it run the reference torch path
+(nas.cell.fused), whose gradients autograd computes.
+
 `expr` and `grad` are `str.format` templates of torch expressions over the operands `{a}`, `{b}`,
 `{c}` (in operand order; `{sum}` and `{inv_n}` for n-ary ops), the result `{y}`, the incoming
 gradient `{g}` and the op's options; the compiler and the exporter substitute their own variable
@@ -13,9 +19,18 @@ names, so the generated code is straight-line torch calls. `grad` gives one temp
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import metadata
 from types import MappingProxyType
+from typing import Any
+
+log = logging.getLogger("nas")
 
 # Operand placeholders in `expr` / `grad` templates, in operand order.
 OPERANDS = ("a", "b", "c")
@@ -43,6 +58,8 @@ class Op:
     options:     allowed options and their defaults; the spec fills in defaults so that the hash
                  sees one spelling of each cell.
     symbol:      short label for pictures.
+    fn:          a user op's torch function (register_op); None for the built-in ops.
+    equation:    a user op's formula as text, for documentation (e.g. "y = a * sigmoid(a)").
     """
 
     name: str
@@ -53,13 +70,35 @@ class Op:
     has_weights: bool = False
     options: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
     symbol: str = ""
+    fn: Callable[..., Any] | None = None
+    equation: str = ""
 
     def accepts(self, n: int) -> bool:
         lo, hi = self.arity
         return n >= lo and (hi is None or n <= hi)
 
 
-OPS: dict[str, Op] = {}
+class _Registry(dict):
+    """name -> Op. A name that is not registered loads the plugins' ops (entry points of the group
+    `nas.ops`, the modules of $NAS_OP_MODULES) and is looked up again; `get` and `in` do the same,
+    so the spec validator finds a plugin's op without anyone importing the plugin first."""
+
+    def __missing__(self, name: str) -> Op:
+        if load_plugins() and dict.__contains__(self, name):
+            return dict.__getitem__(self, name)
+        raise KeyError(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+
+OPS: dict[str, Op] = _Registry()
 
 
 def _register(op: Op) -> None:
@@ -108,3 +147,174 @@ def arithmetic_templates() -> dict[str, tuple[str, tuple[str, ...]]]:
 def get_op(name: str) -> Op:
     """The registered op called `name`; KeyError-free lookup is the spec validator's job."""
     return OPS[name]
+
+
+# ---- user ops and plugins ----------------------------------------------------------------------------
+# The plugin helpers live here because the op registry is the lowest layer that loads plugins; the
+# search spaces (nas.search_spaces) and the controllers (nas.search.controllers) use them too.
+
+ENTRY_POINTS = "nas.ops"
+# The modules that registered user ops in this process, for its child processes (a spawned pool of
+# final retrainings imports nothing of its parent): a child imports them when a cell names an op it
+# does not know.
+MODULES_ENV = "NAS_OP_MODULES"
+_USER_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_TEMPLATE_FIELDS = (*OPERANDS, "sum", "inv_n", "y", "g")
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?")
+_plugins = {"entry_points_loaded": False, "loading": False}
+
+
+def register_op(name: str, fn: Callable[..., Any], arity: int = 1, *, commutative: bool = False,
+                has_weights: bool = False, equation: str = "", symbol: str = "",
+                options: Mapping[str, object] | None = None) -> Op:
+    """Register `fn` as the op `name`, usable in cell JSON, search spaces, the hash and the compiler.
+
+    fn:          a torch function of `arity` tensors of shape (B, H), in operand order, and the op's
+                 options by keyword, returning a (B, H) tensor; autograd differentiates it. A
+                 function of its operands alone: no state, no parameters.
+    arity:       the number of operands, 1, 2 or 3.
+    commutative: operand order does not change the value (the hash then sorts the operands).
+    has_weights: must be False: only `linear` owns weights (compose linear nodes with the op).
+    equation:    the formula as text, for people (e.g. "y = a * sigmoid(a)").
+    symbol:      a short label for pictures (default: the name).
+    options:     option name -> default (bool, int, float or str), passed to `fn` by keyword.
+
+    Cells that use a user op run the reference torch path (no generated kernels know it). Registering
+    a name again from the same function (a module imported twice) replaces it; a clash with another
+    op or a bad argument is a one-line ValueError (TypeError for a wrong type). Returns the Op.
+    """
+    where = f"register_op({name!r})"
+    if not isinstance(name, str) or not _USER_NAME.fullmatch(name):
+        raise ValueError(f"register_op: expected an op name of lower-case letters, digits and '_' "
+                         f"(first a letter), got {name!r}")
+    if not callable(fn):
+        raise TypeError(f"{where}: expected a torch function, got {type(fn).__name__}")
+    if has_weights:
+        raise ValueError(f"{where}: ops with weights are not supported (only 'linear' owns weights); "
+                         "compose linear nodes with a weightless op")
+    if isinstance(arity, bool) or not isinstance(arity, int) or not 1 <= arity <= len(OPERANDS):
+        raise ValueError(f"{where}: arity: expected 1, 2 or 3, got {arity!r}")
+    opts = dict(options or {})
+    for key, value in opts.items():
+        if not (isinstance(key, str) and key.isidentifier()) or key in _TEMPLATE_FIELDS:
+            raise ValueError(f"{where}: option names must be identifiers other than "
+                             f"{', '.join(_TEMPLATE_FIELDS)}, got {key!r}")
+        if not isinstance(value, (bool, int, float, str)):
+            raise TypeError(f"{where}: option {key!r}: expected a bool, int, float or str default, "
+                             f"got {type(value).__name__}")
+    old = dict.get(OPS, name)
+    if old is not None and (old.fn is None or _origin(old.fn) != _origin(fn)):
+        by = "a built-in op" if old.fn is None else f"registered by {_origin(old.fn)}"
+        raise ValueError(f"{where}: the name is taken ({by})")
+    module = getattr(fn, "__module__", None) or "__main__"
+    operands = ", ".join(f"{{{a}}}" for a in OPERANDS[:arity])
+    keywords = "".join(f", {k}={{{k}!r}}" for k in opts)
+    # The step code (nas.cell.lower) is generated Python with `torch` in scope: it reaches `fn`
+    # through this module, which imports `module` first where this process has not registered it.
+    expr = f"__import__('nas.cell.ops', fromlist=['call_op']).call_op({name!r}, {module!r}, {operands}{keywords})"
+    op = Op(name, (arity, arity), bool(commutative), expr, (), options=_opts(**opts),
+            symbol=symbol or name, fn=fn, equation=equation)
+    _register(op)
+    _remember(module)
+    return op
+
+
+def call_op(name: str, module: str, /, *operands: Any, **options: Any) -> Any:
+    """Apply user op `name` (registered by `module`, imported here first if this process has not)."""
+    op = dict.get(OPS, name)
+    if op is None or op.fn is None:
+        importlib.import_module(module)
+        op = dict.get(OPS, name)
+        if op is None or op.fn is None:
+            raise KeyError(f"op {name!r}: importing {module} did not register it")
+    return op.fn(*operands, **options)
+
+
+def is_user_op(name: str) -> bool:
+    """Whether `name` is an op registered by register_op (the generated kernels know only built-ins)."""
+    op = OPS.get(name)
+    return op is not None and op.fn is not None
+
+
+def _origin(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
+def _remember(module: str) -> None:
+    if module in ("__main__", "builtins"):
+        return
+    known = [m for m in os.environ.get(MODULES_ENV, "").split(",") if m]
+    if module not in known:
+        os.environ[MODULES_ENV] = ",".join([*known, module])
+
+
+def load_plugins() -> bool:
+    """Load the ops of plugins: once per process the entry points of the group `nas.ops` (each a
+    module whose import registers ops, or a function that registers them when called), then the
+    modules of $NAS_OP_MODULES not yet imported. True when anything was loaded."""
+    if _plugins["loading"]:  # a plugin looking up an op while it loads
+        return False
+    _plugins["loading"], loaded = True, False
+    try:
+        if not _plugins["entry_points_loaded"]:
+            _plugins["entry_points_loaded"] = True
+            for ep in entry_points(ENTRY_POINTS):
+                obj = load_entry_point(ep, ENTRY_POINTS)
+                if callable(obj):
+                    obj()
+                loaded = True
+        for module in os.environ.get(MODULES_ENV, "").split(","):
+            if module and module not in sys.modules:
+                try:
+                    importlib.import_module(module)
+                    loaded = True
+                except Exception as e:  # noqa: BLE001 - the lookup then fails as an unknown op
+                    log.warning("%s: cannot import %s (it registered ops in a parent process): %s",
+                                MODULES_ENV, module, e)
+        return loaded
+    finally:
+        _plugins["loading"] = False
+
+
+def entry_points(group: str) -> list[metadata.EntryPoint]:
+    """The installed entry points of `group` (importlib.metadata), by name."""
+    return sorted(metadata.entry_points(group=group), key=lambda ep: ep.name)
+
+
+def load_entry_point(ep: metadata.EntryPoint, group: str) -> Any:
+    """`ep.load()`, with a one-line ValueError (the CLIs' kind of user error) naming the plugin when
+    it cannot be loaded."""
+    try:
+        return ep.load()
+    except Exception as e:  # noqa: BLE001 - any error of the plugin's import: name the plugin
+        raise ValueError(f"plugin {ep.name} = {ep.value} (entry point group {group}): cannot load it: "
+                          f"{type(e).__name__}: {e}") from None
+
+
+def import_object(path: str, key: str) -> Any:
+    """The object at the dotted `path`: a module (`my_pkg.my_module`) or an attribute of one
+    (`my_pkg.my_module.attr` or `my_pkg.my_module:attr`). A one-line ValueError that starts with
+    `key` (the setting that gave the path) when it cannot be imported or has no such attribute."""
+    if not isinstance(path, str) or not _DOTTED.fullmatch(path):
+        raise ValueError(f"{key}: expected a dotted path such as my_pkg.my_module or "
+                         f"my_pkg.my_module.attr, got {path!r}")
+    module_path, _, attr = path.partition(":")
+    if not attr:
+        try:
+            return importlib.import_module(module_path)
+        except ModuleNotFoundError as e:
+            if e.name != module_path or "." not in module_path:
+                raise ValueError(f"{key}: cannot import {path}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - the user's module failed on import: one line
+            raise ValueError(f"{key}: cannot import {path}: {type(e).__name__}: {e}") from None
+        module_path, attr = module_path.rsplit(".", 1)
+    try:
+        obj = importlib.import_module(module_path)
+    except Exception as e:  # noqa: BLE001 - as above
+        what = str(e) if isinstance(e, ModuleNotFoundError) else f"{type(e).__name__}: {e}"
+        raise ValueError(f"{key}: cannot import {path}: {what}") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"{key}: cannot import {path}: {module_path} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj

@@ -194,9 +194,10 @@ class CellSpec:
                    _label(data.get("name", "")))
 
     @classmethod
-    def from_json(cls, text: str) -> CellSpec:
+    def from_json(cls, text: str, name: str = "") -> CellSpec:
         """The cell of a JSON text (CellError for any bad text, checked against the size and
-        nesting limits before it is parsed)."""
+        nesting limits before it is parsed). A NAS-Bench-NLP recipe is recognised by its shape
+        and read by `from_nasbench_nlp`, named `name` (a recipe has no name of its own)."""
         if len(text) > MAX_FILE_BYTES:
             raise CellError(f"cell: at most {MAX_FILE_BYTES} characters of JSON are allowed, got {len(text)}")
         _check_depth(text)
@@ -208,13 +209,16 @@ class CellSpec:
             if isinstance(e, CellError):
                 raise
             raise CellError(f"cell: invalid JSON: {_show(str(e))}") from None
-        return cls.from_dict(data)
+        from nas.cell.nasbench_nlp import is_recipe
+
+        return cls.from_nasbench_nlp(data, name) if is_recipe(data) else cls.from_dict(data)
 
     @classmethod
     def from_file(cls, path: str | Path) -> CellSpec:
-        """The cell in a JSON file. Every failure (missing or unreadable file, over
-        MAX_FILE_BYTES, not UTF-8, bad JSON, bad cell) is a CellError whose message starts with
-        the file's path. Reads at most MAX_FILE_BYTES + 1 bytes, whatever the file's size."""
+        """The cell in a JSON file: a cell JSON or a NAS-Bench-NLP recipe (named after the file).
+        Every failure (missing or unreadable file, over MAX_FILE_BYTES, not UTF-8, bad JSON, bad
+        cell) is a CellError whose message starts with the file's path. Reads at most
+        MAX_FILE_BYTES + 1 bytes, whatever the file's size."""
         where = f"cell file {str(path)!r}"
         try:
             with open(path, "rb") as fh:
@@ -228,20 +232,37 @@ class CellSpec:
         except UnicodeDecodeError as e:
             raise CellError(f"{where}: not UTF-8 text (byte {e.start}: {e.reason})") from None
         try:
-            return cls.from_json(text)
+            return cls.from_json(text, name=Path(path).stem)
         except CellError as e:
             raise CellError(f"{where}: {str(e).removeprefix('cell: ')}") from None
 
     def to_networkx(self):
+        """The cell as a networkx MultiDiGraph whose structure is the cell (nas.cell.graph)."""
         from nas.cell.graph import to_networkx
 
         return to_networkx(self)
 
     @classmethod
     def from_networkx(cls, graph) -> CellSpec:
+        """The cell a networkx graph describes (nas.cell.graph; relabelled or copied graphs too)."""
         from nas.cell.graph import from_networkx
 
         return from_networkx(graph)
+
+    def to_nasbench_nlp(self) -> dict[str, Any]:
+        """The NAS-Bench-NLP recipe of this cell (nas.cell.nasbench_nlp; CellError for what a recipe
+        cannot say, e.g. a relu)."""
+        from nas.cell.nasbench_nlp import to_recipe
+
+        return to_recipe(self)
+
+    @classmethod
+    def from_nasbench_nlp(cls, recipe: Any, name: str = "") -> CellSpec:
+        """The cell of a NAS-Bench-NLP recipe: a mapping, its JSON text, or one of their log files
+        (nas.cell.nasbench_nlp). State k is named h_prev_k; h_prev_0 is h."""
+        from nas.cell.nasbench_nlp import from_recipe
+
+        return from_recipe(recipe, name)
 
     def __str__(self) -> str:
         body = "; ".join(f"{n.name}={n.op}({', '.join(n.inputs)})" for n in self.nodes)

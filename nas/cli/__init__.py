@@ -8,13 +8,19 @@ setting or a read-only runs/ gives one line and leaves nothing on disk.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# The configs ship inside the package (the repository's conf/ installs as nas.conf), so every command
+# finds them the same way from a checkout and from an installed wheel, whatever the working folder.
+CONF_MODULE = "nas.conf"
+CONF_DIR = str(resources.files(CONF_MODULE))  # the same configs as a folder, for initialize_config_dir
+HELP_FLAGS = {"--help", "-h"}
 
 
 class Failure(Exception):
@@ -73,7 +79,7 @@ def hydra_cli(prog: str, config_name: str, schema: type, task: Callable[[Any], N
 
     ConfigStore.instance().store(name=f"{config_name}_schema", node=schema)
 
-    @hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")
+    @hydra.main(config_path=f"pkg://{CONF_MODULE}", config_name=config_name, version_base="1.3")
     def _hydra_main(cfg: Any) -> None:
         def checked_task() -> None:
             if check is not None:
@@ -83,6 +89,12 @@ def hydra_cli(prog: str, config_name: str, schema: type, task: Callable[[Any], N
         run_task(prog, checked_task)
 
     def main() -> None:
+        if HELP_FLAGS & set(sys.argv[1:]):
+            try:
+                print(render_help(prog, config_name, sys.argv[1:]), flush=True)
+            except BrokenPipeError:  # `nas-search --help | head`: the reader has gone, not an error
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return
         composed = check_overrides(prog, config_name, sys.argv[1:])
         if composed is not None:
             run_task(prog, lambda: before_hydra(composed, check))
@@ -149,11 +161,17 @@ def check_overrides(prog: str, config_name: str, argv: list[str]) -> Any:
     overrides = [a for a in argv if "=" in a and not a.startswith("-")]
     if config_name is None or len(overrides) != len(argv):
         return None  # a bare word or a flag (--help, --cfg, ...): Hydra itself must interpret it
-    from hydra import compose, initialize_config_dir
+    return compose_or_exit(prog, config_name, overrides)
+
+
+def compose_or_exit(prog: str, config_name: str, overrides: list[str]) -> Any:
+    """The config `config_name` with `overrides` (and its `hydra` node), composed from the package's
+    configs; a failure is the user's override: one line on stderr and exit status 2."""
+    from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
             return compose(config_name, overrides=overrides, return_hydra_config=True)
     except Exception as e:  # noqa: BLE001 - any composition failure is the user's override
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
@@ -183,6 +201,56 @@ def _config_name(default: str, argv: list[str]) -> tuple[str | None, list[str]]:
         rest.append(argv[i])
         i += 1
     return name, rest
+
+
+def render_help(prog: str, config_name: str, argv: list[str]) -> str:
+    """`prog --help`: the app's text (conf/hydra/help/<config_name>.yaml) with $APP_CONFIG_GROUPS, the
+    config groups this app composes and their options, and $CONFIG, its settings (with the overrides
+    in `argv` applied) filled in. Hydra's own help lists every group under conf/ (nas-train would
+    show the search's controllers) and names the app after the module that calls it ("cli")."""
+    import string
+
+    from omegaconf import OmegaConf, open_dict
+
+    name, rest = _config_name(config_name, argv)
+    overrides = [a for a in rest if "=" in a and not a.startswith("-")]
+    cfg = compose_or_exit(prog, name or config_name, [*overrides, f"hydra/help={config_name}"])
+    choices = {g: c for g, c in cfg.hydra.runtime.choices.items() if not g.startswith("hydra/")}
+    settings = cfg.copy()
+    with open_dict(settings):
+        settings.pop("hydra")
+    return string.Template(cfg.hydra.help.template).safe_substitute(
+        APP_CONFIG_GROUPS=_indent(config_groups(choices) or "(none: every setting is given as key=value)"),
+        CONFIG=_indent(OmegaConf.to_yaml(settings).rstrip()))
+
+
+def config_groups(choices: dict[str, str | None]) -> str:
+    """One line per config group: its options (the YAML files of conf/<group>/) and the chosen one."""
+    lines, width = [], max(map(len, choices), default=0)
+    for group, chosen in sorted(choices.items()):
+        folder = resources.files(CONF_MODULE).joinpath(*group.split("/"))
+        options = sorted(f.name.removesuffix(".yaml") for f in folder.iterdir() if f.name.endswith(".yaml"))
+        lines.append(f"{group + ':':{width + 1}} {', '.join(options)}   (now: {chosen})")
+    return "\n".join(lines)
+
+
+def _indent(text: str, prefix: str = "  ") -> str:
+    return "\n".join(prefix + line if line else line for line in text.splitlines())
+
+
+class ConsoleHandler(logging.StreamHandler):
+    """The console handler of every app's job log (conf/hydra/job_logging/nas.yaml): one line per
+    record, written through tqdm so that a progress bar being drawn on the same terminal is cleared
+    and redrawn below the line instead of being cut by it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:  # noqa: BLE001 - logging's contract: a failing handler reports, never raises
+            self.handleError(record)
 
 
 def check_trainer(trainer: Any, data: Any = None) -> None:

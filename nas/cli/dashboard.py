@@ -33,6 +33,19 @@ from pathlib import Path
 from nas.cli import hide_password
 
 STARTUP_TIMEOUT = 90.0
+DESCRIPTION = """\
+Open the MLflow UI on the project's tracking store (by default runs/mlflow/mlflow.db, where
+nas-search, nas-report and nas-train log their runs): it starts `mlflow server` on 127.0.0.1,
+prints the address to open in a browser and stays in the foreground until Ctrl-C. The server's
+log goes to runs/dashboard/mlflow-<port>.log."""
+EXAMPLES = """\
+examples:
+  nas-dashboard                                  # then open http://127.0.0.1:5000
+  nas-dashboard --port 5001
+  nas-dashboard --uri sqlite:////data/other/mlflow.db
+  nas-dashboard --host 0.0.0.0 --expose          # reachable from other machines, with no login
+
+The optuna-dashboard view of a study: optuna-dashboard runs/search/<study>/journal.log"""
 LOG_DIR = Path("runs") / "dashboard"
 
 
@@ -41,7 +54,8 @@ class DashboardError(Exception):
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="nas-dashboard", description="MLflow UI on the project's tracking store")
+    p = argparse.ArgumentParser(prog="nas-dashboard", description=DESCRIPTION, epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default 127.0.0.1: this machine only; another needs --expose)")
@@ -93,11 +107,35 @@ def store_of(uri: str | None) -> tuple[str, str | None]:
         db = Path(uri[len("sqlite:///"):])
         if not db.is_file():
             raise DashboardError(f"no tracking store at {db}: run nas-search first, or pass --uri")
+        from nas.tracking_records import relocate_artifacts
+
+        relocate_artifacts(uri)  # a runs/ folder that was moved still finds its artifacts
         return uri, str(db.resolve().parent / "artifacts")
     if "://" not in uri:
         raise DashboardError(f"--uri {hide_password(uri, uri)!r} is not a tracking URI "
                              "(sqlite:///path/mlflow.db, postgresql://...)")
     return uri, None
+
+
+def experiment_links(uri: str, base: str) -> list[tuple[str, str, str | None]]:
+    """(experiment name, link to its runs, link to its final comparison's chart or None) in MLflow's
+    model-training view, for each experiment of a local store: a plain link opens MLflow 3's GenAI
+    view, which shows none of it. Read with sqlite3 (no MLflow import); other stores give none."""
+    import sqlite3
+
+    from nas.tracking_records import experiment_url
+
+    if not uri.startswith("sqlite:///"):
+        return []
+    try:
+        with sqlite3.connect(f"file:{uri[len('sqlite:///'):]}?mode=ro", uri=True) as db:
+            rows = db.execute("SELECT experiment_id, name FROM experiments WHERE lifecycle_stage = 'active' "
+                              "AND name LIKE 'nas/%' ORDER BY experiment_id").fetchall()
+    except sqlite3.Error:
+        return []  # a store MLflow has not finished creating: the UI still works
+    return [(name, experiment_url(base, str(eid), "nas"),
+             None if name == "nas/train" else experiment_url(base, str(eid), "nas-compare", charts=True))
+            for eid, name in rows]
 
 
 def open_log(port: int) -> tuple[Path, int]:
@@ -196,6 +234,9 @@ def serve(args: argparse.Namespace) -> int:
         wait_until_up(proc, local, log, uri)
         print(f"MLflow dashboard: {url}  (store {hide_password(uri, uri)}; server log {log}; Ctrl-C to stop)",
               flush=True)
+        for name, runs, compare in experiment_links(uri, url):
+            print(f"  {name}: runs {runs}" + (f"\n  {' ' * len(name)}  comparison {compare}" if compare else ""),
+                  flush=True)
         code = proc.wait()
         print(f"nas-dashboard: mlflow server exited with status {code} (log: {log})", file=sys.stderr)
         return 1

@@ -1,10 +1,12 @@
 """`nas-export`: a searched cell as a standalone PyTorch module, with its spec, picture, model card
-and trained weights (when the trial's weights are on this machine).
+and, when the training run is on this machine, its trained weights and the whole trained character
+model (embedding, cell, decoder, vocabulary) with sample.py and evaluate.py.
 
     nas-export study=graph-tpe            # best trial
     nas-export study=graph-tpe trial=12
     nas-export run_id=0a1b2c...           # an MLflow run of a trial
-    nas-export cell=my_cell.json
+    nas-export cell=runs/train/<run>      # a nas-train run folder (or its cell.json): the trained model
+    nas-export cell=my_cell.json          # a cell alone: no trained model
 """
 
 from __future__ import annotations
@@ -25,25 +27,50 @@ def check(app: ExportApp) -> None:
     if app.dest:
         check_writable(app.dest)
     if app.cell:
-        load_cell(app.cell)
+        cell_and_run(app.cell)
     elif app.study and not app.run_id:
         check_study_exists(app.study, app.storage.url, app.study_dir or Path("runs") / "search" / app.study)
 
 
 def resolve(cfg: ExportApp) -> dict[str, Any]:
+    from nas.export_lm import find_trained_lm, trial_lm
+
     if cfg.cell:
-        spec = load_cell(cfg.cell)
-        return {"spec": spec, "weights": None, "metrics": None, "origin": {"source": cfg.cell},
-                "name": spec.name or Path(cfg.cell).stem}
+        spec, run = cell_and_run(cfg.cell)
+        if run is None:
+            return {"spec": spec, "weights": None, "metrics": None, "origin": {"source": cfg.cell},
+                    "name": spec.name or Path(cfg.cell).stem,
+                    "lm": f"cell={cfg.cell} names a cell, not a training run (a nas-train run folder is one)"}
+        lm = find_trained_lm(run, cell_hash=spec.canonical_hash())
+        result = getattr(lm, "result", {})
+        metrics = {k: result[k] for k in ("val_bpc", "test_bpc", "params", "hidden_size") if result.get(k)}
+        return {"spec": spec, "weights": None, "metrics": metrics, "origin": {"run folder": str(run)},
+                "name": spec.name or "cell", "lm": lm}
     if cfg.run_id:
         from nas.tracking import trial_of_run
 
         study_name, number = trial_of_run(cfg.tracking, cfg.run_id)
-        return export_bundle(_study(cfg, study_name), number, None)
-    if not cfg.study:
+        study = _study(cfg, study_name)
+        found = export_bundle(study, number, None)
+    elif not cfg.study:
         raise ValueError("say what to export: study=NAME (best trial; or trial=N / cell_hash=...), "
-                         "run_id=MLFLOW_RUN_ID, or cell=FILE.json")
-    return export_bundle(_study(cfg, cfg.study), cfg.trial, cfg.cell_hash)
+                         "run_id=MLFLOW_RUN_ID, cell=FILE.json or cell=RUN_FOLDER")
+    else:
+        study = _study(cfg, cfg.study)
+        found = export_bundle(study, cfg.trial, cfg.cell_hash)
+    return {**found, "lm": trial_lm(study, found["origin"]["trial"])}
+
+
+def cell_and_run(ref: str):
+    """(the cell, the training run folder or None) of `cell=`: a run folder (nas-train's, a search
+    trial's, a final retraining's: it holds cell.json), a cell.json inside one, or any cell reference."""
+    path = Path(ref)
+    if path.is_dir():
+        if not (path / "cell.json").is_file():
+            raise FileNotFoundError(f"cell={ref}: a folder, but not a training run folder (no cell.json in it)")
+        return load_cell(str(path / "cell.json")), path
+    run = path.parent if path.name == "cell.json" and (path.parent / "weights.pt").is_file() else None
+    return load_cell(ref), run
 
 
 def _study(cfg: ExportApp, name: str):
@@ -63,9 +90,19 @@ def run(cfg: ExportApp) -> None:
     name = cfg.name or re.sub(r"[^A-Za-z0-9_]+", "_", found["name"]).strip("_").lower() or "cell"
     dest = Path(cfg.dest) if cfg.dest else Path("runs/exports") / name
     folder = export_cell(found["spec"], dest, name=name, weights=found["weights"], metrics=found["metrics"],
-                         origin=found["origin"], overwrite=cfg.overwrite)
-    weights = "with trained weights" if found["weights"] is not None else "without weights"
-    print(f"exported {found['spec'].canonical_hash()} ({weights}) to {folder}")
+                         origin=found["origin"], overwrite=cfg.overwrite, lm=found["lm"])
+    print(f"exported {found['spec'].canonical_hash()} to {folder}")
+    lm = found["lm"]
+    if isinstance(lm, str):
+        weights = " and its trained recurrent weights" if (folder / "weights.pt").is_file() else ""
+        print(f"  NO trained model included: {lm}. The folder holds the cell module{weights} only.")
+    else:
+        score = lm.result.get("val_bpc")
+        score = f"{score:.4f}" if isinstance(score, float) else "not scored"
+        print(f"  with the trained model (val bpc {score}): python {folder / 'sample.py'}  |  "
+              f"python {folder / 'evaluate.py'} TEXT_FILE  (see {folder / 'README.md'})")
+    print(f"  {folder / 'README.md'} states the plain-torch speed against torch.nn.LSTM; "
+          "nas.cell.CellRNN is the fast path")
 
 
 main = hydra_cli("nas-export", "export", ExportApp, run, check)

@@ -26,14 +26,17 @@ def check(app: SearchApp) -> None:
     check_storage(app.storage)
 
     from nas.cell import KNOWN_CELLS
+    from nas.search.api import seed_params
     from nas.search.controllers import make_sampler
-    from nas.search_spaces import get_space
+    from nas.search_spaces import open_space
 
     check_baselines(app.baselines, KNOWN_CELLS)
     check_trainer(app.trainer, app.data)
-    space = get_space(app.search_space.name, **app.search_space.options)
+    space = open_space(app.search_space)
     options = dict(app.controller.options)
-    if app.controller.name == "evolution" and "seed_params" not in options:
+    if app.seed_cells:
+        options["seed_params"] = seed_params(app, space)  # every file read, every cell expressible
+    elif app.controller.name == "evolution" and "seed_params" not in options:
         options["seed_params"] = list(space.known.values())  # as the search will
     make_sampler(app.controller.name, seed=app.seed, **options)
     # Folders written only at the end of a search: a read-only one must fail now, not hours later.
@@ -55,6 +58,12 @@ def run(cfg: SearchApp) -> None:
     from nas.search.worker import WorkerFailed
 
     plain = OmegaConf.to_container(cfg, resolve=True)
+    if plain["seed_cells"]:  # stored with the study as params: no worker needs the files
+        from nas.search.api import seed_params
+        from nas.search_spaces import open_space
+
+        app = OmegaConf.to_object(cfg)
+        plain["controller"]["options"]["seed_params"] = seed_params(app, open_space(app.search_space))
     try:
         outcome = search(plain)
     except WorkerFailed as e:  # a local worker died: the work failed, the settings were fine
@@ -70,7 +79,8 @@ def run(cfg: SearchApp) -> None:
     if plain["tracking"]["enabled"]:
         uri = plain["tracking"]["uri"]
         uri = f" --uri {hide_password(uri, uri)}" if uri else ""
-        print(f"inspect the runs in MLflow: nas-dashboard{uri}   (then open http://127.0.0.1:5000)")
+        print(f"inspect the runs in MLflow: nas-dashboard{uri}   (it prints the links to each study's runs "
+              "and comparison)")
 
 
 def export_best(cfg: dict, number: int | None = None) -> str:
@@ -80,6 +90,7 @@ def export_best(cfg: dict, number: int | None = None) -> str:
     import re
 
     from nas.export import export_cell
+    from nas.export_lm import trial_lm
     from nas.search.results import ResultError, export_bundle
     from nas.search.study import join_study
 
@@ -91,7 +102,7 @@ def export_best(cfg: dict, number: int | None = None) -> str:
     name = re.sub(r"[^A-Za-z0-9_]+", "_", f"{cfg['study']}_best").strip("_").lower()
     folder = export_cell(found["spec"], Path(cfg["export"]["dir"]) / name, name=name,
                          weights=found["weights"], metrics=found["metrics"], origin=found["origin"],
-                         overwrite=True)
+                         lm=trial_lm(study, found["origin"]["trial"]), overwrite=True)
     return f"best new cell ({found['label']}) exported to {folder}"
 
 

@@ -3,12 +3,14 @@
     nas-train cell=lstm
     nas-train cell=path/to/cell.json data.path=corpus.txt trainer.steps=300 hydra.run.dir=runs/x
 
-Writes result.json, cell.json, weights.pt and sample.txt into the run directory.
+Writes result.json, cell.json, weights.pt and sample.txt into the run directory, and logs the run to
+MLflow (the searches' store, experiment nas/train; off with tracking.enabled=false).
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
@@ -41,6 +43,22 @@ def train(cfg: TrainApp) -> None:
                                              "test_bpc", "diverged")}
     print(json.dumps(shown, indent=2))
     print(f"run saved in {out}")
+    if cfg.tracking.enabled:
+        track(cfg, spec.name or Path(cfg.cell).stem, result, trainer, corpus, out)
+
+
+def track(cfg: TrainApp, label: str, result, trainer, corpus, out: str) -> None:
+    """The run in MLflow (experiment tracking.experiment, default nas/train); never fails the command."""
+    from nas.search.objective import budget_key
+    from nas.tracking import Tracker
+
+    t = cfg.tracking
+    tracker = Tracker(t.uri, t.experiment, t.retries, t.timeout)
+    budget = budget_key(trainer, cfg.seed, corpus.source_hash)
+    plain = {"seed": cfg.seed, "trainer": OmegaConf.to_container(cfg.trainer)}
+    run_id = tracker.log_train(label, {**result.to_dict(), "run_dir": str(out), "budget": budget}, plain)
+    if run_id is not None:
+        print(f"MLflow run {run_id} in experiment {t.experiment or 'nas/train'} (nas-dashboard shows it)")
 
 
 main = hydra_cli("nas-train", "train", TrainApp, train, check)

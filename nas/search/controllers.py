@@ -9,6 +9,15 @@
 The driver loop cannot tell them apart: it builds one with `make_sampler(name, seed, **options)` and
 hands it to the study.
 
+A user's controller needs no change here (docs/extending.md): `name` may also be the dotted path of
+an Optuna sampler class or of a function that returns a sampler (`my_pkg.samplers.MySampler`, given
+`seed` when it takes one, and the options by keyword), the name of a plugin's entry point in the
+group `nas.controllers` (such a class or function), or a name given to `register_controller` in this
+process (also a sampler object: the Python API's). A user's controller is single-objective (it
+minimises val bpc) unless its class or function has `multi_objective = True`; then it minimises
+(val bpc, parameter count), as nsga2. On the command line:
+`nas-search controller=custom controller.name=my_pkg.MySampler` (conf/controller/custom.yaml).
+
 This module also holds the trial conventions the two home-made controllers share, i.e. how the
 objective (nas.search.objective) records outcomes and how a controller reads them:
 
@@ -25,7 +34,6 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,6 +44,10 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 CONTROLLERS = ("random", "tpe", "nsga2", "evolution", "reinforce")
+ENTRY_POINTS = "nas.controllers"
+KEY = "controller.name"  # the setting that names a controller, for the error messages
+# Controllers given to register_controller in this process: name -> sampler class, function or object.
+_REGISTERED: dict[str, Any] = {}
 
 NAS_STATE = "nas_state"
 LOST = "lost"
@@ -43,7 +55,8 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def make_sampler(name: str, seed: int | None = None, **options: Any) -> optuna.samplers.BaseSampler:
-    """The controller called `name` (one of CONTROLLERS), seeded with `seed`.
+    """The controller called `name` (one of CONTROLLERS, or a user's: see the module docstring),
+    seeded with `seed`.
 
     Options, by controller (defaults in brackets):
         random     none
@@ -52,25 +65,51 @@ def make_sampler(name: str, seed: int | None = None, **options: Any) -> optuna.s
         evolution  population_size [20], sample_size [5], seed_params [()]
         reinforce  hidden_size [64], lr [2e-3], baseline_decay [0.95], entropy_weight [1e-3],
                    fail_value [10.0]
+        a user's   the keyword parameters of its class or function; a registered sampler object
+                   takes none (and keeps its own seed)
 
-    Raises ValueError for an unknown name or an option the controller does not take.
+    Raises ValueError for an unknown name, a path that does not import, an option the controller
+    does not take, or a user's function that returns no Optuna sampler.
     """
     build = _builder(name)
-    accepted = [p for p in inspect.signature(build).parameters if p != "seed"]
+    if isinstance(build, optuna.samplers.BaseSampler):
+        if options:
+            raise ValueError(f"make_sampler: controller {name!r} is a sampler object; it takes no options, "
+                             f"got {', '.join(sorted(options))}")
+        return build
+    params = inspect.signature(build).parameters
+    accepted = [p for p in params if p != "seed"]
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     unknown = sorted(set(options) - set(accepted))
-    if unknown:
+    if unknown and not takes_any:
         raise ValueError(f"make_sampler: controller {name!r} takes no option(s) {', '.join(unknown)}; "
                          f"it accepts: {', '.join(accepted) or 'none'}")
-    return build(seed=seed, **options)
+    sampler = build(seed=seed, **options) if "seed" in params or takes_any else build(**options)
+    if not isinstance(sampler, optuna.samplers.BaseSampler):  # a setting's fault: the CLIs' ValueError
+        raise ValueError(  # noqa: TRY004
+            f"{KEY}: {name!r} made a {type(sampler).__name__}, expected an optuna.samplers.BaseSampler")
+    return sampler
+
+
+def register_controller(name: str, controller: Any) -> None:
+    """Make `controller` (an Optuna sampler class, a function returning a sampler, or a sampler
+    object) known as `name` in this process (worker processes do not see it: give them a dotted
+    path or an entry point)."""
+    if not isinstance(name, str) or not name or name in CONTROLLERS:
+        raise ValueError(f"register_controller: expected a new name (not {', '.join(CONTROLLERS)}), got {name!r}")
+    if not (isinstance(controller, optuna.samplers.BaseSampler) or callable(controller)):
+        raise TypeError(f"register_controller({name!r}): expected a sampler class, function or object, "
+                        f"got {type(controller).__name__}")
+    _REGISTERED[name] = controller
 
 
 def is_multi_objective(name: str) -> bool:
     """True when the controller searches (val bpc, parameter count) rather than val bpc alone."""
-    _builder(name)
-    return name == "nsga2"
+    build = _builder(name)
+    return name == "nsga2" or getattr(build, "multi_objective", False) is True
 
 
-def _builder(name: str) -> Callable[..., optuna.samplers.BaseSampler]:
+def _builder(name: str) -> Any:
     # evolution and reinforce are imported here, not at the top: they import this module's
     # conventions, and `random`/`tpe` users need not import torch.
     if name == "random":
@@ -85,7 +124,32 @@ def _builder(name: str) -> Callable[..., optuna.samplers.BaseSampler]:
     if name == "reinforce":
         from nas.search.reinforce import ReinforceSampler
         return ReinforceSampler
-    raise ValueError(f"make_sampler: unknown controller {name!r}; expected one of {', '.join(CONTROLLERS)}")
+    return _user_builder(name)
+
+
+def _user_builder(name: str) -> Any:
+    from nas.cell.ops import entry_points, import_object, load_entry_point
+
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{KEY}: expected a controller name or a dotted path, got {name!r}")
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    if name == "custom":  # conf/controller/custom.yaml's placeholder
+        raise ValueError(f"{KEY}: controller=custom needs your controller: controller.name=my_pkg.MySampler "
+                         "(the dotted path of a sampler class or function, or a plugin's name)")
+    plugins = {ep.name: ep for ep in entry_points(ENTRY_POINTS)}
+    if name in plugins:
+        found = load_entry_point(plugins[name], ENTRY_POINTS)
+    elif "." in name or ":" in name:
+        found = import_object(name, KEY)
+    else:
+        known = ", ".join([*CONTROLLERS, *_REGISTERED, *(p for p in plugins if p not in CONTROLLERS)])
+        raise ValueError(f"{KEY}: unknown controller {name!r}; expected one of {known}, or the dotted path "
+                         "of an Optuna sampler class or of a function that returns one")
+    if not (isinstance(found, optuna.samplers.BaseSampler) or callable(found)) or inspect.ismodule(found):
+        raise ValueError(f"{KEY}: {name!r} is a {type(found).__name__}, expected an Optuna sampler class, "
+                         "a function that returns a sampler, or a sampler object")
+    return found
 
 
 def _tpe(*, seed: int | None = None, n_startup_trials: int = 10, multivariate: bool = True,

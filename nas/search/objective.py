@@ -13,10 +13,11 @@ So no cell is trained twice at one budget: a duplicate of a pruned trial is prun
 earlier trial's intermediate values, a duplicate of a diverged or screened one fails the same way.
 
 What each finished trial carries (user attrs): `nas_state` (complete / pruned / invalid / screened /
-diverged / error / lost / duplicate), `reason` for failures, `cell_hash`, `cell_json`, `budget`,
-`reference` (the reference cell it equals, e.g. "mut3", or absent for a new cell), `cell_label`
-("trial 5 = mut3" / "trial 7 (new)"), `code_version`, and the evaluation's numbers (params,
-hidden_size, seconds, chars_per_sec, train_bpc, curve).
+diverged / error / lost / duplicate), `reason` for failures, `cell` (the reference cell it equals,
+e.g. "mut3", or "new"), `cell_label` ("trial 5 = mut3" / "trial 7 (new)"), `cell_hash`, `equations`
+(the cell as readable lines), `cell_json`, `budget`, `reference` (as `cell`, absent for a new cell),
+`code_version`, and the evaluation's numbers (params, hidden_size, seconds, chars_per_sec,
+train_bpc, curve). optuna-dashboard shows them on each trial.
 """
 
 from __future__ import annotations
@@ -42,6 +43,20 @@ _RESULT_ATTRS = ("params", "hidden_size", "steps", "tokens", "seconds", "chars_p
                  "val_bpc", "curve", "train_curve", "diverged", "run_dir")
 # How often a trial polls for the same cell being trained by another worker.
 WAIT_POLL = 2.0
+
+
+def equations(spec: CellSpec) -> list[str]:
+    """The cell as readable lines, one per node and one per new state: ["i = sigmoid(i_lin)", ...,
+    "h' = h_new"] (what optuna-dashboard shows of a trial's cell); options only where they differ
+    from the op's defaults."""
+    from nas.cell.ops import OPS
+
+    def call(n) -> str:
+        defaults = OPS[n.op].options
+        args = [*n.inputs, *(f"{k}={v!r}" for k, v in n.options if defaults.get(k, object()) != v)]
+        return f"{n.name} = {n.op}({', '.join(args)})"
+
+    return [call(n) for n in spec.nodes] + [f"{s}' = {o}" for s, o in zip(spec.state, spec.outputs)]
 
 
 def cell_label(number: int, reference: str | None) -> str:
@@ -99,8 +114,9 @@ class Objective:
         # differently from its twin).
         spec = spec.canonical()
         h, reference = spec.canonical_hash(), identify(spec)
-        for key, value in (("cell_hash", h), ("cell_json", spec.to_json(indent=None)),
-                           ("budget", self.budget), ("cell_label", cell_label(trial.number, reference)),
+        for key, value in (("cell", reference or "new"), ("cell_label", cell_label(trial.number, reference)),
+                           ("cell_hash", h), ("equations", equations(spec)),
+                           ("cell_json", spec.to_json(indent=None)), ("budget", self.budget),
                            ("code_version", short())):
             trial.set_user_attr(key, value)
         if reference:

@@ -51,6 +51,27 @@ def label(t: FrozenTrial) -> str:
     return cell_label(t.number, reference_of(t))
 
 
+def trial_line(t: FrozenTrial, best: FrozenTrial | None) -> str:
+    """The progress line of a finished trial: 'trial 5 = mut3: complete, val bpc 1.9876; best so far
+    1.9512 (trial 2 (new))'; a failure gives its reason, a duplicate the trial it repeats."""
+    name = label(t) if "cell_json" in t.user_attrs else f"trial {t.number}"
+    state = t.user_attrs.get("nas_state") or t.state.name.lower()
+    if t.state == TrialState.COMPLETE:
+        what = f"val bpc {t.values[0]:.4f}"
+        if "duplicate_of" in t.user_attrs:
+            what += f" (same cell as trial {t.user_attrs['duplicate_of']})"
+    else:
+        what = t.user_attrs.get("reason") or "no reason recorded"
+    so_far = f"; best so far {best.values[0]:.4f} ({label(best)})" if best is not None else ""
+    return f"{name}: {state}, {what}{so_far}"
+
+
+def best_so_far(trials: list[FrozenTrial], number: int | None = None) -> FrozenTrial | None:
+    """The complete trial with the lowest (first) value, among those numbered <= `number` if given."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and (number is None or t.number <= number)]
+    return min(done, key=lambda t: (t.values[0], t.number), default=None)
+
+
 def new_cells(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """The trials whose cell is not a reference cell: what a search discovered. A cell recorded by an
     older version that today's rules refuse (e.g. one with no trainable weight) is left out, with a

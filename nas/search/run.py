@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from nas.search.results import scored_trials
+from nas.search.pool import scores as _scores
+from nas.search.results import best_so_far, label, scored_trials, trial_line
 from nas.search.study import open_study
 from nas.search.worker import _pruner, build_objective, pin_device, run_trials, trial_logger
 
@@ -91,7 +92,7 @@ def _run_in_process(study: optuna.Study, cfg: dict[str, Any], show: bool) -> Non
     objective, sampler = build_objective(cfg, device)
     study.sampler, study.pruner = sampler, _pruner(cfg)
     bar = _bar(study, cfg, show)
-    log_trial = trial_logger(study, cfg)
+    log_trial = trial_logger(study, cfg, announce=False)  # _tick announces (or shows the bar)
 
     def on_trial(t) -> None:
         log_trial(t)
@@ -157,7 +158,9 @@ def _wait_for_workers(study: optuna.Study, cfg: dict[str, Any], show: bool, poll
 
 
 def _bar(study: optuna.Study, cfg: dict[str, Any], show: bool):
+    """The search's progress bar; None when not shown (then each trial is announced in a line)."""
     if not show:
+        _resumed(study)
         return None
     from tqdm.auto import tqdm
 
@@ -181,27 +184,36 @@ def _tick(bar, study: optuna.Study, cfg: dict[str, Any]) -> None:
         bar.set_postfix(best_bpc=f"{min(best):.4f}")
 
 
+# What this process has announced: (study, trial number), and each study's best announced trial, so
+# that "best so far" means the best of the lines above it.
 _announced: set[tuple[str, int]] = set()
+_best: dict[str, FrozenTrial] = {}
+
+
+def _resumed(study: optuna.Study) -> None:
+    """A resumed study: one line for the trials finished before this run, instead of one each."""
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state.is_finished() and (study.study_name, t.number) not in _announced]
+    if done:
+        _announce_quietly(study.study_name, done)
+        best = _best.get(study.study_name)
+        so_far = f"; best so far {best.values[0]:.4f} ({label(best)})" if best is not None else ""
+        log.info("study %s: %d trials finished before this run%s", study.study_name, len(done), so_far)
 
 
 def _announce(study_name: str, trials) -> None:
     """Log each finished trial once: number and cell, state, val bpc or reason, best so far."""
-    from nas.search.results import label
-
-    best = None
     for t in sorted(trials, key=lambda t: t.number):
-        if t.state == TrialState.COMPLETE and (best is None or t.values[0] < best[0]):
-            best = (t.values[0], t)
-        key = (study_name, t.number)
-        if not t.state.is_finished() or key in _announced:
-            continue
-        _announced.add(key)
-        state = t.user_attrs.get("nas_state") or t.state.name.lower()
-        what = (f"val bpc {t.values[0]:.4f}" if t.state == TrialState.COMPLETE
-                else t.user_attrs.get("reason", ""))
-        so_far = f"; best so far {best[0]:.4f} ({label(best[1])})" if best else ""
-        log.info("%s: %s, %s%s", label(t) if "cell_json" in t.user_attrs else f"trial {t.number}",
-                 state, what, so_far)
+        if t.state.is_finished() and (study_name, t.number) not in _announced:
+            _announce_quietly(study_name, [t])
+            log.info(trial_line(t, _best.get(study_name)))
+
+
+def _announce_quietly(study_name: str, trials) -> None:
+    _announced.update((study_name, t.number) for t in trials)
+    best = best_so_far([*trials, *([_best[study_name]] if study_name in _best else [])])
+    if best is not None:
+        _best[study_name] = best
 
 
 def run_baselines(study: optuna.Study, cfg: dict[str, Any], tracker=None,
@@ -218,9 +230,15 @@ def run_baselines(study: optuna.Study, cfg: dict[str, Any], tracker=None,
     corpus = load_corpus(cfg["data"]["path"], cfg["data"]["cache_dir"], cfg["data"].get("format", "auto"))
     key = budget_key(TrainConfig(**cfg["trainer"]), cfg["seed"], corpus.source_hash)
     todo = [name for name in cfg["baselines"] if f"baseline:{name}:{key}" not in study.user_attrs]
+    reused = {name: "trained by an earlier run of this study" for name in cfg["baselines"] if name not in todo}
     for name, data in _baselines_from_trials(study, todo, key, cfg["seed"]).items():
         study.set_user_attr(f"baseline:{name}:{key}", data)
         todo.remove(name)
+        reused[name] = f"trained as trial {data['from_trial']}"
+    if not progress:
+        for name, source in reused.items():
+            log.info("baselines: baseline %s seed %d: %s (%s)", name, cfg["seed"],
+                     _scores(study.user_attrs[f"baseline:{name}:{key}"]), source)
     jobs = [TrainJob(f"baseline {name}", known_cell(name).to_json(indent=None), cfg, cfg["seed"],
                      str((Path(cfg["out_dir"]) / "baselines" / f"{name}-{key}").resolve()), key, test=False)
             for name in todo]

@@ -8,6 +8,7 @@ data, seed) cannot change on resume: that would mix incomparable trials in one s
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import optuna
 from nas.search.storage import StudyError, check_storage, make_storage, top_up
 
 CONFIG_ATTR = "nas:config"
+METRIC_NAMES = ["val_bpc", "params"]  # what the objective returns (params: multi-objective only)
 # Settings that may differ between runs of one study (budget, parallelism, where and how it runs).
 _FREE = {"n_trials", "workers", "workers_per_device", "device", "threads", "storage", "pruner", "out_dir",
          "baselines", "top_k", "tracking", "report", "export"}
@@ -88,8 +90,20 @@ def _open_study(cfg: dict[str, Any], multi_objective: bool) -> optuna.Study:
     if len(study.directions) != len(directions):
         raise StudyError(f"study {cfg['study']!r} has {len(study.directions)} objective(s); "
                          f"controller {cfg['controller']['name']!r} needs {len(directions)}")
+    name_metrics(study)
     top_up(study, cfg["n_trials"])
     return study
+
+
+def name_metrics(study: optuna.Study) -> None:
+    """Name the study's objectives (optuna-dashboard shows "val_bpc", not "Objective 0"): val_bpc, and
+    params for the multi-objective controllers. Written once; studies of older versions get them on
+    their next run."""
+    names = METRIC_NAMES[:len(study.directions)]
+    if study.metric_names != names:
+        with warnings.catch_warnings():  # Study.set_metric_names is marked experimental (since 3.2)
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
 
 
 def join_study(name: str, storage_url: str | None, out_dir: str) -> tuple[optuna.Study, dict[str, Any]]:

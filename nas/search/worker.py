@@ -11,6 +11,10 @@ worker, why). A trial finished meanwhile by another process (reaped as lost) is 
 worker drops its result and goes on.
 
     python -m nas.search.worker --study NAME [--storage URL] [--out-dir DIR] [--device D] [--threads N]
+                                [--index I] [--no-announce]
+
+It logs to stderr, one record a line ("worker I: LEVEL logger: message"): a line per finished trial
+(unless --no-announce) and a long training's progress; nas-search relays these lines (`relay`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import errno
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,7 +116,7 @@ def build_objective(cfg: dict[str, Any], device: str, index: int = 0) -> tuple[O
     from nas.search.controllers import is_multi_objective, make_sampler
     from nas.search_spaces import get_space
 
-    space = get_space(cfg["search_space"]["name"], **cfg["search_space"]["options"])
+    space = get_space(cfg["search_space"].get("module") or cfg["search_space"]["name"], **cfg["search_space"]["options"])
     trainer = TrainConfig(**{**cfg["trainer"], "device": device, "progress": False})
     corpus = load_corpus(cfg["data"]["path"], cfg["data"]["cache_dir"], cfg["data"].get("format", "auto"))
     controller = cfg["controller"]
@@ -127,12 +132,21 @@ def build_objective(cfg: dict[str, Any], device: str, index: int = 0) -> tuple[O
                      reap=lambda study: reap_lost(study, grace)), sampler
 
 
-def trial_logger(study: optuna.Study, cfg: dict[str, Any]):
-    """The on_trial hook that logs each finished trial to MLflow (a no-op when tracking is off)."""
+def trial_logger(study: optuna.Study, cfg: dict[str, Any], announce: bool = True):
+    """The on_trial hook that logs each finished trial to MLflow (a no-op when tracking is off) and,
+    with `announce`, its progress line (results.trial_line) on logger nas.search. A launcher that
+    announces the trials itself (nas-search, by polling the study) passes announce=False."""
+    from nas.search.results import best_so_far, trial_line
     from nas.tracking import Tracker
 
     tracker = Tracker.from_config(cfg)
-    return lambda t: tracker.log_trial(study, t, cfg)
+
+    def on_trial(t) -> None:
+        tracker.log_trial(study, t, cfg)
+        if announce:
+            log.info(trial_line(t, best_so_far(study.get_trials(deepcopy=False))))
+
+    return on_trial
 
 
 def run_trials(study: optuna.Study, objective: Objective, storage_cfg: dict[str, Any],
@@ -219,13 +233,34 @@ def _run_one(objective: Objective, trial: optuna.Trial):
         return TrialState.FAIL, None
 
 
+# How a worker process writes its log records to stderr, and how LocalWorker reads them back.
+_RECORD_FORMAT = "worker %(index)d: %(levelname)s %(name)s: %(message)s"
+_RECORD = re.compile(r"worker \d+: (DEBUG|INFO|WARNING|ERROR|CRITICAL) (nas(?:\.\w+)*): (.*)")
+
+
+def relay(index: int, line: str, level: int = logging.WARNING) -> int:
+    """Log one stderr line of worker `index` in this process: a record of the worker's (see
+    _RECORD_FORMAT) on its own logger and level, prefixed 'worker N: '; any other line (a traceback's,
+    a message printed by Python or a library) on nas.search.worker at the level of the record it may
+    continue (`level`), but at least WARNING, so that no such line is filtered out. Returns the level
+    for the next line."""
+    match = _RECORD.fullmatch(line)
+    if match:
+        level = logging.getLevelName(match[1])
+        logging.getLogger(match[2]).log(level, "worker %d: %s", index, match[3])
+    else:
+        logging.getLogger("nas.search.worker").log(max(level, logging.WARNING), "worker %d: %s", index, line)
+    return level
+
+
 class LocalWorker:
-    """One `python -m nas.search.worker` process of a local search (`workers=N`). Its stderr passes
-    through to ours; its last line is kept as the reason, should it fail."""
+    """One `python -m nas.search.worker` process of a local search (`workers=N`). Its stderr is
+    logged here (`relay`), so its lines reach wherever this process's logging goes (the console and
+    Hydra's job log under nas-search); its last line is kept as the reason, should it fail."""
 
     def __init__(self, cfg: dict[str, Any], index: int, threads: int):
         cmd = [sys.executable, "-m", "nas.search.worker", "--study", cfg["study"], "--out-dir", cfg["out_dir"],
-               "--device", cfg["device"], "--threads", str(threads), "--index", str(index)]
+               "--device", cfg["device"], "--threads", str(threads), "--index", str(index), "--no-announce"]
         if cfg["storage"]["url"]:
             cmd += ["--storage", cfg["storage"]["url"]]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -235,10 +270,10 @@ class LocalWorker:
         self._relay.start()
 
     def _pass_through(self) -> None:
+        level = logging.WARNING
         for line in self.proc.stderr:
-            sys.stderr.write(line)
-            sys.stderr.flush()
             if line.strip():
+                level = relay(self.index, line.rstrip("\n"), level)
                 self._last = line.strip()
 
     def running(self) -> bool:
@@ -275,15 +310,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--index", type=int, default=0)
+    p.add_argument("--announce", action=argparse.BooleanOptionalAction, default=True,
+                   help="log a line per finished trial (off when the launcher announces them)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format=f"worker {args.index}: %(levelname)s %(message)s")
+    # The project's INFO lines (a long training's progress, each trial) and everyone's warnings.
+    logging.basicConfig(level=logging.WARNING, format=_RECORD_FORMAT.replace("%(index)d", str(args.index)))
+    logging.getLogger("nas").setLevel(logging.INFO)
     try:
         device = pin_device(args.device, args.threads, args.index)
         study, cfg = join_study(args.study, args.storage, args.out_dir)
         objective, sampler = build_objective(cfg, device, args.index)
         study.sampler = sampler
         study.pruner = _pruner(cfg)
-        run_trials(study, objective, {**cfg["storage"], "url": args.storage}, trial_logger(study, cfg))
+        run_trials(study, objective, {**cfg["storage"], "url": args.storage},
+                   trial_logger(study, cfg, announce=args.announce))
     except KeyboardInterrupt:
         sys.exit(130)
     except ValueError as e:
