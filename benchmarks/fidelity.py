@@ -20,13 +20,24 @@ that does not beat a unigram model has learned no context, and its rank is noise
     over seeds) against the median gap between adjacent cells' means.
 Cells whose short run diverged on some seed are left out of that budget's statistics and counted.
 
+The pruner's rungs (`rungs`): successive halving decides at intermediate steps *inside* a run, on
+the val bpc the trainer reports every eval_every steps (on eval_chars characters). For each of
+--curve-budgets (default: the search's steps), at every step of those curves: the same rank
+statistics against the long budget, and successive halving's cut there (keep the best
+n // reduction_factor of the n cells, the search's pruner.reduction_factor): how many of the long
+budget's top-3 and top-5 cells survive it, on the seed means and on one seed at a time (a search
+trains each cell with one seed). `cut` in each budget's statistics is the same cut on the short
+run's final score. The curve-bearing records of runs cached before curves were kept are trained
+again under `<key>|curve`; the old record and every number computed from it stay as they were.
+
 Every finished (cell, seed, budget) run is appended to <out>.jsonl, so an interrupted run resumes
 where it stopped (same command); runs go to a process pool of --workers processes, --threads torch
-threads each. Output: the JSON (per-cell table, statistics, machine, versions, config, wall time)
-and a scatter plot of short- vs long-budget val bpc with error bars over seeds.
+threads each. Output: the JSON (per-cell table, statistics, machine, versions, config, wall time),
+a scatter plot of short- vs long-budget val bpc with error bars over seeds, and <plot>_rungs.png:
+Spearman and the top cells' survival against the step of the curves.
 
     python benchmarks/fidelity.py --space graph --cells 24 --seeds 2 --workers 2
-    python benchmarks/fidelity.py --budgets 150,300,450 --long-factor 8
+    python benchmarks/fidelity.py --budgets 150,600 --long-factor 8 --curve-budgets 300,600
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `benchmarks.s
 
 from benchmarks.stats import (
     JsonlCache,
+    cut_survival,
     machine,
     rank_agreement,
     save_figure,
@@ -67,10 +79,18 @@ class Run:
     trainer: dict[str, Any]
     corpus: str | None
     cache_dir: str | None
+    curve: bool = False  # its intermediate val bpc curve is wanted (the pruner's rungs)
+
+    @property
+    def curve_key(self) -> str:
+        """Where a rerun that only adds the curve is cached: a record cached before curves were kept
+        stays as it was, so the numbers computed from it do not move."""
+        return f"{self.key}|curve"
 
 
-def train(run: Run) -> dict[str, Any]:
-    """Train one run; the cache record (plain JSON types)."""
+def train(run: Run, key: str | None = None) -> dict[str, Any]:
+    """Train one run; the cache record (plain JSON types) under `key` (default: run.key), with the
+    curve of (step, intermediate val bpc) the trainer reported every eval_every steps."""
     from nas.cell import CellSpec
     from nas.config import TrainConfig
     from nas.data import load_corpus
@@ -78,9 +98,9 @@ def train(run: Run) -> dict[str, Any]:
 
     cfg = TrainConfig(**{**run.trainer, "steps": run.steps})
     r = evaluate(CellSpec.from_json(run.cell_json), cfg, run.seed, load_corpus(run.corpus, run.cache_dir))
-    return {"key": run.key, "label": run.label, "cell_hash": r.cell_hash, "seed": run.seed,
+    return {"key": key or run.key, "label": run.label, "cell_hash": r.cell_hash, "seed": run.seed,
             "steps": run.steps, "val_bpc": r.val_bpc, "diverged": r.diverged, "params": r.params,
-            "hidden_size": r.hidden_size, "seconds": r.seconds}
+            "hidden_size": r.hidden_size, "seconds": r.seconds, "curve": [list(p) for p in r.curve]}
 
 
 def sample_cells(space_name: str, options: dict[str, Any], n: int, seed: int, screen=None):
@@ -133,8 +153,10 @@ def screener(trainer: dict[str, Any], corpus):
     return lambda spec: screen(spec, cfg, corpus, 0)
 
 
-def plan(cells, seeds: int, budgets: list[int], trainer: dict[str, Any], corpus, args) -> list[Run]:
-    """Every (cell, seed, budget) run, the longest budgets first (the pool finishes sooner)."""
+def plan(cells, seeds: int, budgets: list[int], trainer: dict[str, Any], corpus, args,
+         curves: list[int] = ()) -> list[Run]:
+    """Every (cell, seed, budget) run, the longest budgets first (the pool finishes sooner); the runs
+    of the budgets in `curves` want their intermediate curve."""
     from nas.config import TrainConfig
     from nas.search.objective import budget_key
 
@@ -144,22 +166,38 @@ def plan(cells, seeds: int, budgets: list[int], trainer: dict[str, Any], corpus,
             key = budget_key(TrainConfig(**{**trainer, "steps": steps}), seed, corpus.source_hash)
             for label, spec, _ in cells:
                 runs.append(Run(f"{spec.canonical_hash()}|{key}", label, spec.to_json(indent=None), seed,
-                                steps, trainer, args.corpus, args.cache_dir))
+                                steps, trainer, args.corpus, args.cache_dir, steps in curves))
     return runs
+
+
+def missing(run: Run, cache: JsonlCache) -> str | None:
+    """The key `run` must be trained under, or None when the cache holds all it needs: its record,
+    and for a curve-wanting run a curve (in that record or in a curve-only rerun's)."""
+    if run.key not in cache:
+        return run.key
+    if run.curve and "curve" not in cache.records[run.key] and run.curve_key not in cache:
+        return run.curve_key
+    return None
+
+
+def curve_of(run: Run, cache: JsonlCache) -> list[list[float]]:
+    """[[step, val bpc], ...] of a run (from its record, else from its curve-only rerun)."""
+    rec = cache.records[run.key]
+    return rec["curve"] if "curve" in rec else cache.records[run.curve_key]["curve"]
 
 
 def execute(runs: list[Run], cache: JsonlCache, workers: int) -> int:
     """Run what the cache lacks, recording each result as it finishes. Returns how many ran."""
-    todo = [r for r in runs if r.key not in cache]
+    todo = [(r, key) for r in runs if (key := missing(r, cache)) is not None]
     if workers <= 1:
-        for r in todo:
-            cache.add(train(r))
+        for r, key in todo:
+            cache.add(train(r, key))
         return len(todo)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(train, r) for r in todo]
+        futures = [pool.submit(train, r, key) for r, key in todo]
         for f in as_completed(futures):
             cache.add(f.result())
     return len(todo)
@@ -170,9 +208,12 @@ def cell_table(cells, runs: list[Run], cache: JsonlCache, budgets: list[int], th
     import numpy as np
 
     by_cell: dict[str, dict[str, list]] = {}
+    curves: dict[str, dict[str, list]] = {}
     for r in runs:
         rec = cache.records[r.key]
         by_cell.setdefault(r.label, {}).setdefault(str(r.steps), []).append(rec)
+        if r.curve:
+            curves.setdefault(r.label, {}).setdefault(str(r.steps), []).append((r.seed, curve_of(r, cache)))
     long = str(max(budgets))
     table = []
     for label, spec, ref in cells:
@@ -183,12 +224,16 @@ def cell_table(cells, runs: list[Run], cache: JsonlCache, budgets: list[int], th
         first = recs[long][0]
         table.append({"label": label, "cell_hash": spec.canonical_hash(), "reference": ref,
                       "params": first["params"], "hidden_size": first["hidden_size"], "val_bpc": vals,
-                      "mean": means, "learns": means[long] is not None and means[long] < threshold})
+                      "mean": means, "learns": means[long] is not None and means[long] < threshold,
+                      "curves": {b: [c for _, c in sorted(v, key=lambda x: x[0])]
+                                 for b, v in curves.get(label, {}).items()}})
     return table
 
 
-def statistics(table: list[dict], short: list[int], long: int, resamples: int) -> dict[str, Any]:
-    """The fidelity numbers of each short budget against the long one, among the cells that learn."""
+def statistics(table: list[dict], short: list[int], long: int, resamples: int,
+               reduction_factor: int = 3) -> dict[str, Any]:
+    """The fidelity numbers of each short budget against the long one, among the cells that learn;
+    `cut`: successive halving's cut on the short budget's final scores (stats.cut_survival)."""
     learners = [c for c in table if c["learns"]]
     out = {}
     for b in short:
@@ -199,10 +244,47 @@ def statistics(table: list[dict], short: list[int], long: int, resamples: int) -
             "cells": len(rows), "short_diverged": len(learners) - len(rows),
             **rank_agreement([s[k] for k in s], [lg[k] for k in s], resamples, seed=0),
             "top5": top_k_overlap(s, lg, 5),
+            "cut": cut_survival(s, lg, reduction_factor),
             "seed_spread": seed_spread_vs_gaps({c["label"]: c["val_bpc"][str(b)] for c in rows}),
         }
     out["long_seed_spread"] = seed_spread_vs_gaps({c["label"]: c["val_bpc"][str(long)] for c in learners})
     return out
+
+
+def rung_statistics(table: list[dict], curves: list[int], long: int, resamples: int,
+                    reduction_factor: int) -> dict[str, dict[str, Any]]:
+    """The pruner's view, per curve budget and per step of its curve: how the intermediate val bpc at
+    that step ranks the cells that learn against the long budget's final val bpc (as `statistics`),
+    and successive halving's cut there, on the seed means (`cut`) and on each seed alone as a search
+    sees a cell (`cut_per_seed`: mean over seeds of the top-k cells that survive)."""
+    learners = [c for c in table if c["learns"]]
+    out: dict[str, dict[str, Any]] = {}
+    for b in map(str, curves):
+        steps = sorted({int(p[0]) for c in learners for curve in c["curves"][b] for p in curve})
+        out[b] = {str(step): rung_at(learners, b, step, long, resamples, reduction_factor) for step in steps}
+    return out
+
+
+def rung_at(learners: list[dict], budget: str, step: int, long: int, resamples: int,
+            reduction_factor: int) -> dict[str, Any]:
+    """`rung_statistics` at one step, over the cells with a value there on every seed (`missing`:
+    those whose run had diverged before it on some seed)."""
+    import numpy as np
+
+    per_seed = {}
+    for c in learners:
+        vals = [{int(s): v for s, v in curve}.get(step) for curve in c["curves"][budget]]
+        if vals and all(v is not None for v in vals):
+            per_seed[c["label"]] = vals
+    rung = {k: float(np.mean(v)) for k, v in per_seed.items()}
+    lg = {c["label"]: c["mean"][str(long)] for c in learners if c["label"] in rung}
+    seeds = [cut_survival({k: v[i] for k, v in per_seed.items()}, lg, reduction_factor)
+             for i in range(min(map(len, per_seed.values()), default=0))]
+    return {"cells": len(rung), "missing": len(learners) - len(rung),
+            **rank_agreement(list(rung.values()), [lg[k] for k in rung], resamples, seed=0),
+            "top5": top_k_overlap(rung, lg, 5), "cut": cut_survival(rung, lg, reduction_factor),
+            "cut_per_seed": {t: round(float(np.mean([s[t]["survive"] for s in seeds])), 4) if seeds else None
+                             for t in ("top3", "top5")}}
 
 
 def plot(table: list[dict], short: list[int], long: int, threshold: float, path: Path, title: str) -> None:
@@ -241,6 +323,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--short-steps", type=int, default=None, help="default: the search trainer's steps")
     p.add_argument("--budgets", default="", help="extra short budgets in steps, comma-separated")
     p.add_argument("--long-factor", type=int, default=8)
+    p.add_argument("--curve-budgets", default="",
+                   help="short budgets whose intermediate val bpc (the pruner's rungs) is measured, "
+                        "comma-separated; default: the search trainer's steps")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads per run; 0: torch's default")
     p.add_argument("--corpus", default=None, help="default: the shipped Tiny Shakespeare")
@@ -259,12 +344,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("cells", "seeds", "long_factor", "workers", "resamples"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    try:
-        args.budgets = sorted({int(b) for b in args.budgets.split(",") if b.strip()})
-    except ValueError:
-        p.error(f"--budgets: expected comma-separated step counts such as 150,300, got {args.budgets!r}")
-    if any(b < 1 for b in args.budgets):
-        p.error(f"--budgets: every budget must be >= 1 step, got {args.budgets}")
+    for name in ("budgets", "curve_budgets"):
+        flag, text = f"--{name.replace('_', '-')}", getattr(args, name)
+        try:
+            steps = sorted({int(b) for b in text.split(",") if b.strip()})
+        except ValueError:
+            p.error(f"{flag}: expected comma-separated step counts such as 150,300, got {text!r}")
+        if any(b < 1 for b in steps):
+            p.error(f"{flag}: every budget must be >= 1 step, got {steps}")
+        setattr(args, name, steps)
     args.out = Path(args.out or RESULTS / f"fidelity_{args.space}.json")
     args.plot = Path(args.plot or args.out.with_suffix(".png"))
     return args
@@ -278,20 +366,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     cfg = search_config([f"search_space={args.space}", *args.override])
     trainer = {**cfg["trainer"], "progress": False, "threads": args.threads or None}
-    short = sorted({args.short_steps or trainer["steps"], *args.budgets})
-    long = (args.short_steps or trainer["steps"]) * args.long_factor
+    base = args.short_steps or trainer["steps"]
+    short, long = sorted({base, *args.budgets}), base * args.long_factor
+    curves = args.curve_budgets or [base]
     if short[-1] >= long:
         raise ValueError(f"fidelity: every short budget must be below the long one ({long} steps), "
                          f"got {short}")
+    if not set(curves) <= set(short):
+        raise ValueError(f"fidelity: --curve-budgets must be among the short budgets {short}, got {curves}")
     corpus = load_corpus(args.corpus, args.cache_dir)
     entropy = unigram_entropy_bits(corpus.train)
     threshold = entropy if args.learn_below is None else args.learn_below
+    # screened at the measured search's budget, as that search would screen (the cosine schedule's
+    # first steps depend on the total)
     cells, counts = sample_cells(args.space, cfg["search_space"]["options"], args.cells, args.sample_seed,
-                                 None if args.no_screen else screener(trainer, corpus))
-    runs = plan(cells, args.seeds, [*short, long], trainer, corpus, args)
+                                 None if args.no_screen else screener({**trainer, "steps": base}, corpus))
+    runs = plan(cells, args.seeds, [*short, long], trainer, corpus, args, curves)
     cache = JsonlCache(args.out.with_suffix(".jsonl"))
     ran = execute(runs, cache, args.workers)
     table = cell_table(cells, runs, cache, [*short, long], threshold)
+    rf = int(cfg["pruner"].get("reduction_factor") or 3)
     result = {
         "benchmark": "fidelity", "space": args.space, "space_options": cfg["search_space"]["options"],
         "trainer": trainer, "short_budgets": short, "long_steps": long, "seeds": args.seeds,
@@ -301,15 +395,70 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "learns_if": f"every long-budget seed finished and the seed-mean val bpc < {threshold:.4f}"
                      + (" (unigram entropy)" if args.learn_below is None else ""),
         "cells_total": len(table), "cells_learning": sum(c["learns"] for c in table),
-        "budgets": statistics(table, short, long, args.resamples), "cells": table,
+        "budgets": statistics(table, short, long, args.resamples, rf),
+        "rungs": {"curve_budgets": curves, "eval_every": trainer["eval_every"], "reduction_factor": rf,
+                  "pruner": cfg["pruner"], "by_budget": rung_statistics(table, curves, long, args.resamples, rf)},
+        "cells": table,
         "runs": {"total": len(runs), "ran_now": ran, "from_cache": len(runs) - ran,
-                 "train_seconds": round(sum(cache.records[r.key]["seconds"] for r in runs), 1)},
+                 "train_seconds": round(sum(cache.records[r.key]["seconds"] for r in runs), 1),
+                 "curve_reruns": curve_reruns(runs, cache)},
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": machine(), "wall_s": round(time.perf_counter() - start, 1),
     }
     write_json(args.out, result)
     plot(table, short, long, threshold, args.plot, f"fidelity, {args.space} space, {args.seeds} seeds")
+    plot_rungs(result, rungs_plot_path(args.plot))
     return result
+
+
+def curve_reruns(runs: list[Run], cache: JsonlCache) -> dict[str, Any]:
+    """The runs trained again only for their curve (their record predates curves): how many, their
+    training seconds, and how far the rerun's final val bpc is from the cached one (0 when training is
+    reproducible; the statistics use the cached one)."""
+    pairs = [(cache.records[r.key], cache.records[r.curve_key]) for r in runs
+             if r.curve and "curve" not in cache.records[r.key] and r.curve_key in cache]
+    diffs = [abs(a["val_bpc"] - b["val_bpc"]) for a, b in pairs
+             if a["val_bpc"] is not None and b["val_bpc"] is not None]
+    return {"runs": len(pairs), "train_seconds": round(sum(b["seconds"] for _, b in pairs), 1),
+            "val_bpc_max_abs_diff": round(max(diffs), 6) if diffs else None,
+            "diverged_differently": sum((a["val_bpc"] is None) != (b["val_bpc"] is None) for a, b in pairs)}
+
+
+def rungs_plot_path(plot_path: Path) -> Path:
+    return plot_path.with_name(f"{plot_path.stem}_rungs{plot_path.suffix}")
+
+
+def plot_rungs(result: dict[str, Any], path: Path) -> None:
+    """Per curve budget, against the step of its curve: Spearman with the long budget (95% CI) and
+    the top-3 / top-5 long-budget cells that survive successive halving's cut there."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for b, by_step in result["rungs"]["by_budget"].items():
+        steps = [int(s) for s in by_step if by_step[s]["spearman"] is not None]
+        rho = [by_step[str(s)]["spearman"] for s in steps]
+        ci = [by_step[str(s)]["spearman_ci95"] or [r, r] for s, r in zip(steps, rho)]
+        err = [[r - lo for r, (lo, _) in zip(rho, ci)], [hi - r for r, (_, hi) in zip(rho, ci)]]
+        left.errorbar(steps, rho, yerr=err, marker="o", ms=4, capsize=2, label=f"{b}-step runs")
+        for k, style in (("top3", "o-"), ("top5", "s--")):
+            rate = [by_step[str(s)]["cut"][k]["rate"] for s in steps]
+            right.plot(steps, rate, style, ms=4, label=f"{b}-step runs, long {k[:3]}-{k[3:]}")
+    finals = [(b, result["budgets"][str(b)]) for b in result["short_budgets"]]
+    finals = [(b, s["spearman"]) for b, s in finals if s["spearman"] is not None]
+    left.plot([b for b, _ in finals], [r for _, r in finals], "kx", ms=8,
+              label="final score of a run of that many steps")
+    left.set_xlabel("step of the run (intermediate val bpc)")
+    left.set_ylabel(f"Spearman vs {result['long_steps']} steps (95% CI)")
+    left.legend(fontsize=8)
+    right.set_xlabel("rung step")
+    right.set_ylabel(f"fraction kept by a best-1/{result['rungs']['reduction_factor']} cut")
+    right.set_ylim(-0.05, 1.05)
+    right.legend(fontsize=8)
+    fig.suptitle(f"the pruner's rungs, {result['space']} space, cells that learn, seed means")
+    save_figure(fig, path)
 
 
 def summary(result: dict[str, Any]) -> str:
@@ -321,6 +470,15 @@ def summary(result: dict[str, Any]) -> str:
                      f"{s['spearman_ci95']}, Kendall {s['kendall']} {s['kendall_ci95']}, top-5 overlap "
                      f"{s['top5']['overlap']}/{s['top5']['k']}, seed std {s['seed_spread']['seed_std_mean']} "
                      f"vs adjacent gap {s['seed_spread']['adjacent_gap_median']}")
+    for b, by_step in result["rungs"]["by_budget"].items():
+        for step, s in by_step.items():
+            cut = s["cut"]
+            lines.append(f"step {step} of the {b}-step runs, {s['cells']} cells: Spearman {s['spearman']} "
+                         f"{s['spearman_ci95']}, Kendall {s['kendall']}, top-5 overlap {s['top5']['overlap']}"
+                         f"/{s['top5']['k']}, a best-{cut['kept']}-of-{cut['n']} cut keeps "
+                         f"{cut['top3']['survive']}/{cut['top3']['k']} of the long top-3 and "
+                         f"{cut['top5']['survive']}/{cut['top5']['k']} of the top-5 (one seed: "
+                         f"{s['cut_per_seed']['top3']}, {s['cut_per_seed']['top5']})")
     return "\n".join(lines)
 
 

@@ -70,6 +70,29 @@ def top_k_overlap(short: dict[str, float], long: dict[str, float], k: int = 5) -
             "top_long": best_long}
 
 
+def cut_survival(rung: dict[str, float], long: dict[str, float], reduction_factor: int = 3,
+                 ks: Sequence[int] = (3, 5)) -> dict[str, Any]:
+    """Successive halving's cut at one rung, and what it does to the cells that are good in the end.
+
+    The cut keeps the n // reduction_factor cells (at least 1) with the lowest `rung` score, among the
+    n cells scored by both `rung` and `long`: Optuna's SuccessiveHalvingPruner promotes a trial whose
+    value is at most the (n // rf)-th best of the values at its rung, so once every trial has reported
+    there this is its cut (ties at the boundary, which it would also keep, are broken by name here).
+    For each k in `ks`: how many of the k best cells by `long` survive the cut, and that as a rate."""
+    if reduction_factor < 2:
+        raise ValueError(f"cut_survival: expected a reduction factor >= 2, got {reduction_factor}")
+    common = sorted(set(rung) & set(long))
+    keep = max(1, len(common) // reduction_factor)
+    kept = sorted(common, key=lambda c: (rung[c], c))[:keep]
+    best_long = sorted(common, key=lambda c: (long[c], c))
+    out: dict[str, Any] = {"n": len(common), "kept": keep if common else 0, "survivors": kept}
+    for k in ks:
+        top = best_long[:k]
+        hit = len(set(top) & set(kept))
+        out[f"top{k}"] = {"k": len(top), "survive": hit, "rate": round(hit / len(top), 4) if top else None}
+    return out
+
+
 def seed_spread_vs_gaps(per_cell: dict[str, Sequence[float]]) -> dict[str, float | None]:
     """Seed noise against the differences the ranking must resolve: the mean over cells of the sample
     std over seeds, and the median gap between adjacent cells once their seed means are sorted. A

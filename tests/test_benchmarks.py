@@ -16,6 +16,7 @@ from benchmarks import controllers, fidelity
 from benchmarks.stats import (
     JsonlCache,
     best_so_far,
+    cut_survival,
     paired_difference,
     rank_agreement,
     seed_spread_vs_gaps,
@@ -64,6 +65,66 @@ def test_overlap_spread_paired_difference_and_best_so_far():
     assert best_so_far([None, 3.0, 4.0, None, 2.0, math.inf]) == [None, 3.0, 3.0, 3.0, 2.0, 2.0]
 
 
+def test_cut_survival_keeps_the_best_third_as_successive_halving_does():
+    rung = {"a": 3.0, "b": 1.0, "c": 2.0, "d": 5.0, "e": 4.0, "f": 6.0, "g": 0.5}
+    long = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0, "e": 5.0, "f": 6.0, "g": 7.0, "only_long": 0.0}
+    cut = cut_survival(rung, long, reduction_factor=3)
+    assert cut["n"] == 7 and cut["kept"] == 2 and cut["survivors"] == ["g", "b"]  # 7 // 3 = 2 kept
+    assert cut["top3"] == {"k": 3, "survive": 1, "rate": pytest.approx(1 / 3, abs=1e-4)}  # a, b, c: b
+    assert cut["top5"]["survive"] == 1 and cut["top5"]["k"] == 5
+    assert cut_survival({"a": 1.0, "b": 2.0}, {"a": 2.0, "b": 1.0})["survivors"] == ["a"]  # at least one
+    assert cut_survival(rung, long, 2)["kept"] == 3
+    with pytest.raises(ValueError, match="reduction factor"):
+        cut_survival(rung, long, 1)
+
+
+def test_rung_statistics_rank_and_cut_each_step_of_the_curves():
+    long = [1.0 + 0.1 * i for i in range(7)]  # c0 best at the long budget
+    seed0 = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    seed1 = [0.0, 4.5, 2.0, 3.0, 1.0, 5.0, 6.0]
+    table = [{"label": f"c{i}", "learns": True, "mean": {"40": long[i]},
+              "curves": {"20": [[[5, 9.0 - i], [10, seed0[i]]], [[5, 9.0 - i], [10, seed1[i]]]]}}
+             for i in range(7)]
+    table[6]["curves"]["20"][1] = [[5, 3.0]]  # diverged on seed 1 before step 10
+    table.append({"label": "x", "learns": False, "mean": {"40": None},  # best at every step, learns nothing
+                  "curves": {"20": [[[5, 0.0], [10, -1.0]], [[5, 0.0], [10, -1.0]]]}})
+    stats = fidelity.rung_statistics(table, [20], 40, resamples=50, reduction_factor=3)["20"]
+    assert sorted(stats) == ["10", "5"]
+    early = stats["5"]  # ranks the cells in reverse
+    assert early["cells"] == 7 and early["missing"] == 0 and early["spearman"] == -1.0
+    assert early["cut"]["survivors"] == ["c6", "c5"] and early["cut"]["top5"]["survive"] == 0
+    assert early["top5"]["overlap"] == 3  # c2, c3, c4 are in both top-5s
+    late = stats["10"]  # c6 has no value on seed 1: 6 cells, 2 kept
+    assert late["cells"] == 6 and late["missing"] == 1 and late["cut"]["kept"] == 2
+    assert late["cut"]["survivors"] == ["c0", "c2"]  # seed means 0, 2.75, 2, 3, 2.5, 5
+    assert late["cut"]["top3"]["survive"] == 2
+    # one seed at a time: seed 0 keeps c0, c1 (2 of the top 3), seed 1 keeps c0, c4 (1 of them)
+    assert late["cut_per_seed"] == {"top3": 1.5, "top5": 2.0}
+
+
+def test_fidelity_retrains_only_the_runs_whose_curve_is_missing(tmp_path, monkeypatch):
+    runs = [fidelity.Run(f"h{i}|b", f"c{i}", "{}", 0, 10, {}, None, None, curve=i < 2) for i in range(3)]
+    cache = JsonlCache(tmp_path / "f.jsonl")
+    old = {"key": "h0|b", "val_bpc": 2.0, "seconds": 1.0}  # cached before curves were kept
+    cache.add(old)
+    cache.add({"key": "h1|b", "val_bpc": 2.5, "seconds": 1.0, "curve": [[5, 3.0], [10, 2.5]]})
+    cache.add({"key": "h2|b", "val_bpc": 3.0, "seconds": 1.0})  # wants no curve
+    trained = []
+
+    def fake_train(run, key):
+        trained.append(key)
+        return {"key": key, "val_bpc": 2.01, "seconds": 2.0, "curve": [[5, 3.5], [10, 2.01]]}
+
+    monkeypatch.setattr(fidelity, "train", fake_train)
+    assert fidelity.execute(runs, cache, workers=1) == 1 and trained == ["h0|b|curve"]
+    assert cache.records["h0|b"] == old  # the numbers computed from the old record stay
+    assert fidelity.curve_of(runs[0], cache) == [[5, 3.5], [10, 2.01]]
+    assert fidelity.curve_of(runs[1], cache) == [[5, 3.0], [10, 2.5]]
+    reruns = fidelity.curve_reruns(runs, JsonlCache(tmp_path / "f.jsonl"))  # as read back from the file
+    assert reruns == {"runs": 1, "train_seconds": 2.0, "val_bpc_max_abs_diff": 0.01, "diverged_differently": 0}
+    assert fidelity.execute(runs, cache, workers=1) == 0
+
+
 def test_jsonl_cache_survives_a_torn_last_line(tmp_path):
     cache = JsonlCache(tmp_path / "c.jsonl")
     cache.add({"key": "a", "v": 1})
@@ -107,6 +168,14 @@ def test_fidelity_tiny_run_and_resume(tmp_path, corpus):
             assert -1 <= low <= high <= 1 and -1 <= s[name] <= 1
         assert s["top5"]["overlap"] <= s["top5"]["k"] == min(5, s["cells"])
         assert s["seed_spread"]["seed_std_mean"] >= 0
+        assert s["cut"]["n"] == s["cells"] and s["cut"]["kept"] == max(1, s["cells"] // 3)
+    rungs = result["rungs"]  # curves of the search's budget (2 steps), evaluated every 2 steps
+    assert rungs["curve_budgets"] == [2] and rungs["eval_every"] == 2 and rungs["reduction_factor"] == 3
+    assert sorted(rungs["by_budget"]["2"]) == ["2"]
+    assert all(len(c["curves"]["2"]) == 2 and "1" not in c["curves"] for c in cells)
+    at2 = rungs["by_budget"]["2"]["2"]
+    assert at2["cells"] + at2["missing"] == learners and at2["cut"]["n"] == at2["cells"]
+    assert result["runs"]["curve_reruns"]["runs"] == 0
     assert result["machine"]["versions"]["torch"] and result["wall_s"] > 0
 
     again = fidelity.main([*argv, "--seeds", "2"])
