@@ -11,6 +11,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from omegaconf import OmegaConf
+
+# `${nas.mul:a,b}` in conf/: a setting that scales with another (the final comparison's steps with
+# the search's, so that a quick `trainer.steps=20` search is not followed by 600-step retrainings).
+if not OmegaConf.has_resolver("nas.mul"):
+    OmegaConf.register_new_resolver("nas.mul", lambda a, b: int(a) * int(b))
+
 
 @dataclass
 class DataConfig:

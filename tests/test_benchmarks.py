@@ -242,3 +242,22 @@ def test_controllers_resume_an_interrupted_study_from_its_journal(tmp_path, corp
     # trials that trained a cell (screened cells and duplicates are replaced, not counted)
     assert result["run"]["ran_now"] == 1 and len(trials) == 2 and trials[0]["number"] < trials[1]["number"]
     assert trials[0] == first["trials"][0]  # the first study's trial was not run again
+
+
+def test_the_overview_picture_draws_the_best_new_cell_and_the_comparison(tmp_path):
+    from benchmarks import overview
+    from nas.cell import known_cell
+
+    with pytest.raises(SystemExit, match="no final comparison"):
+        overview.draw(tmp_path, tmp_path / "o.png")
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "comparison.csv").write_text(
+        "label,role,cell_hash,test_bpc_mean,test_bpc_std,n_seeds,diverged,val_bpc_mean,params,chars_per_sec,trial\n"
+        "gru,baseline,c2-x,2.40,0.01,5,0,2.2,99450,1,\n"
+        "trial 7 (new),trial,c2-y,2.45,0.02,5,0,2.3,100266,1,7\n"
+        "trial 3 (new),trial,c2-z,,,5,5,,100266,1,3\n")  # diverged on every seed: no score
+    (tmp_path / "trials" / "00007").mkdir(parents=True)
+    (tmp_path / "trials" / "00007" / "cell.json").write_text(known_cell("mut1").to_json())
+    assert [r["label"] for r in overview.read_comparison(tmp_path)] == ["gru", "trial 7 (new)"]
+    out = overview.draw(tmp_path, tmp_path / "pics" / "o.png")
+    assert out.stat().st_size > 10_000 and out.read_bytes()[:4] == b"\x89PNG"
