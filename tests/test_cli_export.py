@@ -150,3 +150,17 @@ def test_from_an_mlflow_run_id(tmp_path):
         study.trials[1].user_attrs["cell_json"])
     p = nas_export(["run_id=0123456789abcdef", f"tracking.uri={uri}", f"dest={tmp_path / 's'}"], tmp_path)
     assert p.returncode != 0 and "no MLflow run" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_study_of_reference_cells_only_exports_its_best_and_says_so(tmp_path, capsys):
+    from nas.cli.export import resolve
+    from nas.config import ExportApp
+
+    cfg = config(tmp_path, "n_trials=2", "baselines=[]", "study=refs", "controller=evolution",
+                 "pruner=none", "report.enabled=false", "export.enabled=false", "tracking.enabled=false")
+    search(cfg, progress=False)  # evolution starts from the space's reference cells
+    found = resolve(ExportApp(study="refs", study_dir=cfg["out_dir"]))
+    study, _ = join_study("refs", None, cfg["out_dir"])
+    best = results.scored_trials(study)[0]
+    assert found["origin"]["trial"] == best.number and found["origin"]["reference cell"] != "none (a new cell)"
+    assert f"has completed no new cell yet; exporting its best trial, {results.label(best)}" in capsys.readouterr().out

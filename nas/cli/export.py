@@ -57,8 +57,23 @@ def resolve(cfg: ExportApp) -> dict[str, Any]:
                          "run_id=MLFLOW_RUN_ID, cell=FILE.json or cell=RUN_FOLDER")
     else:
         study = _study(cfg, cfg.study)
-        found = export_bundle(study, cfg.trial, cfg.cell_hash)
+        found = export_bundle(study, _best_reference(study) if cfg.trial is None and not cfg.cell_hash
+                              else cfg.trial, cfg.cell_hash)
     return {**found, "lm": trial_lm(study, found["origin"]["trial"])}
+
+
+def _best_reference(study) -> int | None:
+    """None (export the best new cell) unless the study has scored only reference cells (a short
+    search seeded with them): then its best trial, said on the terminal, since a user asking for a
+    study's best cell expects a folder, and the card names the reference cell it is."""
+    from nas.search.results import label, new_cells, scored_trials
+
+    scored = scored_trials(study)
+    if not scored or new_cells(scored):
+        return None
+    print(f"note: study {study.study_name!r} has completed no new cell yet; exporting its best trial, "
+          f"{label(scored[0])}, a reference cell")
+    return scored[0].number
 
 
 def cell_and_run(ref: str):
