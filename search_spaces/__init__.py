@@ -100,11 +100,13 @@ def register_space(name: str, space: ModuleType | Callable[..., CellSpec]) -> No
 
 
 def open_space(section: Any) -> SearchSpace:
-    """The space a search_space config section names (nas.config.SpaceConfig: `module` when set,
-    else `name`, with its `options`); an error names the setting the user gave."""
-    module = getattr(section, "module", None)
+    """The space a search_space config section names (nas.config.SpaceConfig, or the plain dict of a
+    stored config: `module` when set, else `name`, with its `options`); an error names the setting
+    the user gave."""
+    fields = section if isinstance(section, Mapping) else vars(section)
+    module = fields.get("module")
     try:
-        return get_space(module or section.name, **section.options)
+        return get_space(module or fields["name"], **fields["options"])
     except ValueError as e:
         if module and str(e).startswith(f"{KEY}:"):
             raise ValueError("search_space.module:" + str(e)[len(KEY) + 1:]) from None

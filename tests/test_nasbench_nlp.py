@@ -320,7 +320,7 @@ def test_seed_cells_a_search_cannot_use_are_one_line(tmp_path):
     path, _ = expressible_recipe(tmp_path)
     with pytest.raises(ValueError, match=r"^seed_cells: only the evolution controller .* not 'tpe'$"):
         search_config(sampler="tpe", seed_cells=[str(path)])
-    with pytest.raises(ValueError, match=r"^seed_cells: 'nope.json' is neither a reference cell"):
+    with pytest.raises(ValueError, match=r"^seed_cells: cell file 'nope.json' does not exist$"):
         search_config(seed_cells=["nope.json"])
     with pytest.raises(ValueError, match=r"^seed_cells: nas_cell: the graph space cannot express it"):
         search_config(seed_cells=["nas_cell"])  # Zoph & Le's cell is the tree space's

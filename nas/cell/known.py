@@ -162,6 +162,22 @@ _BUILDERS: dict[str, Callable[..., dict[str, Any]]] = {
 KNOWN_CELLS: tuple[str, ...] = tuple(_BUILDERS)
 
 
+def load_cell(ref: str) -> CellSpec:
+    """A reference cell by name (lstm, gru, ...) or a cell file by path (cell JSON or NAS-Bench-NLP
+    recipe); a file's errors name it. What every `cell=` setting and `seed_cells` entry means."""
+    from pathlib import Path
+
+    if ref in KNOWN_CELLS:
+        return known_cell(ref)
+    path = Path(ref)
+    if path.suffix == ".json" or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"cell file {ref!r} does not exist")
+        return CellSpec.from_file(path)  # every error of the file names it
+    raise ValueError(f"unknown cell {ref!r}: not a reference cell ({', '.join(KNOWN_CELLS)}) "
+                     "nor a cell JSON file")
+
+
 def known_cell(name: str, **options: Any) -> CellSpec:
     """The reference cell called `name` (one of KNOWN_CELLS); options go to its builder
     (e.g. known_cell("lstm", forget_bias=0.0))."""

@@ -287,15 +287,8 @@ def hide_password(text: str, uri: str | None) -> str:
 
 
 def load_cell(ref: str):
-    """A reference cell by name (lstm, gru, ...) or a cell JSON file by path; a file's errors name it."""
-    from nas.cell import KNOWN_CELLS, CellSpec, known_cell
+    """nas.cell.known.load_cell (a reference cell name or a cell file), imported when first called:
+    importing nas.cell loads torch, which `--help` and a bad setting must not wait for."""
+    from nas.cell.known import load_cell as load
 
-    if ref in KNOWN_CELLS:
-        return known_cell(ref)
-    path = Path(ref)
-    if path.suffix == ".json" or path.exists():
-        if not path.is_file():
-            raise FileNotFoundError(f"cell file {ref!r} does not exist")
-        return CellSpec.from_file(path)  # every error of the file names it
-    raise ValueError(f"unknown cell {ref!r}: not a reference cell ({', '.join(KNOWN_CELLS)}) "
-                     "nor a cell JSON file")
+    return load(ref)

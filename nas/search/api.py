@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import fields, is_dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -96,7 +95,7 @@ def seed_params(app: schema.SearchApp, space: Any) -> list[dict[str, Any]]:
     """The evolution controller's first cells: `space`'s reference cells, then `app.seed_cells`
     (cell JSON or NAS-Bench-NLP recipe files, or reference cell names), as the space's params.
     Resolved once, before the study is made, and stored with it: no worker needs the files."""
-    from nas.cell import KNOWN_CELLS, CellSpec, known_cell
+    from nas.cell.known import load_cell
 
     if app.controller.name != "evolution":
         raise ValueError(f"seed_cells: only the evolution controller starts from given cells, "
@@ -105,10 +104,10 @@ def seed_params(app: schema.SearchApp, space: Any) -> list[dict[str, Any]]:
         raise ValueError("seed_cells: give either seed_cells or controller.options.seed_params")
     cells = {}
     for ref in app.seed_cells:
-        if ref not in KNOWN_CELLS and not Path(ref).is_file():
-            raise ValueError(f"seed_cells: {ref!r} is neither a reference cell ({', '.join(KNOWN_CELLS)}) "
-                             "nor a cell file")
-        cells[ref] = known_cell(ref) if ref in KNOWN_CELLS else CellSpec.from_file(ref)
+        try:
+            cells[ref] = load_cell(ref)
+        except (ValueError, FileNotFoundError) as e:
+            raise ValueError(f"seed_cells: {e}") from None
     return space.seed_params(cells)
 
 

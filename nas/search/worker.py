@@ -114,9 +114,9 @@ def build_objective(cfg: dict[str, Any], device: str, index: int = 0) -> tuple[O
     from nas.config import TrainConfig
     from nas.data import load_corpus
     from nas.search.controllers import is_multi_objective, make_sampler
-    from nas.search_spaces import get_space
+    from nas.search_spaces import open_space
 
-    space = get_space(cfg["search_space"].get("module") or cfg["search_space"]["name"], **cfg["search_space"]["options"])
+    space = open_space(cfg["search_space"])
     trainer = TrainConfig(**{**cfg["trainer"], "device": device, "progress": False})
     corpus = load_corpus(cfg["data"]["path"], cfg["data"]["cache_dir"], cfg["data"].get("format", "auto"))
     controller = cfg["controller"]
