@@ -57,9 +57,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nas.cell import CellRNN, CellSpec, cgen, cloop, fused, known_cell
-from nas.cell import compile as cell_compile
-from nas.cell.probe import c_works
+from nas.cell import CellSpec, known_cell
+from nas.compile import CellRNN
+from nas.compile import modules as cell_compile
+from nas.compile.backends.c import codegen as cgen
+from nas.compile.backends.c import loop as cloop
+from nas.compile.backends.probe import c_works
+from nas.compile.sequence import function as fused
 
 SIZES = ((32, 64, 256), (128, 256, 512))  # (batch, steps, hidden)
 BASELINE = {"lstm": "torch.nn.LSTM", "gru": "torch.nn.GRU"}
@@ -242,7 +246,7 @@ def peak_mib(step: Stepper, x: torch.Tensor) -> float | None:
         return step.cuda_peak / 2**20  # measured during the warm-up of time_steps
     from torch.profiler import ProfilerActivity, profile
 
-    # The C code's large buffers come from a pool that keeps them between steps (nas.cell.cgen.Pool):
+    # The C code's large buffers come from a pool that keeps them between steps (nas.compile.backends.c.codegen.Pool):
     # emptied first, the step allocates them again, inside the measurement.
     cgen.POOL.clear()
     try:

@@ -99,7 +99,7 @@ def train(run: Run, key: str | None = None) -> dict[str, Any]:
     cfg = TrainConfig(**{**run.trainer, "steps": run.steps})
     r = evaluate(CellSpec.from_json(run.cell_json), cfg, run.seed, load_corpus(run.corpus, run.cache_dir))
     return {"key": key or run.key, "label": run.label, "cell_hash": r.cell_hash, "seed": run.seed,
-            "steps": run.steps, "val_bpc": r.val_bpc, "diverged": r.diverged, "params": r.params,
+            "steps": run.steps, "val_bpc": r.val_bpc, "divergence": r.divergence, "params": r.params,
             "hidden_size": r.hidden_size, "seconds": r.seconds, "curve": [list(p) for p in r.curve]}
 
 

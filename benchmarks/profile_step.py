@@ -19,7 +19,8 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nas.cell import CellRNN, known_cell
+from nas.cell import known_cell
+from nas.compile import CellRNN
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nas.cell import known_cell
-from nas.cell.probe import c_works
+from nas.compile.backends.probe import c_works
 from nas.config import TrainConfig
 from nas.train import evaluate
 
@@ -68,7 +68,7 @@ def main() -> None:
             wall = time.perf_counter() - start
             rows.append({"cell": cell, "variant": name, "device": res.device,
                          "chars_per_sec": res.chars_per_sec, "wall_s": round(wall, 1),
-                         "val_bpc": res.val_bpc, "diverged": res.diverged})
+                         "val_bpc": res.val_bpc, "divergence": res.divergence})
             print(f"{cell:10s} {name:8s} {res.device:6s} {res.chars_per_sec:12,.0f} chars/s "
                   f"wall {wall:6.1f} s  val bpc {res.val_bpc}")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nas.cell import CellRNN, CellSpec
-from nas.cell.lower import lower
+from nas.cell import CellSpec
 from nas.cell.ops import OPS
 from nas.cell.spec import INPUT
+from nas.compile import CellRNN
+from nas.compile.plan import lower
 
 
 class CharLM(nn.Module):

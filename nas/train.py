@@ -72,7 +72,7 @@ class EvalResult:
     train_bpc: float | None
     val_bpc: float | None
     test_bpc: float | None
-    diverged: str | None          # None, or the reason ("step 12: loss is nan")
+    divergence: str | None        # None, or why the run diverged ("step 12: loss is nan")
     device: str
     seed: int
     curve: tuple[tuple[int, float], ...] = field(default=())      # (step, intermediate val bpc)
@@ -273,7 +273,7 @@ class _Run:
         self.spec, self.cfg, self.seed, self.model, self.device = spec, cfg, seed, model, device
         self.corpus, self.callback = corpus, callback
         self.budget = _Budget(cfg)
-        self.step, self.diverged = 0, None
+        self.step, self.divergence = 0, None
         self.curve: list[tuple[int, float]] = []
         self.train_curve: list[tuple[int, float]] = []
         self.step_seconds = 0.0  # optimizer steps only (no evaluation): the throughput's divisor
@@ -319,7 +319,7 @@ class _Run:
             if cfg.test:
                 self.test = self.score("test", cfg.final_eval_chars)
         except Diverged as e:
-            self.diverged = str(e)
+            self.divergence = str(e)
         finally:
             if bar is not None:
                 bar.close()
@@ -408,9 +408,9 @@ class _Run:
             cell_hash=self.spec.canonical_hash(), cell_name=self.spec.name, params=self.model.num_params(),
             hidden_size=self.model.hidden_size, steps=self.step, tokens=tokens, seconds=round(seconds, 3),
             chars_per_sec=round(tokens / self.step_seconds, 1) if self.step_seconds > 0 else 0.0,
-            train_bpc=self.train_curve[-1][1] if self.train_curve and not self.diverged else None,
-            val_bpc=None if self.diverged else self.final_val,
-            test_bpc=None if self.diverged else self.test, diverged=self.diverged,
+            train_bpc=self.train_curve[-1][1] if self.train_curve and not self.divergence else None,
+            val_bpc=None if self.divergence else self.final_val,
+            test_bpc=None if self.divergence else self.test, divergence=self.divergence,
             device=str(self.device), seed=self.seed, curve=tuple(self.curve),
             train_curve=tuple(self.train_curve), unknown_chars=tuple(sorted(self.corpus.unknown.items())),
             protocol=self.protocol())
@@ -451,7 +451,7 @@ def save_run(out: Path, spec: CellSpec, model: CharLM, result: EvalResult, corpu
     data = result.to_dict()
     data.update(corpus=corpus.name, corpus_hash=corpus.source_hash, vocab_size=corpus.vocab_size,
                 corpus_format=corpus.format, config=asdict(cfg))
-    if result.diverged is None and cfg.sample_chars > 0:
+    if result.divergence is None and cfg.sample_chars > 0:
         text = sample(model, corpus.encode, corpus.decode, cfg.sample_chars, cfg.temperature, seed=seed)
         (out / "sample.txt").write_text(text)
     (out / "result.json").write_text(json.dumps(data, indent=2) + "\n")

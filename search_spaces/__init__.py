@@ -38,7 +38,7 @@ from typing import Any
 from optuna.trial import BaseTrial, FixedTrial
 
 from nas.cell import CellSpec
-from nas.cell.ops import entry_points, import_object, load_entry_point
+from nas.plugins import entry_points, import_object, load_entry_point
 from nas.search_spaces import graph, highway, tree
 
 __all__ = ["ENTRY_POINTS", "SPACES", "SearchSpace", "get_space", "open_space", "register_space"]

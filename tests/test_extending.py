@@ -16,7 +16,9 @@ import optuna
 import pytest
 import torch
 
-from nas.cell import CellError, CellRNN, CellSpec, fused, known_cell, ops
+from nas.cell import CellError, CellSpec, known_cell, ops
+from nas.compile import CellRNN
+from nas.compile.sequence import function as fused
 from nas.search.api import run_search, search_config
 from nas.search.controllers import make_sampler
 from nas.search.run import search

@@ -1,10 +1,10 @@
-"""Recurrent cells as values (CellSpec), their compiler to torch, and the reference cells."""
+"""Recurrent cells as values: the op registry, CellSpec, its canonical hash, networkx exchange, the
+reference cells and drawings. Nothing here imports torch; nas.compile turns a spec into a module."""
 
-from nas.cell.compile import CellRNN, CompiledCell, compile_cell
 from nas.cell.hashing import HASH_VERSION
 from nas.cell.known import KNOWN_CELLS, identify, known_cell
 from nas.cell.ops import OPS, Op
 from nas.cell.spec import FORMAT, CellError, CellSpec, Node
 
-__all__ = ["FORMAT", "HASH_VERSION", "KNOWN_CELLS", "OPS", "CellError", "CellRNN", "CellSpec",
-           "CompiledCell", "Node", "Op", "compile_cell", "identify", "known_cell"]
+__all__ = ["FORMAT", "HASH_VERSION", "KNOWN_CELLS", "OPS", "CellError", "CellSpec", "Node", "Op",
+           "identify", "known_cell"]

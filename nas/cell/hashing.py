@@ -18,7 +18,7 @@ function; the canonical form keeps one of them:
 - state vectors that never influence h (nothing on h's path reads them, at any step) are dropped,
   with the nodes only they need.
 The canonical form is itself a valid cell computing the same h sequence from a zero initial state.
-Known spellings it does not unify are pinned in tests/test_cell_canonical.py (for example
+Known spellings it does not unify are pinned in tests/cell/test_canonical.py (for example
 add(linear(x), linear(h)) versus linear(x, h): one bias or two).
 
 Hash (`canonical_hash`): colour refinement (1-dimensional Weisfeiler-Lehman) on the canonical

@@ -8,7 +8,7 @@ A user's op comes from the user's own code (docs/extending.md): `register_op(nam
 with a torch function, called by a module of theirs or by a plugin's entry point in the group
 `nas.ops` (loaded on the first lookup of an op name that is not registered). Such an op has no
 templates: the compiler's step code calls `fn`, and cells that use it run the reference torch path
-(nas.cell.fused), whose gradients autograd computes.
+(nas.compile.sequence.function), whose gradients autograd computes.
 
 `expr` and `grad` are `str.format` templates of torch expressions over the operands `{a}`, `{b}`,
 `{c}` (in operand order; `{sum}` and `{inv_n}` for n-ary ops), the result `{y}`, the incoming
@@ -26,9 +26,10 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib import metadata
 from types import MappingProxyType
 from typing import Any
+
+from nas.plugins import entry_points, load_entry_point
 
 log = logging.getLogger("nas")
 
@@ -136,7 +137,7 @@ _register(Op("identity", (1, 1), False, "{a}", ("{g}",), symbol="id"))
 
 
 # The ops whose templates are plain arithmetic on their operands: the same text is C, Triton and
-# torch, so the fused kernels' tables (nas.cell.cops, nas.cell.tritonops) take them from here.
+# torch, so the fused kernels' tables (nas.compile.backends.c.ops, nas.compile.backends.triton_ops) take them from here.
 ARITHMETIC = ("identity", "add", "sub", "mul", "blend", "mean")
 
 
@@ -160,7 +161,6 @@ ENTRY_POINTS = "nas.ops"
 MODULES_ENV = "NAS_OP_MODULES"
 _USER_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _TEMPLATE_FIELDS = (*OPERANDS, "sum", "inv_n", "y", "g")
-_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)?")
 _plugins = {"entry_points_loaded": False, "loading": False}
 
 
@@ -209,7 +209,7 @@ def register_op(name: str, fn: Callable[..., Any], arity: int = 1, *, commutativ
     module = getattr(fn, "__module__", None) or "__main__"
     operands = ", ".join(f"{{{a}}}" for a in OPERANDS[:arity])
     keywords = "".join(f", {k}={{{k}!r}}" for k in opts)
-    # The step code (nas.cell.lower) is generated Python with `torch` in scope: it reaches `fn`
+    # The step code (nas.compile.plan) is generated Python with `torch` in scope: it reaches `fn`
     # through this module, which imports `module` first where this process has not registered it.
     expr = f"__import__('nas.cell.ops', fromlist=['call_op']).call_op({name!r}, {module!r}, {operands}{keywords})"
     op = Op(name, (arity, arity), bool(commutative), expr, (), options=_opts(**opts),
@@ -274,47 +274,3 @@ def load_plugins() -> bool:
         return loaded
     finally:
         _plugins["loading"] = False
-
-
-def entry_points(group: str) -> list[metadata.EntryPoint]:
-    """The installed entry points of `group` (importlib.metadata), by name."""
-    return sorted(metadata.entry_points(group=group), key=lambda ep: ep.name)
-
-
-def load_entry_point(ep: metadata.EntryPoint, group: str) -> Any:
-    """`ep.load()`, with a one-line ValueError (the CLIs' kind of user error) naming the plugin when
-    it cannot be loaded."""
-    try:
-        return ep.load()
-    except Exception as e:  # noqa: BLE001 - any error of the plugin's import: name the plugin
-        raise ValueError(f"plugin {ep.name} = {ep.value} (entry point group {group}): cannot load it: "
-                          f"{type(e).__name__}: {e}") from None
-
-
-def import_object(path: str, key: str) -> Any:
-    """The object at the dotted `path`: a module (`my_pkg.my_module`) or an attribute of one
-    (`my_pkg.my_module.attr` or `my_pkg.my_module:attr`). A one-line ValueError that starts with
-    `key` (the setting that gave the path) when it cannot be imported or has no such attribute."""
-    if not isinstance(path, str) or not _DOTTED.fullmatch(path):
-        raise ValueError(f"{key}: expected a dotted path such as my_pkg.my_module or "
-                         f"my_pkg.my_module.attr, got {path!r}")
-    module_path, _, attr = path.partition(":")
-    if not attr:
-        try:
-            return importlib.import_module(module_path)
-        except ModuleNotFoundError as e:
-            if e.name != module_path or "." not in module_path:
-                raise ValueError(f"{key}: cannot import {path}: {e}") from None
-        except Exception as e:  # noqa: BLE001 - the user's module failed on import: one line
-            raise ValueError(f"{key}: cannot import {path}: {type(e).__name__}: {e}") from None
-        module_path, attr = module_path.rsplit(".", 1)
-    try:
-        obj = importlib.import_module(module_path)
-    except Exception as e:  # noqa: BLE001 - as above
-        what = str(e) if isinstance(e, ModuleNotFoundError) else f"{type(e).__name__}: {e}"
-        raise ValueError(f"{key}: cannot import {path}: {what}") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"{key}: cannot import {path}: {module_path} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    return obj

@@ -33,7 +33,7 @@ def check(app: ExportApp) -> None:
 
 
 def resolve(cfg: ExportApp) -> dict[str, Any]:
-    from nas.export_lm import find_trained_lm, trial_lm
+    from nas.export.lm import find_trained_lm, trial_lm
 
     if cfg.cell:
         spec, run = cell_and_run(cfg.cell)
@@ -117,7 +117,7 @@ def run(cfg: ExportApp) -> None:
         print(f"  with the trained model (val bpc {score}): python {folder / 'sample.py'}  |  "
               f"python {folder / 'evaluate.py'} TEXT_FILE  (see {folder / 'README.md'})")
     print(f"  {folder / 'README.md'} states the plain-torch speed against torch.nn.LSTM; "
-          "nas.cell.CellRNN is the fast path")
+          "nas.compile.CellRNN is the fast path")
 
 
 main = hydra_cli("nas-export", "export", ExportApp, run, check)

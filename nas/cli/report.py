@@ -76,7 +76,7 @@ def report_config(stored: dict[str, Any], given: dict[str, Any], overrides: list
 def run(app: ReportApp) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from nas.report import final_comparison
+    from nas.search.report import final_comparison
     from nas.search.study import join_study
     from nas.tracking import Tracker
 

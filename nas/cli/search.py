@@ -90,7 +90,7 @@ def export_best(cfg: dict, number: int | None = None) -> str:
     import re
 
     from nas.export import export_cell
-    from nas.export_lm import trial_lm
+    from nas.export.lm import trial_lm
     from nas.search.results import ResultError, export_bundle
     from nas.search.study import join_study
 

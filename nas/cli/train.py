@@ -40,7 +40,7 @@ def train(cfg: TrainApp) -> None:
     result = evaluate(spec, trainer, cfg.seed, corpus, out_dir=out, desc=spec.name or cfg.cell)
     shown = {k: getattr(result, k) for k in ("cell_hash", "params", "hidden_size", "steps", "tokens",
                                              "seconds", "chars_per_sec", "train_bpc", "val_bpc",
-                                             "test_bpc", "diverged")}
+                                             "test_bpc", "divergence")}
     print(json.dumps(shown, indent=2))
     print(f"run saved in {out}")
     if cfg.tracking.enabled:

@@ -165,7 +165,7 @@ def _importable_path(obj: Any) -> str | None:
     module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
     if not module or not qualname or module == "__main__" or "<" in qualname:
         return None
-    from nas.cell.ops import import_object
+    from nas.plugins import import_object
 
     try:
         found = import_object(f"{module}.{qualname}", "run_search")

@@ -128,7 +128,7 @@ def _builder(name: str) -> Any:
 
 
 def _user_builder(name: str) -> Any:
-    from nas.cell.ops import entry_points, import_object, load_entry_point
+    from nas.plugins import entry_points, import_object, load_entry_point
 
     if not isinstance(name, str) or not name:
         raise ValueError(f"{KEY}: expected a controller name or a dotted path, got {name!r}")

@@ -40,7 +40,7 @@ from nas.config import TrainConfig
 _NOT_BUDGET = {"device", "threads", "progress", "tf32", "bf16", "eval_batch_size"}
 # What a duplicate trial copies from the trial that trained its cell.
 _RESULT_ATTRS = ("params", "hidden_size", "steps", "tokens", "seconds", "chars_per_sec", "train_bpc",
-                 "val_bpc", "curve", "train_curve", "diverged", "run_dir")
+                 "val_bpc", "curve", "train_curve", "divergence", "run_dir")
 # How often a trial polls for the same cell being trained by another worker.
 WAIT_POLL = 2.0
 
@@ -129,8 +129,8 @@ class Objective:
         self._record(trial, result)
         if self.on_result is not None:
             self.on_result(trial, spec, result)
-        if result.diverged is not None:
-            raise TrialFailed("diverged", result.diverged)
+        if result.divergence is not None:
+            raise TrialFailed("diverged", result.divergence)
         return (result.val_bpc, float(result.params)) if self.multi_objective else result.val_bpc
 
     def _screen(self, spec: CellSpec, trial: optuna.Trial) -> None:
@@ -172,13 +172,13 @@ class Objective:
     @staticmethod
     def _record(trial: optuna.Trial, result) -> None:
         for key in ("params", "hidden_size", "steps", "tokens", "seconds", "chars_per_sec", "train_bpc",
-                    "val_bpc", "diverged"):
+                    "val_bpc", "divergence"):
             trial.set_user_attr(key, getattr(result, key))
         trial.set_user_attr("curve", [list(p) for p in result.curve])
         trial.set_user_attr("train_curve", [list(p) for p in result.train_curve])
-        trial.set_user_attr("nas_state", "diverged" if result.diverged else "complete")
-        if result.diverged:
-            trial.set_user_attr("reason", result.diverged)
+        trial.set_user_attr("nas_state", "diverged" if result.divergence else "complete")
+        if result.divergence:
+            trial.set_user_attr("reason", result.divergence)
 
     def _earlier_result(self, trial: optuna.Trial, cell_hash: str):
         """The trial to reuse for the same cell at the same budget, or None: this trial trains it.

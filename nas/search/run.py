@@ -19,8 +19,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.search.pool import scores as _scores
 from nas.search.results import best_so_far, label, scored_trials, trial_line
+from nas.search.retrain import scores as _scores
 from nas.search.study import open_study
 from nas.search.worker import _pruner, build_objective, pin_device, run_trials, trial_logger
 
@@ -78,7 +78,7 @@ def search(cfg: dict[str, Any], progress: bool | None = None) -> SearchOutcome:
     baselines = run_baselines(study, cfg, tracker, progress=show)
     outcome = summarise(study, cfg, baselines, time.perf_counter() - start)
     if cfg["report"]["enabled"]:
-        from nas.report import final_comparison
+        from nas.search.report import final_comparison
 
         comparison = final_comparison(study, cfg, tracker, progress=show)
         tracker.log_comparison(study, comparison)
@@ -225,7 +225,7 @@ def run_baselines(study: optuna.Study, cfg: dict[str, Any], tracker=None,
     from nas.config import TrainConfig
     from nas.data import load_corpus
     from nas.search.objective import budget_key
-    from nas.search.pool import TrainJob, run_jobs
+    from nas.search.retrain import TrainJob, run_jobs
 
     corpus = load_corpus(cfg["data"]["path"], cfg["data"]["cache_dir"], cfg["data"].get("format", "auto"))
     key = budget_key(TrainConfig(**cfg["trainer"]), cfg["seed"], corpus.source_hash)
@@ -266,7 +266,7 @@ def _baselines_from_trials(study: optuna.Study, names: list[str], budget: str,
             continue
         ua = t.user_attrs
         found[name] = {**{k: ua.get(k) for k in ("params", "hidden_size", "steps", "tokens", "seconds",
-                                                 "chars_per_sec", "train_bpc", "diverged", "run_dir")},
+                                                 "chars_per_sec", "train_bpc", "divergence", "run_dir")},
                        "val_bpc": t.values[0],
                        "cell_hash": ua["cell_hash"], "cell_name": name, "test_bpc": None, "seed": seed,
                        "curve": ua.get("curve") or [], "train_curve": ua.get("train_curve") or [],

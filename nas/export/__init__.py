@@ -1,0 +1,5 @@
+"""Export a discovered cell: a standalone torch module, a model card and the trained character model."""
+
+from nas.export.cell import ExportError, export_cell, generate_module
+
+__all__ = ["ExportError", "export_cell", "generate_module"]
