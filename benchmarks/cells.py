@@ -51,6 +51,7 @@ import random
 import statistics
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import torch
@@ -59,11 +60,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nas.cell import CellSpec, known_cell
 from nas.compile import CellRNN
+from nas.compile import fast_path as function
 from nas.compile import modules as cell_compile
-from nas.compile.backends.c import codegen as cgen
-from nas.compile.backends.c import loop as cloop
-from nas.compile.backends.probe import c_works
-from nas.compile.sequence import function as fused
+from nas.compile.backends.c import loop as c_loop
+from nas.compile.backends.c.backend import C, build_c_program, c_program, c_works
+from nas.compile.backends.c.pool import POOL
+from nas.compile.backends.policy import DEFAULT
+from nas.compile.backends.triton import gpu_program
+from nas.compile.sequence.program import program
 
 SIZES = ((32, 64, 256), (128, 256, 512))  # (batch, steps, hidden)
 BASELINE = {"lstm": "torch.nn.LSTM", "gru": "torch.nn.GRU"}
@@ -92,16 +96,16 @@ def prepare_ms(spec: CellSpec, hidden: int, device: str) -> float:
     CPU, its C kernels compiled too; on a GPU, the Triton kernels' source: Triton compiles them at
     the first step, see first ms)."""
     cell_compile._plan.cache_clear()
-    fused.program.cache_clear()
-    fused.gpu_program.cache_clear()
-    fused.c_program.cache_clear()
+    program.cache_clear()
+    gpu_program.cache_clear()
+    c_program.cache_clear()
     start = time.perf_counter()
     CellRNN(spec, hidden, hidden)
-    fused.program(spec)
+    program(spec)
     if device.startswith("cuda"):
-        fused.gpu_program(spec)
-    else:
-        fused.c_choice(spec, torch.float32, True)
+        gpu_program(spec)
+    elif C.works(torch.device("cpu"), torch.float32, DEFAULT):
+        C.build(spec, torch.float32, DEFAULT)
     return (time.perf_counter() - start) * 1e3
 
 
@@ -111,7 +115,7 @@ def stored_cells(path: str) -> dict[str, CellSpec]:
     return {name: CellSpec.from_dict(d) for name, d in data["cells"].items()}
 
 
-class StoreOnly(cloop.LoopCKernel):
+class StoreOnly(c_loop.LoopCKernel):
     """LoopCKernel whose stage kernels take the same arguments and store zeros where the real ones
     store results, computing nothing (--floor)."""
 
@@ -127,19 +131,28 @@ class StoreOnly(cloop.LoopCKernel):
         self.body.append(f"p{self._ptr(view)}[c] = 0;")
 
 
+# The floor models' layers and their store-only programs: their CPU float32 calls run these, not the
+# program their backend setting selects (which no setting can name: it computes nothing).
+_FLOORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _select_floors(cell, xs: torch.Tensor, dtype: torch.dtype, select=function.select):
+    floor = _FLOORS.get(cell) if dtype == torch.float32 and not xs.is_cuda and xs.numel() else None
+    return select(cell, xs, dtype) if floor is None else floor
+
+
 def floor_model(spec: CellSpec, hidden: int) -> CellRNN:
     model = CellRNN(spec, hidden, hidden)
-    floor = fused.build_c_program(spec, torch.float32, StoreOnly)
+    floor = build_c_program(spec, torch.float32, StoreOnly)
     for layer in model.layers:
-        fused.force(layer, floor, torch.float32)
+        _FLOORS[layer] = floor
+    function.select = _select_floors  # (every model's calls go through it: the same cost for all)
     return model
 
 
-def variant(model: CellRNN, **attributes) -> CellRNN:
-    """The model with each layer's cuda_graphs / triton / c_kernels switch set."""
-    for layer in model.layers:
-        for key, value in attributes.items():
-            setattr(layer, key, value)
+def variant(model: CellRNN, **setting) -> CellRNN:
+    """The model with its backend setting changed (backend, cuda_graphs, c_loop)."""
+    model.policy = model.policy.replace(**setting)
     return model
 
 
@@ -153,15 +166,14 @@ def make_models(hidden: int, cells: dict[str, CellSpec], args, device: str) -> t
         prep[f"CellRNN({name})"] = prepare_ms(spec, hidden, device)
         models[f"CellRNN({name})"] = CellRNN(spec, hidden, hidden)
         if args.eager and device.startswith("cuda"):
-            models[f"CellRNN({name}, no graphs)"] = variant(CellRNN(spec, hidden, hidden), cuda_graphs=False)
+            models[f"CellRNN({name}, no graphs)"] = variant(CellRNN(spec, hidden, hidden), cuda_graphs="off")
         if args.torch_kernels:
-            models[f"CellRNN({name}, torch kernels)"] = variant(CellRNN(spec, hidden, hidden), triton=False,
-                                                                 c_kernels=False)
+            models[f"CellRNN({name}, torch kernels)"] = variant(CellRNN(spec, hidden, hidden), backend="torch")
         if args.python_loop and device == "cpu":
             models[f"CellRNN({name}, Python loop)"] = variant(CellRNN(spec, hidden, hidden), c_loop=False)
         if args.reference:
             models[f"CellRNN({name}, fused=False)"] = CellRNN(spec, hidden, hidden, fused=False)
-        if args.floor and device == "cpu" and not args.bf16 and cloop.available(torch.float32) \
+        if args.floor and device == "cpu" and not args.bf16 and c_loop.available(torch.float32) \
                 and c_works(torch.float32, loop=True):
             models[f"CellRNN({name}, empty kernels)"] = floor_model(spec, hidden)
     return models, prep
@@ -246,9 +258,9 @@ def peak_mib(step: Stepper, x: torch.Tensor) -> float | None:
         return step.cuda_peak / 2**20  # measured during the warm-up of time_steps
     from torch.profiler import ProfilerActivity, profile
 
-    # The C code's large buffers come from a pool that keeps them between steps (nas.compile.backends.c.codegen.Pool):
+    # The C code's large buffers come from a pool that keeps them between steps (nas.compile.backends.c.pool):
     # emptied first, the step allocates them again, inside the measurement.
-    cgen.POOL.clear()
+    POOL.clear()
     try:
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
                      with_stack=True) as prof:
@@ -327,11 +339,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cpu,cuda", help="devices to run; cuda is skipped if absent")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; search workers use 1)")
     p.add_argument("--reference", action="store_true", help="also time CellRNN(..., fused=False)")
-    p.add_argument("--eager", action="store_true", help="GPU: also time the fast path without CUDA graphs")
+    p.add_argument("--eager", action="store_true", help="GPU: also time the fast path without CUDA graphs (cuda_graphs=\"off\")")
     p.add_argument("--torch-kernels", action="store_true",
-                   help="also time the torch code of the fast path (no Triton / C kernels)")
+                   help="also time the torch code of the fast path (backend=\"torch\")")
     p.add_argument("--python-loop", action="store_true",
-                   help="CPU: also time the C kernels with the time loop in Python (c_loop=False)")
+                   help="CPU: also time the C kernels with the time loop in Python (Policy(c_loop=False))")
     p.add_argument("--floor", action="store_true",
                    help="CPU, float32, where the C loop works: also time each cell with store-only stage "
                         "kernels (no elementwise arithmetic)")

@@ -83,6 +83,7 @@ def run_study(job: StudyJob) -> dict[str, Any]:
     from nas.search.study import make_pruner, open_study
     from nas.search.worker import build_objective, pin_device, run_trials
     from nas.search_spaces import get_space
+    from nas.trials import TrialRecord
 
     cfg = job.cfg
     device = pin_device(cfg["device"], cfg["threads"])
@@ -100,11 +101,11 @@ def run_study(job: StudyJob) -> dict[str, Any]:
     trials = [t for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
               if counts_toward_budget(t)]
     references = {known_cell(name).canonical_hash(): name for name in KNOWN_CELLS}
-    rows = [{"number": t.number, "state": t.user_attrs.get("nas_state") or t.state.name.lower(),
-             "value": t.value if t.state.name == "COMPLETE" else None,
-             "cell_hash": t.user_attrs.get("cell_hash"),
-             "reference": references.get(t.user_attrs.get("cell_hash")),
-             "seconds": t.user_attrs.get("seconds")} for t in trials]
+    records = [TrialRecord.of(t) for t in trials]
+    rows = [{"number": r.number, "state": r.word,
+             "value": r.values[0] if r.state.name == "COMPLETE" else None,
+             "cell_hash": r.cell_hash, "reference": references.get(r.cell_hash),
+             "seconds": r.seconds} for r in records]
     return {"key": job.key, "controller": cfg["controller"]["name"], "seed": cfg["seed"],
             "reference_seeding": job.reference_seeding, "trials": rows,
             "best_so_far": best_so_far([r["value"] for r in rows]),
@@ -260,7 +261,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("trials", "seeds", "workers"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    from nas.search.controllers import CONTROLLERS, is_multi_objective
+    from nas.search.samplers.registry import CONTROLLERS, is_multi_objective
 
     args.controllers = [c.strip() for c in args.controllers.split(",") if c.strip()]
     bad = [c for c in args.controllers if c not in CONTROLLERS or is_multi_objective(c)]

@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu 
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
 echo "== tests on the GPU"
-timeout 200 python3 -m pytest -q -p no:cacheprovider tests/compile/test_triton.py tests/compile/test_cudagraphs.py tests/cell/test_known.py \
+timeout 200 python3 -m pytest -q -p no:cacheprovider tests/compile/test_triton.py tests/compile/test_cudagraphs.py tests/compile/test_probe.py tests/compile/test_policy.py tests/cell/test_known.py \
     2>&1 | tail -25
 
 echo "== training step, float32 (TF32 off), both sizes"

@@ -34,9 +34,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=20)
     args = p.parse_args()
     batch, steps, hidden = map(int, args.size.split("x"))
-    model = CellRNN(known_cell(args.cell), hidden, hidden).to(args.device)
-    for layer in model.layers:
-        layer.cuda_graphs, layer.triton = not args.no_graphs, not args.torch_kernels
+    model = CellRNN(known_cell(args.cell), hidden, hidden, backend="torch" if args.torch_kernels else "auto",
+                    cuda_graphs="off" if args.no_graphs else "auto").to(args.device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.randn(steps, batch, hidden, device=args.device)
 

@@ -39,13 +39,14 @@ def config(out: Path, trials: int, workers: int, tracking: bool, space: str, con
 def run(out: Path, trials: int, workers: int, tracking: bool, space: str, controller: str) -> dict:
     from nas.search.run import search
     from nas.search.study import join_study
+    from nas.trials import records
 
     cfg = config(out, trials, workers, tracking, space, controller)
     start = time.perf_counter()
     search(cfg, progress=False)
     wall = time.perf_counter() - start
     study, _ = join_study(cfg["study"], None, str(out))
-    train = sum(t.user_attrs.get("seconds", 0.0) for t in study.trials if "duplicate_of" not in t.user_attrs)
+    train = sum(r.seconds or 0.0 for r in records(study) if not r.is_duplicate)
     return {"workers": workers, "trials": len(study.trials), "wall_s": round(wall, 2),
             "evaluate_s": round(train, 2), "trials_per_hour": round(3600 * len(study.trials) / wall, 1)}
 

@@ -7,9 +7,9 @@ worker runs it (model build, training, intermediate and final validation), timed
 
 Reported per cell: chars/s of the optimizer steps (EvalResult.chars_per_sec), the trial's wall time
 and its validation bpc. Variants: default (CPU: the C kernels; GPU: Triton kernels in CUDA graphs),
-torch (the per-op torch code: NAS_C_KERNELS=0 NAS_TRITON=0; on a GPU still in CUDA graphs), eager
-(GPU: Triton kernels without graphs: NAS_CUDA_GRAPHS=0), pyloop (CPU: the C kernels with the time loop
-in Python: NAS_C_LOOP=0). The C kernels' probe runs first, as a worker runs it once before its trials;
+torch (the per-op torch code: trainer.backend=torch; on a GPU still in CUDA graphs), eager
+(GPU: Triton kernels without graphs: trainer.cuda_graphs=off), pyloop (CPU: the C kernels with the time
+loop in Python: NAS_C_LOOP=0, the one alias without a trainer option). The C kernels' probe runs first, as a worker runs it once before its trials;
 each cell's compilation is in its trial.
 """
 
@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nas.cell import known_cell
-from nas.compile.backends.probe import c_works
+from nas.compile.backends.c.backend import c_works
 from nas.config import TrainConfig
 from nas.train import evaluate
 
@@ -60,11 +61,11 @@ def main() -> None:
     rows = []
     for cell in args.cells.split(","):
         for name in args.variants.split(","):
-            os.environ["NAS_TRITON"] = os.environ["NAS_C_KERNELS"] = "0" if name == "torch" else "1"
-            os.environ["NAS_CUDA_GRAPHS"] = "0" if name == "eager" else "1"
             os.environ["NAS_C_LOOP"] = "0" if name == "pyloop" else "1"
+            variant = replace(cfg, backend="torch" if name == "torch" else "auto",
+                              cuda_graphs="off" if name == "eager" else "auto")
             start = time.perf_counter()
-            res = evaluate(known_cell(cell), cfg, seed=0)
+            res = evaluate(known_cell(cell), variant, seed=0)
             wall = time.perf_counter() - start
             rows.append({"cell": cell, "variant": name, "device": res.device,
                          "chars_per_sec": res.chars_per_sec, "wall_s": round(wall, 1),

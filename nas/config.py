@@ -6,8 +6,10 @@ This module imports nothing heavy (no torch): the CLIs compose their config befo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -99,6 +101,9 @@ class TrainConfig:
     test: bool = False              # also compute test bpc at the end
     device: str = "auto"            # auto | cpu | mps | cuda | cuda:N
     threads: Optional[int] = None   # torch CPU threads; None = torch's default
+    # The cell's generated code (nas.compile.backends.policy): speed only, not the score.
+    backend: str = "auto"           # auto | torch | c | triton
+    cuda_graphs: str = "auto"       # auto | on | off
     tf32: bool = False
     bf16: bool = False              # bf16 autocast (GPU)
     progress: Optional[bool] = None  # None = only when stderr is a terminal
@@ -145,7 +150,8 @@ class TrainConfig:
                 span = (f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
                         if high is not None else f"{'>=' if low_in else '>'} {low}")
                 fail(name, f"a finite number {span}" + (" or None" if name == "seconds" else ""))
-        choices = {"optimizer": ("adam", "sgd"), "lr_schedule": ("constant", "cosine", "linear")}
+        choices = {"optimizer": ("adam", "sgd"), "lr_schedule": ("constant", "cosine", "linear"),
+                   "backend": ("auto", "torch", "c", "triton"), "cuda_graphs": ("auto", "on", "off")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 fail(name, "one of " + ", ".join(allowed))
@@ -285,6 +291,21 @@ class WorkerApp:
 
 
 @dataclass
+class ReportApp:
+    """`nas-report`: compare the best cells of study `study` with the baselines on the test split."""
+
+    study: str = "???"
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    out_dir: str = "runs/search/${study}"
+    baselines: Optional[List[str]] = None   # None: the study's
+    workers: Optional[int] = None           # retrain processes; None: the study's
+    device: str = "auto"
+    threads: Optional[int] = None
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+@dataclass
 class ExportApp:
     """`nas-export`: write a cell as a standalone PyTorch module. The cell comes from (first given wins):
     `cell` (a reference cell name, a cell JSON or NAS-Bench-NLP recipe file, or a training run folder:
@@ -304,93 +325,31 @@ class ExportApp:
     overwrite: bool = False
 
 
-# Checks of the search-level settings: one-line ValueErrors naming the setting, what was expected and
-# what came, raised before any work starts or any file is created. Torch-free; they read attributes
-# only, so they work on the dataclasses and on OmegaConf nodes alike. Registries that need heavy
-# imports (search spaces, controllers, cells) are checked by the CLIs.
-
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
-PRUNERS = ("none", "median", "halving", "hyperband")
-
-
-def check_int(key: str, value: Any, low: int, optional: bool = False) -> None:
-    """`value` is an integer >= `low` (or None when `optional`)."""
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{key}: expected an integer >= {low}{' or None' if optional else ''}, got {value!r}")
+def search_app(cfg: SearchApp | Mapping[str, Any]) -> SearchApp:
+    """The typed search config: `cfg` itself when it is a SearchApp, else its plain form (the JSON
+    stored with a study as `nas:config`, or a dict of some of its settings) over SearchApp's
+    defaults. The one place a stored config becomes typed again: settings a study of an older version
+    lacks get their defaults, and keys this version no longer has are dropped, so old studies load."""
+    if isinstance(cfg, SearchApp):
+        return cfg
+    node = OmegaConf.merge(OmegaConf.structured(SearchApp), _known(SearchApp, cfg))
+    return OmegaConf.to_object(node)
 
 
-def check_name(key: str, value: Any) -> None:
-    """A study (or export) name becomes a folder under runs/: a plain name, never a path."""
-    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value):
-        raise ValueError(f"{key}: expected a plain name (letters, digits, '.', '_', '-'; first a letter "
-                         f"or digit; at most 100 characters), got {value!r}")
+def plain(app: Any) -> dict[str, Any]:
+    """A config dataclass as the plain dict stored with a study and logged as params (the same
+    JSON as Hydra's resolved config)."""
+    return dataclasses.asdict(app)
 
 
-def check_device(key: str, value: Any, threads: Any = None) -> None:
-    """`device` is auto, cpu, mps, cuda or cuda:N; `threads` None or >= 1."""
-    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
-        raise ValueError(f"{key}: expected auto, cpu, mps, cuda or cuda:N, got {value!r}")
-    check_int("threads", threads, 1, optional=True)
-
-
-def check_pruner(cfg: PrunerConfig) -> None:
-    if cfg.name not in PRUNERS:
-        raise ValueError(f"pruner.name: expected one of {', '.join(PRUNERS)}, got {cfg.name!r}")
-    check_int("pruner.n_startup_trials", cfg.n_startup_trials, 0)
-    check_int("pruner.n_warmup_steps", cfg.n_warmup_steps, 0)
-    check_int("pruner.min_resource", cfg.min_resource, 1, optional=True)
-    check_int("pruner.reduction_factor", cfg.reduction_factor, 2)
-
-
-def check_report(cfg: ReportConfig) -> None:
-    check_int("report.top_k", cfg.top_k, 1)
-    check_int("report.seeds", cfg.seeds, 1)
-    if cfg.steps is not None:
-        check_int("report.steps", cfg.steps, 1)
-
-
-def check_baselines(names: Any, cells: Any) -> None:
-    """Each baseline is a reference cell name of `cells` (nas.cell.KNOWN_CELLS), at most once."""
-    for name in names or ():
-        if name not in cells:
-            raise ValueError(f"baselines: expected reference cell names ({', '.join(cells)}), got {name!r}")
-    if len(set(names or ())) != len(names or ()):
-        raise ValueError(f"baselines: each cell at most once, got {list(names)}")
-
-
-def check_search_app(cfg: SearchApp) -> None:
-    """The search-level settings of `nas-search`, all but the baselines' names (check_baselines:
-    nas.cell's names cost a torch import) and the trainer's and corpus's (TrainConfig, DataConfig)."""
-    check_name("study", cfg.study)
-    check_int("n_trials", cfg.n_trials, 0)
-    check_int("workers", cfg.workers, 0)
-    check_int("workers_per_device", cfg.workers_per_device, 1, optional=True)
-    check_int("seed", cfg.seed, 0)
-    check_device("device", cfg.device, cfg.threads)
-    for key, value in (("search_space.name", cfg.search_space.name), ("controller.name", cfg.controller.name)):
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"{key}: expected a name, got {value!r}")
-    check_pruner(cfg.pruner)
-    check_report(cfg.report)
-    check_int("tracking.retries", cfg.tracking.retries, 0)
-    if not (isinstance(cfg.tracking.timeout, (int, float)) and math.isfinite(cfg.tracking.timeout)
-            and cfg.tracking.timeout > 0):
-        raise ValueError(f"tracking.timeout: expected a number of seconds > 0, got {cfg.tracking.timeout!r}")
-
-
-def check_worker_app(cfg: WorkerApp) -> None:
-    check_name("study", cfg.study)
-    check_device("device", cfg.device, cfg.threads)
-    check_int("replica", cfg.replica, 0)
-    check_int("workers_per_device", cfg.workers_per_device, 1, optional=True)
-
-
-def check_export_app(cfg: ExportApp) -> None:
-    if cfg.study is not None:
-        check_name("study", cfg.study)
-    check_int("trial", cfg.trial, 0, optional=True)
-    if cfg.name is not None and not (isinstance(cfg.name, str) and cfg.name.isidentifier()):
-        raise ValueError(f"name: expected a Python identifier (the module's name), got {cfg.name!r}")
+def _known(schema: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The items of `data` that are fields of the dataclass `schema` (recursively into sections)."""
+    kinds = {f.name: f.default_factory for f in dataclasses.fields(schema)}
+    out = {}
+    for key, value in data.items():
+        if key not in kinds:
+            continue
+        kind = kinds[key]
+        section = isinstance(kind, type) and dataclasses.is_dataclass(kind)
+        out[key] = _known(kind, value) if section and isinstance(value, Mapping) else value
+    return out

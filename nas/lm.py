@@ -31,7 +31,7 @@ from nas.compile.plan import lower
 class CharLM(nn.Module):
     def __init__(self, spec: CellSpec, vocab_size: int, hidden_size: int, num_layers: int = 1,
                  embedding_size: int | None = None, dropout: float = 0.0, tie_weights: bool = True,
-                 fused: bool = True):
+                 fused: bool = True, backend: str = "auto", cuda_graphs: str = "auto"):
         super().__init__()
         E = hidden_size if embedding_size is None else embedding_size
         if E < 1 or hidden_size < 1:
@@ -39,8 +39,10 @@ class CharLM(nn.Module):
                              f"got {hidden_size} and {embedding_size}")
         self.spec, self.vocab_size, self.hidden_size, self.embedding_size = spec, vocab_size, hidden_size, E
         self.embedding = nn.Embedding(vocab_size, E)
-        # fused=False: the plain torch step code (no kernel generation), as screening wants
-        self.rnn = CellRNN(spec, E, hidden_size, num_layers=num_layers, dropout=dropout, fused=fused)
+        # fused=False: the plain torch step code (no kernel generation), as screening wants;
+        # backend / cuda_graphs: the fast path's code (nas.compile.backends.policy)
+        self.rnn = CellRNN(spec, E, hidden_size, num_layers=num_layers, dropout=dropout, fused=fused,
+                           backend=backend, cuda_graphs=cuda_graphs)
         self.drop = nn.Dropout(dropout)
         self.decoder = nn.Linear(hidden_size, vocab_size)
         self.tied = tie_weights and E == hidden_size

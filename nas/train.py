@@ -2,10 +2,10 @@
 
 Training is truncated backpropagation through time over B parallel streams of the training split
 (nas.data.batchify), the state carried from chunk to chunk and detached between them, with global
-gradient-norm clipping, Adam (or SGD) and an lr schedule (cosine to 0.1 x lr by default). The budget
-(steps, tokens, seconds) is charged in one place, `_Budget`. Every cell of a search gets the same
-data order, seed and budget; the seed picks the initialisation and (with `seed_data_order`) the
-circular offset at which the training streams start (`data_offset`).
+gradient-norm clipping, Adam (or SGD) and an lr schedule (cosine to 0.1 x lr by default; these and
+the budget of steps, tokens and seconds, charged in one place, are in nas.schedule). Every cell of a
+search gets the same data order, seed and budget; the seed picks the initialisation and (with
+`seed_data_order`) the circular offset at which the training streams start (`data_offset`).
 
 Scores: bits per character = mean cross-entropy in nats / ln 2, by one protocol for intermediate
 evaluations (pruning), search scores and final scores (nas.lm.split_bpc): consecutive segments of
@@ -44,6 +44,7 @@ from nas.cell import CellSpec
 from nas.config import TrainConfig
 from nas.data import Corpus, batchify, iterate_chunks
 from nas.lm import LN2, CharLM, eval_segments, match_hidden_size, sample, save_vocab, split_bpc
+from nas.schedule import Budget, lr_factor, make_optimizer, reset_masks
 
 __all__ = ["Callback", "Diverged", "EvalResult", "build_model", "check_config", "data_offset",
            "evaluate", "resolve_device", "save_run", "screen", "split_bpc"]
@@ -111,42 +112,6 @@ def data_offset(cfg: TrainConfig, seed: int, n_chars: int) -> int:
     return int(np.random.default_rng([seed, 0x0DA7A]).integers(n_chars))
 
 
-class _Budget:
-    """Steps, tokens and wall seconds: whichever runs out first ends training."""
-
-    def __init__(self, cfg: TrainConfig):
-        self.cfg, self.start, self.tokens = cfg, time.perf_counter(), 0
-
-    def charge(self, tokens: int) -> None:
-        self.tokens += tokens
-
-    def exhausted(self, step: int) -> bool:
-        cfg = self.cfg
-        return (step >= cfg.steps or (cfg.tokens is not None and self.tokens >= cfg.tokens)
-                or (cfg.seconds is not None and self.elapsed() >= cfg.seconds))
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-
-def _reset_masks(batch: int, span: int, device: torch.device) -> list[torch.Tensor | None]:
-    """For chunk k of a pass, masks[k % span]: (1, B, 1), 0 for the streams whose state restarts
-    from zero at chunk k (None: none does). Stream b restarts at chunks k = -b * span // B (mod
-    span), so that no state is carried more than `span` chunks (about as far as scoring carries
-    one) and the cold starts come a few streams at a time all through training, rather than all
-    streams at once every `span` chunks."""
-    phase = [(-b * span // batch) % span for b in range(batch)]
-    masks: list[torch.Tensor | None] = []
-    for k in range(span):
-        hit = [b for b in range(batch) if phase[b] == k]
-        mask = None
-        if hit:
-            mask = torch.ones(1, batch, 1, device=device)
-            mask[0, hit] = 0.0
-        masks.append(mask)
-    return masks
-
-
 class _Heartbeat:
     """An INFO line on logger nas.train when LOG_EVERY seconds have passed since the last one, while
     `enabled` (the run shows no progress bar): the message is built only when a line is due."""
@@ -161,28 +126,6 @@ class _Heartbeat:
             log.info(message())
 
 
-def _lr_factor(cfg: TrainConfig, step: int) -> float:
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.steps - cfg.warmup_steps)
-    frac = min(1.0, (step - cfg.warmup_steps) / span)
-    low = cfg.lr_final_ratio
-    if cfg.lr_schedule == "cosine":
-        return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * frac))
-    if cfg.lr_schedule == "linear":
-        return 1 - (1 - low) * frac
-    return 1.0
-
-
-def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)
-    raise ValueError(f"trainer.optimizer must be 'adam' or 'sgd', got {cfg.optimizer!r}")
-
-
 def build_model(spec: CellSpec, cfg: TrainConfig, vocab_size: int, seed: int,
                 fused: bool = True) -> CharLM:
     hidden = cfg.hidden_size
@@ -190,7 +133,7 @@ def build_model(spec: CellSpec, cfg: TrainConfig, vocab_size: int, seed: int,
         hidden = match_hidden_size(spec, vocab_size, cfg.param_budget, cfg.num_layers, cfg.tie_weights)
     torch.manual_seed(seed)
     return CharLM(spec, vocab_size, hidden, cfg.num_layers, cfg.embedding_size, cfg.dropout,
-                  cfg.tie_weights, fused=fused)
+                  cfg.tie_weights, fused=fused, backend=cfg.backend, cuda_graphs=cfg.cuda_graphs)
 
 
 def screen(spec: CellSpec, cfg: TrainConfig, corpus: Corpus, seed: int = 0) -> str | None:
@@ -204,7 +147,7 @@ def screen(spec: CellSpec, cfg: TrainConfig, corpus: Corpus, seed: int = 0) -> s
     150-step conf/trainer/search.yaml trial on one CPU thread (plus ~2 s once per process)."""
     check_config(cfg)
     model = build_model(spec, cfg, corpus.vocab_size, seed, fused=False)
-    opt = _optimizer(cfg, model)
+    opt = make_optimizer(cfg, model)
     seq_len = min(cfg.seq_len, SCREEN_SEQ)
     streams = batchify(corpus.train, SCREEN_BATCH, seq_len, name=f"corpus {corpus.name!r}, train split",
                        offset=data_offset(cfg, seed, len(corpus.train)))
@@ -214,7 +157,7 @@ def screen(spec: CellSpec, cfg: TrainConfig, corpus: Corpus, seed: int = 0) -> s
             break
         when = "at init" if step == 0 else f"after {step} steps"
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * _lr_factor(cfg, step)
+            group["lr"] = cfg.lr * lr_factor(cfg, step)
         logits, state = model(inp, state)
         peak = max(float(s.detach().abs().max()) for s in state)
         if not math.isfinite(peak):
@@ -272,7 +215,7 @@ class _Run:
     def __init__(self, spec, cfg, seed, model, device, corpus, callback):
         self.spec, self.cfg, self.seed, self.model, self.device = spec, cfg, seed, model, device
         self.corpus, self.callback = corpus, callback
-        self.budget = _Budget(cfg)
+        self.budget = Budget(cfg)
         self.step, self.divergence = 0, None
         self.curve: list[tuple[int, float]] = []
         self.train_curve: list[tuple[int, float]] = []
@@ -308,7 +251,7 @@ class _Run:
 
     def train(self, streams: torch.Tensor, desc: str | None) -> None:
         cfg = self.cfg
-        opt = _optimizer(cfg, self.model)
+        opt = make_optimizer(cfg, self.model)
         self.label = desc or self.label
         bar = _progress(cfg, self.label)
         self.heartbeat.enabled = bar is None  # a bar already shows the progress
@@ -327,7 +270,7 @@ class _Run:
     def _pass(self, opt, streams: torch.Tensor, bar) -> None:
         """One pass over the training streams (or what the budget leaves of it)."""
         cfg = self.cfg
-        resets = _reset_masks(streams.shape[0], max(1, cfg.state_span // cfg.seq_len), streams.device)
+        resets = reset_masks(streams.shape[0], max(1, cfg.state_span // cfg.seq_len), streams.device)
         state = None
         for k, (inp, tgt) in enumerate(iterate_chunks(streams, cfg.seq_len)):
             if self.budget.exhausted(self.step):
@@ -360,7 +303,7 @@ class _Run:
     def _step(self, opt, inp, tgt, state):
         cfg = self.cfg
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * _lr_factor(cfg, self.step)
+            group["lr"] = cfg.lr * lr_factor(cfg, self.step)
         if state is not None:
             state = tuple(s.detach() for s in state)  # truncated BPTT: no gradient into the past
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):

@@ -123,10 +123,30 @@ ALL_OPS = CellSpec.from_dict({"state": ["h", "c"], "nodes": {
 SHARED_SOURCE = CellSpec.from_dict({"state": ["h"], "nodes": {
     "n1": {"op": "identity", "in": ["h"]}, "n2": {"op": "linear", "in": ["h", "n1", "x"]},
     "n3": {"op": "tanh", "in": ["n2"]}}, "outputs": {"h": "n3"}})
+
+# A product's source in the columns of another product (b = tanh(W [x, h]) is activated in place):
+# that G buffer must keep its values for the weight gradients after the loop, so it cannot also
+# hold the backward's gradient (nas.compile.sequence.layout.Layout._hosts).
+SOURCE_IN_SLAB = CellSpec.from_dict({"state": ["h"], "nodes": {
+    "a": lin("x", "h"), "b": f("tanh", "a"), "c": lin("b"), "h_new": f("sigmoid", "c")},
+    "outputs": {"h": "h_new"}})
 # A product of an identity of x.
 X_SOURCE = CellSpec.from_dict({"state": ["h"], "nodes": {
     "n1": {"op": "identity", "in": ["x"]}, "n2": {"op": "linear", "in": ["n1", "h"]},
     "n3": {"op": "sigmoid", "in": ["n2"]}}, "outputs": {"h": "n3"}})
+
+
+# A large cell: its size is what the tests and benchmarks/compile_time.py vary.
+def chain(n: int, name: str = "chain") -> CellSpec:
+    """n nodes in a chain: linear(x, h), then tanh, add, mul of the last two nodes and a linear node
+    on the previous one and h, in turn (each linear starts a stage of the generated kernels: the
+    costliest shape to compile per node)."""
+    nodes = {"n0": lin("x", "h")}
+    for i in range(1, n):
+        p, q = f"n{i - 1}", f"n{max(i - 2, 0)}"
+        op = ("linear", "tanh", "add", "mul")[i % 4]
+        nodes[f"n{i}"] = lin(p, "h") if op == "linear" else f(op, p) if op == "tanh" else f(op, p, q)
+    return CellSpec.from_dict({"name": name, "state": ["h"], "nodes": nodes, "outputs": {"h": f"n{n - 1}"}})
 
 
 # -- running a model on random data, for the tests that compare two paths of the same cell --------

@@ -18,10 +18,10 @@ import torch
 
 from nas.cell import CellError, CellSpec, known_cell, ops
 from nas.compile import CellRNN
-from nas.compile.sequence import function as fused
+from nas.compile import fast_path as fused
 from nas.search.api import run_search, search_config
-from nas.search.controllers import make_sampler
 from nas.search.run import search
+from nas.search.samplers import make_sampler
 from nas.search.study import join_study
 from nas.search_spaces import get_space
 
@@ -40,13 +40,13 @@ def plugins(monkeypatch):
     """The user's package importable here and in child processes, as if installed; afterwards the
     registries are as they were (other tests check that every registered op is covered)."""
     import nas.search_spaces as spaces
-    from nas.search import controllers
+    from nas.search.samplers import registry
 
     monkeypatch.syspath_prepend(str(PLUGINS))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv(ops.MODULES_ENV, os.environ.get(ops.MODULES_ENV, ""))  # restored afterwards
     monkeypatch.setattr(spaces, "_REGISTERED", {})
-    monkeypatch.setattr(controllers, "_REGISTERED", {})
+    monkeypatch.setattr(registry, "_REGISTERED", {})
     before = set(ops.OPS)
     import my_nas_plugin.ops  # noqa: F401 - registers swish and half_diff
     yield
@@ -211,8 +211,8 @@ def test_objects_through_the_python_api(plugins, corpus, tmp_path):
     assert study.trials[0].params == {"act": "sigmoid", "gated": True}
     # importable functions and classes travel to workers by their dotted path
     cfg = search_config(sample, CyclingSampler, n_trials=1, workers=2, **settings)
-    assert cfg["search_space"]["name"] == "my_nas_plugin.space.sample"
-    assert cfg["controller"]["name"] == "my_nas_plugin.samplers.CyclingSampler"
+    assert cfg.search_space.name == "my_nas_plugin.space.sample"
+    assert cfg.controller.name == "my_nas_plugin.samplers.CyclingSampler"
     with pytest.raises(ValueError, match="workers=2: the space and the sampler cannot be imported by worker"):
         search_config(only_gated, CyclingSampler(), workers=2, **settings)
     with pytest.raises(ValueError, match="run_search: unknown setting\\(s\\) trials"):

@@ -33,13 +33,13 @@ from typing import Any
 import networkx as nx
 
 from nas.cell.ops import OPS
-from nas.cell.spec import _IDENT, INPUT, MAX_NODES, MAX_STATE, CellError, CellSpec, Node, _show, _str_list
+from nas.cell.parts import IDENT, INPUT, MAX_NODES, MAX_STATE, Cell, CellError, Node, Parts, show, str_list
 
 GRAPH_FORMAT = "nas-cell-graph/2"  # informative: the layout is recognised by its marker nodes
 _RESERVED = {"op", "kind", "state", "inputs", "positions", "pos"}
 
 
-def to_networkx(spec: CellSpec) -> nx.MultiDiGraph:
+def to_networkx(spec: Cell) -> nx.MultiDiGraph:
     """The cell as a MultiDiGraph in the layout of the module docstring."""
     g = nx.MultiDiGraph(format=GRAPH_FORMAT, name=spec.name)
     g.add_node(INPUT, kind="input")
@@ -55,8 +55,9 @@ def to_networkx(spec: CellSpec) -> nx.MultiDiGraph:
     return g
 
 
-def from_networkx(graph: Any) -> CellSpec:
-    """The cell a graph describes (either layout of the module docstring); CellError otherwise."""
+def from_networkx(graph: Any) -> Parts:
+    """The parts of the cell a graph describes (either layout of the module docstring), for
+    `CellSpec` to validate; CellError for a graph that describes none."""
     if not isinstance(graph, nx.DiGraph):
         raise CellError(f"cell: expected a networkx DiGraph, got {type(graph).__name__}")
     if graph.number_of_nodes() > MAX_NODES + 2 * MAX_STATE + 1:  # refused before any per-node work
@@ -72,8 +73,8 @@ def from_networkx(graph: Any) -> CellSpec:
         nodes.append(Node(names[label], str(attrs["op"]), tuple(_operands(graph, label, attrs, names)),
                           tuple(options)))
     label = graph.graph.get("name", "")
-    label = label if isinstance(label, str) else _show(label)
-    return CellSpec(tuple(state), tuple(nodes), tuple(outputs), label)
+    label = label if isinstance(label, str) else show(label)
+    return Parts(tuple(state), tuple(nodes), tuple(outputs), label)
 
 
 def _read_markers(graph: nx.DiGraph) -> tuple[list[str], dict[Any, str], list[str]]:
@@ -86,22 +87,22 @@ def _read_markers(graph: nx.DiGraph) -> tuple[list[str], dict[Any, str], list[st
         if "op" in attrs and kind == "op":
             continue
         if kind not in ("input", "output") or "op" in attrs:
-            raise CellError(f"node {_show(label)}: expected an op node (with 'op') or a marker "
-                            f"(kind 'input' or 'output'), got kind {_show(kind)}")
+            raise CellError(f"node {show(label)}: expected an op node (with 'op') or a marker "
+                            f"(kind 'input' or 'output'), got kind {show(kind)}")
         if kind == "input" and "state" not in attrs:
             xs.append(label)
             continue
         k = attrs.get("state")
         if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < MAX_STATE:
-            raise CellError(f"node {_show(label)}: 'state' must be a state index 0..{MAX_STATE - 1}, "
-                            f"got {_show(k)}")
+            raise CellError(f"node {show(label)}: 'state' must be a state index 0..{MAX_STATE - 1}, "
+                            f"got {show(k)}")
         table = inputs if kind == "input" else sinks
         if k in table:
-            raise CellError(f"nodes {_show(table[k])} and {_show(label)}: both are the {kind} marker "
+            raise CellError(f"nodes {show(table[k])} and {show(label)}: both are the {kind} marker "
                             f"of state {k}")
         table[k] = label
     if len(xs) > 1:
-        raise CellError(f"nodes {_show(xs[0])} and {_show(xs[1])}: both are marked as the input {INPUT!r}")
+        raise CellError(f"nodes {show(xs[0])} and {show(xs[1])}: both are marked as the input {INPUT!r}")
     want = list(range(len(sinks)))
     if sorted(sinks) != want or sorted(inputs) != want:
         raise CellError(f"cell graph: expected input and output markers for the states 0..{len(sinks) - 1} "
@@ -111,7 +112,7 @@ def _read_markers(graph: nx.DiGraph) -> tuple[list[str], dict[Any, str], list[st
     for k in want:
         sources = [src for src, _ in graph.in_edges(sinks[k])]
         if len(sources) != 1 or sources[0] in sinks.values():
-            raise CellError(f"output marker {_show(sinks[k])} (state {k}): expected one in-edge from "
+            raise CellError(f"output marker {show(sinks[k])} (state {k}): expected one in-edge from "
                             f"the node holding the new value, got {len(sources)}")
         outputs.append(names[sources[0]])
     return [names[inputs[k]] for k in want], names, outputs
@@ -123,7 +124,7 @@ def _names(graph: nx.DiGraph, xs: list[Any], states: list[Any]) -> dict[Any, str
     taken = {INPUT}
     pending = []
     for label in states + [n for n, a in graph.nodes(data=True) if "op" in a]:
-        if isinstance(label, str) and _IDENT.match(label) and label not in taken:
+        if isinstance(label, str) and IDENT.match(label) and label not in taken:
             names[label] = label
             taken.add(label)
         else:
@@ -141,7 +142,7 @@ def _names(graph: nx.DiGraph, xs: list[Any], states: list[Any]) -> dict[Any, str
 def _read_names(graph: nx.DiGraph) -> tuple[list[str], dict[Any, str], list[str]]:
     """The name-based layout (no markers): inputs by label, outputs from the graph attribute."""
     # Checked like the JSON field: a non-list raised TypeError, a string "hc" became ("h", "c").
-    state = _str_list(graph.graph.get("state", ["h"]), "cell graph: 'state'")
+    state = str_list(graph.graph.get("state", ["h"]), "cell graph: 'state'")
     outputs = graph.graph.get("outputs")
     if not isinstance(outputs, dict):
         raise CellError("cell graph: no marker nodes (kind 'input'/'output') and no graph attribute "
@@ -152,7 +153,7 @@ def _read_names(graph: nx.DiGraph) -> tuple[list[str], dict[Any, str], list[str]
     names = {}
     for label, attrs in graph.nodes(data=True):
         if "op" not in attrs and label != INPUT and label not in state:
-            raise CellError(f"node {_show(label)}: has no 'op' and is not {INPUT!r} or a state vector")
+            raise CellError(f"node {show(label)}: has no 'op' and is not {INPUT!r} or a state vector")
         names[label] = str(label)
     # str() as in CellSpec.from_dict: an unhashable value would fail as TypeError in pruning.
     return state, names, [str(outputs[s]) for s in state]
@@ -163,19 +164,19 @@ def _operands(graph: nx.DiGraph, label: Any, attrs: dict[str, Any], names: dict[
     placed: list[tuple[Any, str]] = []
     for src, _, data in graph.in_edges(label, data=True):
         if src not in names:
-            raise CellError(f"node {_show(label)}: operand {_show(src)} is an output marker, not a value")
+            raise CellError(f"node {show(label)}: operand {show(src)} is an output marker, not a value")
         positions = data.get("positions", [data["pos"]] if "pos" in data else [None])
         if not isinstance(positions, (list, tuple)):  # was a TypeError below
-            raise CellError(f"node {_show(label)}: the edge from {_show(src)} has positions "
-                            f"{_show(positions)}, expected a list of operand indices")
+            raise CellError(f"node {show(label)}: the edge from {show(src)} has positions "
+                            f"{show(positions)}, expected a list of operand indices")
         placed.extend((p, names[src]) for p in positions)
     if not placed and "inputs" in attrs:
-        raise CellError(f"node {_show(label)}: operands are the node's in-edges (with 'pos'), "
+        raise CellError(f"node {show(label)}: operands are the node's in-edges (with 'pos'), "
                         "not its 'inputs' attribute")
     if any(p is None for p, _ in placed):
         op = OPS.get(str(attrs["op"]))
         if op is not None and not op.commutative and len(placed) > 1:
-            raise CellError(f"node {_show(label)}: op {op.name!r} is not commutative, so its in-edges need "
+            raise CellError(f"node {show(label)}: op {op.name!r} is not commutative, so its in-edges need "
                             "a 'pos' attribute")
         return [src for _, src in placed]
     # Positions must number the operands 0..n-1: mixed types made sorted() raise TypeError, and
@@ -183,6 +184,6 @@ def _operands(graph: nx.DiGraph, label: Any, attrs: dict[str, Any], names: dict[
     positions = [p for p, _ in placed]
     if (not all(isinstance(p, int) and not isinstance(p, bool) for p in positions)
             or sorted(positions) != list(range(len(positions)))):
-        raise CellError(f"node {_show(label)}: in-edge positions must be the integers "
+        raise CellError(f"node {show(label)}: in-edge positions must be the integers "
                         f"0..{len(positions) - 1} once each, got {sorted(positions, key=repr)}")
     return [src for _, src in sorted(placed)]

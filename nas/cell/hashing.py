@@ -49,18 +49,15 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nas.cell.ops import OPS
-
-if TYPE_CHECKING:
-    from nas.cell.spec import CellSpec, Node
+from nas.cell.parts import INPUT, Cell, Node
 
 HASH_VERSION = "c2"
 # After the two passes, every random and reference cell tried (309) was stable after one round;
 # the cap bounds a pathological cell's work (a round costs about 0.05 s at the size limits).
 MAX_ROUNDS = 16
-INPUT = "x"
 ZERO = "0"  # a value known to be zero; never a name (names are identifiers)
 # Ops with f(0) = 0, and the ops after which relu changes nothing (their output is >= 0).
 _ZERO_AT_ZERO = ("relu", "tanh", "leaky_relu")
@@ -113,8 +110,6 @@ def simplify(state: Sequence[str], nodes: Sequence[Node], outputs: Sequence[str]
 
 def _fold(state: Sequence[str], nodes: Sequence[Node], zero: frozenset[str]) -> tuple[dict[str, str], list[Node]]:
     """Fold `nodes` with the states in `zero` at zero: (value of every name, the nodes left)."""
-    from nas.cell.spec import Node
-
     value: dict[str, str] = {INPUT: INPUT, **{s: ZERO if s in zero else s for s in state}}
     op_of: dict[str, str] = {}
     kept_of: dict[str, Node] = {}
@@ -207,8 +202,6 @@ def _with_zero_node(nodes: tuple[Node, ...], state: tuple[str, ...]) -> tuple[No
     """Spell a remaining zero operand as one node sub(h, h), named apart from every other name."""
     if not any(ZERO in n.inputs for n in nodes):
         return nodes
-    from nas.cell.spec import Node
-
     taken = {n.name for n in nodes} | set(state)
     name = next(c for c in ("zero", *(f"zero{k}" for k in range(len(taken) + 1))) if c not in taken)
     rename = {ZERO: name}
@@ -230,12 +223,12 @@ def _count(items: Sequence[bytes]) -> bytes:
     return len(items).to_bytes(4, "big")
 
 
-def canonical_hash(spec: CellSpec) -> str:
+def canonical_hash(spec: Cell) -> str:
     """The hash of `spec.canonical()` (see the module docstring)."""
     return _hash(spec.canonical())
 
 
-def _hash(spec: CellSpec) -> str:
+def _hash(spec: Cell) -> str:
     feeds: dict[str, list[int]] = {}
     for i, out in enumerate(spec.outputs):
         feeds.setdefault(out, []).append(i)

@@ -1,4 +1,5 @@
-"""NAS-Bench-NLP recipes in and out: `from_recipe(recipe) -> CellSpec` and `to_recipe(spec) -> dict`.
+"""NAS-Bench-NLP recipes in and out: `from_recipe(recipe) -> Parts` (which `CellSpec.from_nasbench_nlp`
+builds) and `to_recipe(spec) -> dict`.
 
 NAS-Bench-NLP (N. Klyuchnikov, I. Trofimov, E. Artemova, M. Salnikov, M. Fedorov, A. Filippov,
 E. Burnaev: "NAS-Bench-NLP: Neural Architecture Search Benchmark for Natural Language Processing",
@@ -40,17 +41,18 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from nas.cell.spec import (
+from nas.cell.parts import (
     INPUT,
     MAX_FILE_BYTES,
     MAX_NODES,
     MAX_STATE,
+    Cell,
     CellError,
-    CellSpec,
     Node,
-    _check_depth,
-    _show,
-    _str_list,
+    Parts,
+    check_depth,
+    show,
+    str_list,
 )
 
 OPS_IN = {"linear": "linear", "blend": "blend", "elementwise_sum": "add", "elementwise_prod": "mul",
@@ -76,9 +78,10 @@ def is_recipe(data: Any) -> bool:
     return "recepie" in data or any(isinstance(v, Mapping) and {"op", "input"} <= set(v) for v in data.values())
 
 
-def from_recipe(recipe: Any, name: str = "") -> CellSpec:
-    """The cell of a NAS-Bench-NLP recipe (a mapping, its JSON text, one of their log files or a
-    one-recipe list), named `name`. CellError for a recipe their builder or our cells cannot hold."""
+def from_recipe(recipe: Any, name: str = "") -> Parts:
+    """The parts of the cell of a NAS-Bench-NLP recipe (a mapping, its JSON text, one of their log
+    files or a one-recipe list), named `name`, for `CellSpec` to validate. CellError for a recipe
+    their builder cannot hold (what our cells cannot hold, CellSpec refuses)."""
     recipe = _unwrap(recipe)
     if len(recipe) > MAX_NODES:
         raise CellError(f"recipe: at most {MAX_NODES} nodes are allowed, got {len(recipe)}")
@@ -94,11 +97,11 @@ def from_recipe(recipe: Any, name: str = "") -> CellSpec:
         raise CellError(f"recipe: expected nodes h_new_0 .. h_new_K-1 (the new state vectors, "
                         f"K <= {MAX_STATE}), got {sorted(new.values(), key=str) or 'none'}")
     nodes = [_node_in(key, entry, count) for key, entry in recipe.items()]
-    return CellSpec(tuple(f"h_prev_{k}" for k in range(count)), tuple(nodes),
-                    tuple(f"h_new_{k}" for k in range(count)), name)
+    return Parts(tuple(f"h_prev_{k}" for k in range(count)), tuple(nodes),
+                 tuple(f"h_new_{k}" for k in range(count)), name)
 
 
-def to_recipe(spec: CellSpec) -> dict[str, dict[str, Any]]:
+def to_recipe(spec: Cell) -> dict[str, dict[str, Any]]:
     """The NAS-Bench-NLP recipe of `spec` (nodes in topological order). CellError naming the node or
     state where the cell uses something a recipe cannot say (module docstring)."""
     try:
@@ -127,30 +130,30 @@ def _unwrap(recipe: Any) -> Mapping[str, Any]:
         if len(recipe) > MAX_FILE_BYTES:
             raise CellError(f"recipe: at most {MAX_FILE_BYTES} characters of JSON are allowed, "
                             f"got {len(recipe)}")
-        _check_depth(recipe)
+        check_depth(recipe)
         try:
             recipe = json.loads(recipe)
         except ValueError as e:
-            raise CellError(f"recipe: invalid JSON: {_show(str(e))}") from None
+            raise CellError(f"recipe: invalid JSON: {show(str(e))}") from None
     if not isinstance(recipe, Mapping) or not recipe:
         raise CellError("recipe: expected an object mapping node names to {'op', 'input'}, "
-                        f"got {_show(recipe)}")
+                        f"got {show(recipe)}")
     return recipe
 
 
 def _node_in(key: Any, entry: Any, count: int) -> Node:
-    where = f"recipe: node {_show(key)}"
+    where = f"recipe: node {show(key)}"
     if not isinstance(entry, Mapping) or "op" not in entry or "input" not in entry:
-        raise CellError(f"{where}: expected an object with 'op' and 'input', got {_show(entry)}")
+        raise CellError(f"{where}: expected an object with 'op' and 'input', got {show(entry)}")
     unknown = sorted(set(entry) - _KEYS, key=str)
     if unknown:
-        raise CellError(f"{where}: unknown key(s) {_show(unknown)} (a recipe node has 'op' and 'input')")
+        raise CellError(f"{where}: unknown key(s) {show(unknown)} (a recipe node has 'op' and 'input')")
     op = entry["op"]
     if not isinstance(op, str) or op not in OPS_IN:
-        raise CellError(f"{where}: op {_show(op)} is not a NAS-Bench-NLP op (known: {', '.join(OPS_IN)})")
+        raise CellError(f"{where}: op {show(op)} is not a NAS-Bench-NLP op (known: {', '.join(OPS_IN)})")
     if isinstance(key, str) and (key == INPUT or _PREV.match(key)):
         raise CellError(f"{where}: the name is taken by an input (x or h_prev_k)")
-    inputs = _str_list(entry["input"], f"{where}: 'input'")
+    inputs = str_list(entry["input"], f"{where}: 'input'")
     lo, hi = _ARITY[op]
     if len(inputs) < lo or (hi is not None and len(inputs) > hi):
         want = f"{lo}" if lo == hi else f"{lo} or more"
@@ -165,10 +168,10 @@ def _node_in(key: Any, entry: Any, count: int) -> Node:
         if op != "linear":
             raise CellError(f"{where}: 'bias_init' belongs to a linear node, not to {op}")
         options = (("bias_init", entry["bias_init"]),)
-    return Node(key if isinstance(key, str) else _show(key), OPS_IN[op], tuple(inputs), options)
+    return Node(key if isinstance(key, str) else show(key), OPS_IN[op], tuple(inputs), options)
 
 
-def _recipe(spec: CellSpec) -> dict[str, dict[str, Any]]:
+def _recipe(spec: Cell) -> dict[str, dict[str, Any]]:
     rename = {INPUT: INPUT} | {s: f"h_prev_{k}" for k, s in enumerate(spec.state)}
     owner: dict[str, str] = {}
     for k, (s, out) in enumerate(zip(spec.state, spec.outputs)):

@@ -8,7 +8,7 @@ A user's op comes from the user's own code (docs/extending.md): `register_op(nam
 with a torch function, called by a module of theirs or by a plugin's entry point in the group
 `nas.ops` (loaded on the first lookup of an op name that is not registered). Such an op has no
 templates: the compiler's step code calls `fn`, and cells that use it run the reference torch path
-(nas.compile.sequence.function), whose gradients autograd computes.
+(nas.compile.fast_path), whose gradients autograd computes.
 
 `expr` and `grad` are `str.format` templates of torch expressions over the operands `{a}`, `{b}`,
 `{c}` (in operand order; `{sum}` and `{inv_n}` for n-ary ops), the result `{y}`, the incoming
@@ -152,7 +152,7 @@ def get_op(name: str) -> Op:
 
 # ---- user ops and plugins ----------------------------------------------------------------------------
 # The plugin helpers live here because the op registry is the lowest layer that loads plugins; the
-# search spaces (nas.search_spaces) and the controllers (nas.search.controllers) use them too.
+# search spaces (nas.search_spaces) and the samplers (nas.search.samplers) use them too.
 
 ENTRY_POINTS = "nas.ops"
 # The modules that registered user ops in this process, for its child processes (a spawned pool of

@@ -7,7 +7,10 @@ names, for each state vector, the node (or input) that gives its new value.
 The spec knows nothing of torch: it is a value that the compiler, the exporter, the drawing and the
 search read. Building one validates it completely (or raises `CellError` naming the node and the
 rule), fills in op option defaults, orders the nodes topologically and prunes dead nodes, so two
-specs that compare equal describe the same computation in the same spelling.
+specs that compare equal describe the same computation in the same spelling. The rules for names,
+ops, operands and order are nas.cell.validate's; the networkx and NAS-Bench-NLP formats (graph.py,
+nasbench_nlp.py) and the canonical form (hashing.py) work on a cell's parts (nas.cell.parts), and
+this module composes them into the value and its JSON format.
 
 Validity is judged on the canonical form (`canonical()`, nas.cell.hashing): from the zero initial
 state, h' must depend on x and on the previous state, and at least one weight matrix (a `linear`
@@ -28,44 +31,37 @@ compiled cell computes in float32, so 1e308 would become an infinite bias.
 
 from __future__ import annotations
 
-import heapq
 import json
-import re
-import reprlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nas.cell import graph, hashing, nasbench_nlp
 from nas.cell.hashing import Simplified, simplify
 from nas.cell.ops import OPS
+from nas.cell.parts import (
+    FLOAT32_MAX,
+    INPUT,
+    MAX_FILE_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_NODES,
+    MAX_OPERANDS,
+    MAX_STATE,
+    CellError,
+    Node,
+    Parts,
+    check_depth,
+    show,
+    str_list,
+)
+from nas.cell.validate import check_node, check_state, prune, toposort
+
+# Re-exported: callers import the cell's names and limits from here.
+__all__ = ["FLOAT32_MAX", "FORMAT", "INPUT", "MAX_FILE_BYTES", "MAX_JSON_DEPTH", "MAX_NODES", "MAX_OPERANDS",
+           "MAX_STATE", "CellError", "CellSpec", "Node", "node_from_dict"]
 
 FORMAT = "nas-cell/1"
-INPUT = "x"
-MAX_STATE = 8
-MAX_NODES = 1000
-MAX_OPERANDS = 64
-MAX_FILE_BYTES = 1 << 20
-MAX_JSON_DEPTH = 16
-FLOAT32_MAX = 3.4028234663852886e38
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
-
-
-class CellError(ValueError):
-    """A cell spec breaks a rule; the message names the node (or field) and the rule."""
-
-
-@dataclass(frozen=True)
-class Node:
-    """One op applied to named operands. `options` is a sorted tuple of (key, value) pairs."""
-
-    name: str
-    op: str
-    inputs: tuple[str, ...]
-    options: tuple[tuple[str, Any], ...] = ()
-
-    def option(self, key: str) -> Any:
-        return dict(self.options)[key]
 
 
 @dataclass(frozen=True)
@@ -87,11 +83,11 @@ class CellSpec:
         state, outputs, nodes = tuple(self.state), tuple(self.outputs), tuple(self.nodes)
         if len(nodes) > MAX_NODES:
             raise CellError(f"cell: at most {MAX_NODES} nodes are allowed, got {len(nodes)}")
-        _check_state(state, outputs)
-        nodes = tuple(_check_node(n, state) for n in nodes)
+        check_state(state, outputs)
+        nodes = tuple(check_node(n, state) for n in nodes)
         # Order (and so check operands and cycles of) every node, dead ones included, then prune:
         # a broken node is an error even where no output reads it.
-        nodes = _prune(_toposort(nodes, state), outputs)
+        nodes = prune(toposort(nodes, state), outputs)
         object.__setattr__(self, "state", state)
         object.__setattr__(self, "outputs", outputs)
         object.__setattr__(self, "nodes", nodes)
@@ -142,9 +138,7 @@ class CellSpec:
         different spellings, node names or node orders (nas.cell.hashing)."""
         cached = self.__dict__.get("_hash")
         if cached is None:
-            from nas.cell.hashing import canonical_hash
-
-            cached = canonical_hash(self)
+            cached = hashing.canonical_hash(self)
             object.__setattr__(self, "_hash", cached)
         return cached
 
@@ -168,28 +162,28 @@ class CellSpec:
             raise CellError(f"cell: expected a JSON object, got {type(data).__name__}")
         fmt = data.get("format", FORMAT)
         if fmt != FORMAT:
-            raise CellError(f"cell: unsupported format {_show(fmt)} (this version reads {FORMAT!r})")
+            raise CellError(f"cell: unsupported format {show(fmt)} (this version reads {FORMAT!r})")
         unknown = set(data) - {"format", "name", "state", "nodes", "outputs"}
         if unknown:
-            raise CellError(f"cell: unknown field(s) {_show(sorted(unknown, key=str))}")
+            raise CellError(f"cell: unknown field(s) {show(sorted(unknown, key=str))}")
         raw_nodes = data.get("nodes", {})
         if not isinstance(raw_nodes, Mapping):
             raise CellError("cell: 'nodes' must be an object mapping node names to nodes")
         if len(raw_nodes) > MAX_NODES:
             raise CellError(f"cell: at most {MAX_NODES} nodes are allowed, got {len(raw_nodes)}")
-        state = _str_list(data.get("state", ["h"]), "state")
+        state = str_list(data.get("state", ["h"]), "state")
         outputs = data.get("outputs")
         if not isinstance(outputs, Mapping):
             raise CellError("cell: 'outputs' must be an object mapping each state name to a node")
         missing = [s for s in state if s not in outputs]
         if missing:
-            raise CellError(f"state {_show(missing[0])}: no entry in 'outputs' gives its new value")
+            raise CellError(f"state {show(missing[0])}: no entry in 'outputs' gives its new value")
         extra = [k for k in outputs if k not in state]
         if extra:
-            raise CellError(f"outputs: {_show(extra[0])} is not a state vector (state: {_show(state)})")
+            raise CellError(f"outputs: {show(extra[0])} is not a state vector (state: {show(state)})")
         nodes = [node_from_dict(name, entry) for name, entry in raw_nodes.items()]
-        # _show, not str: a non-name output is reported as "not a node", never recursed into.
-        return cls(tuple(state), tuple(nodes), tuple(o if isinstance(o, str) else _show(o)
+        # show, not str: a non-name output is reported as "not a node", never recursed into.
+        return cls(tuple(state), tuple(nodes), tuple(o if isinstance(o, str) else show(o)
                                                      for o in (outputs[s] for s in state)),
                    _label(data.get("name", "")))
 
@@ -200,7 +194,7 @@ class CellSpec:
         and read by `from_nasbench_nlp`, named `name` (a recipe has no name of its own)."""
         if len(text) > MAX_FILE_BYTES:
             raise CellError(f"cell: at most {MAX_FILE_BYTES} characters of JSON are allowed, got {len(text)}")
-        _check_depth(text)
+        check_depth(text)
         try:
             data = json.loads(text, object_pairs_hook=_unique_keys)
         except RecursionError:  # a backstop: _check_depth refuses such nesting first
@@ -208,10 +202,8 @@ class CellSpec:
         except ValueError as e:  # JSONDecodeError, and e.g. an integer of over 4300 digits
             if isinstance(e, CellError):
                 raise
-            raise CellError(f"cell: invalid JSON: {_show(str(e))}") from None
-        from nas.cell.nasbench_nlp import is_recipe
-
-        return cls.from_nasbench_nlp(data, name) if is_recipe(data) else cls.from_dict(data)
+            raise CellError(f"cell: invalid JSON: {show(str(e))}") from None
+        return cls.from_nasbench_nlp(data, name) if nasbench_nlp.is_recipe(data) else cls.from_dict(data)
 
     @classmethod
     def from_file(cls, path: str | Path) -> CellSpec:
@@ -238,31 +230,27 @@ class CellSpec:
 
     def to_networkx(self):
         """The cell as a networkx MultiDiGraph whose structure is the cell (nas.cell.graph)."""
-        from nas.cell.graph import to_networkx
-
-        return to_networkx(self)
+        return graph.to_networkx(self)
 
     @classmethod
-    def from_networkx(cls, graph) -> CellSpec:
+    def from_networkx(cls, g) -> CellSpec:
         """The cell a networkx graph describes (nas.cell.graph; relabelled or copied graphs too)."""
-        from nas.cell.graph import from_networkx
-
-        return from_networkx(graph)
+        return cls._of(graph.from_networkx(g))
 
     def to_nasbench_nlp(self) -> dict[str, Any]:
         """The NAS-Bench-NLP recipe of this cell (nas.cell.nasbench_nlp; CellError for what a recipe
         cannot say, e.g. a relu)."""
-        from nas.cell.nasbench_nlp import to_recipe
-
-        return to_recipe(self)
+        return nasbench_nlp.to_recipe(self)
 
     @classmethod
     def from_nasbench_nlp(cls, recipe: Any, name: str = "") -> CellSpec:
         """The cell of a NAS-Bench-NLP recipe: a mapping, its JSON text, or one of their log files
         (nas.cell.nasbench_nlp). State k is named h_prev_k; h_prev_0 is h."""
-        from nas.cell.nasbench_nlp import from_recipe
+        return cls._of(nasbench_nlp.from_recipe(recipe, name))
 
-        return from_recipe(recipe, name)
+    @classmethod
+    def _of(cls, parts: Parts) -> CellSpec:
+        return cls(parts.state, parts.nodes, parts.outputs, parts.name)
 
     def __str__(self) -> str:
         body = "; ".join(f"{n.name}={n.op}({', '.join(n.inputs)})" for n in self.nodes)
@@ -270,25 +258,9 @@ class CellSpec:
         return f"CellSpec({self.name or 'cell'}: {body} -> {outs})"
 
 
-_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
-
-
-def _check_depth(text: str) -> None:
-    """Refuse JSON nested deeper than MAX_JSON_DEPTH before parsing it (json.loads recurses once
-    per level and raised RecursionError at 100,000 levels). Linear in the text's length."""
-    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
-        return
-    depth = 0
-    for ch in _NOT_BRACKETS.sub("", _STRINGS.sub("", text)):
-        depth += 1 if ch in "[{" else -1
-        if depth > MAX_JSON_DEPTH:
-            raise CellError(f"cell: JSON nested deeper than {MAX_JSON_DEPTH} levels (a cell needs 3)")
-
-
 def _label(name: Any) -> str:
     """The cell's name as text; a non-string (from a hand-written file) is shown, not recursed into."""
-    return name if isinstance(name, str) else _show(name)
+    return name if isinstance(name, str) else show(name)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -296,7 +268,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise CellError(f"cell: key {_show(key)} appears twice in one JSON object (a node defined twice?)")
+            raise CellError(f"cell: key {show(key)} appears twice in one JSON object (a node defined twice?)")
         out[key] = value
     return out
 
@@ -304,159 +276,15 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def node_from_dict(name: str, entry: Any) -> Node:
     """A Node from its JSON entry {"op": ..., "in": [...], **options}."""
     if not isinstance(entry, Mapping):
-        raise CellError(f"node {_show(name)}: expected an object with 'op' and 'in', got {_show(entry)}")
+        raise CellError(f"node {show(name)}: expected an object with 'op' and 'in', got {show(entry)}")
     if "op" not in entry:
-        raise CellError(f"node {_show(name)}: missing 'op'")
+        raise CellError(f"node {show(name)}: missing 'op'")
     if not isinstance(entry["op"], str):
-        raise CellError(f"node {_show(name)}: 'op' must be an op name, got {_show(entry['op'])}")
+        raise CellError(f"node {show(name)}: 'op' must be an op name, got {show(entry['op'])}")
     options = {k: v for k, v in entry.items() if k not in ("op", "in")}
-    return Node(str(name), entry["op"], tuple(_str_list(entry.get("in", []), f"node {_show(name)}: 'in'")),
+    return Node(str(name), entry["op"], tuple(str_list(entry.get("in", []), f"node {show(name)}: 'in'")),
                 tuple(sorted(options.items(), key=lambda kv: str(kv[0]))))
 
-
-# -- validation ---------------------------------------------------------------------------------
-def _str_list(value: Any, what: str) -> list[str]:
-    if isinstance(value, str) or not isinstance(value, Iterable):
-        raise CellError(f"{what}: expected a list of names, got {_show(value)}")
-    out = list(value)
-    bad = [v for v in out if not isinstance(v, str)]
-    if bad:
-        raise CellError(f"{what}: expected names (strings), got {_show(bad[0])}")
-    return out
-
-
-def _show(value: Any) -> str:
-    """repr of a value from the input, shortened: a message stays one readable line whatever came
-    (reprlib also stops at a few nesting levels, where repr() would recurse without limit)."""
-    return _SHOW.repr(value)
-
-
-_SHOW = reprlib.Repr()
-_SHOW.maxstring = _SHOW.maxother = 80
-
-
-def _check_name(name: str, what: str) -> None:
-    if not isinstance(name, str) or not _IDENT.match(name):
-        raise CellError(f"{what} {_show(name)}: names must be identifiers ([A-Za-z_][A-Za-z0-9_]*, "
-                        "at most 64 characters)")
-
-
-def _check_state(state: tuple[str, ...], outputs: tuple[str, ...]) -> None:
-    if not 1 <= len(state) <= MAX_STATE:
-        raise CellError(f"state: expected 1 to {MAX_STATE} state vectors, got {len(state)}")
-    for s in state:
-        _check_name(s, "state")
-        if s == INPUT:
-            raise CellError(f"state {s!r}: the name {INPUT!r} is reserved for the input")
-    if len(set(state)) != len(state):
-        raise CellError(f"state: names must be unique, got {list(state)}")
-    if len(outputs) != len(state):
-        raise CellError(f"outputs: expected one per state vector ({len(state)}), got {len(outputs)}")
-
-
-def _check_node(node: Node, state: tuple[str, ...]) -> Node:
-    """Check one node on its own and return it with its options completed by the op defaults."""
-    _check_name(node.name, "node")
-    if node.name == INPUT or node.name in state:
-        raise CellError(f"node {node.name!r}: the name is taken by an input (x or a state vector)")
-    op = OPS.get(node.op)
-    if op is None:
-        raise CellError(f"node {node.name!r}: unknown op {node.op!r} (known: {', '.join(OPS)})")
-    inputs = tuple(node.inputs)
-    if len(inputs) > MAX_OPERANDS:
-        raise CellError(f"node {node.name!r}: at most {MAX_OPERANDS} operands are allowed, got {len(inputs)}")
-    if not op.accepts(len(inputs)):
-        lo, hi = op.arity
-        want = f"{lo}" if lo == hi else f"{lo} or more" if hi is None else f"{lo} to {hi}"
-        raise CellError(f"node {node.name!r}: op {op.name!r} takes {want} operands, got {len(inputs)}")
-    if op.has_weights and len(set(inputs)) != len(inputs):
-        raise CellError(f"node {node.name!r}: op {op.name!r} reads the same operand twice "
-                        "(W1 a + W2 a is one weight matrix: list each operand once)")
-    options = dict(op.options)
-    for key, value in dict(node.options).items():
-        if key not in op.options:
-            allowed = ", ".join(op.options) or "none"
-            raise CellError(f"node {node.name!r}: op {op.name!r} has no option {_show(key)} (options: {allowed})")
-        default = op.options[key]
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise CellError(f"node {node.name!r}: option {key!r} must be true or false, got {_show(value)}")
-        if isinstance(default, float):
-            # `not abs(v) <= max` rejects nan, ±inf (which the step code would render as the
-            # undefined name `inf`) and numbers that overflow float32, the precision the cell
-            # computes in (bias_init=1e308 became an inf bias), in one comparison.
-            if (isinstance(value, bool) or not isinstance(value, (int, float))
-                    or not abs(value) <= FLOAT32_MAX):
-                raise CellError(f"node {node.name!r}: option {key!r} must be a finite number representable "
-                                f"in float32 (|v| <= {FLOAT32_MAX:.7g}), got {_show(value)}")
-            # + 0.0 turns -0.0 into 0.0: the two compare equal (so to_dict drops -0.0 as the
-            # default) but would serialise, and hash, differently.
-            value = float(value) + 0.0
-        options[key] = value
-    return Node(node.name, node.op, inputs, tuple(sorted(options.items())))
-
-
-def _prune(nodes: tuple[Node, ...], outputs: tuple[str, ...]) -> tuple[Node, ...]:
-    """Drop nodes that no output depends on (checking names as it goes)."""
-    by_name: dict[str, Node] = {}
-    for n in nodes:
-        if n.name in by_name:
-            raise CellError(f"node {n.name!r}: defined twice")
-        by_name[n.name] = n
-    live: set[str] = set()
-    stack = [o for o in outputs]
-    while stack:
-        cur = stack.pop()
-        if cur in live or cur not in by_name:
-            continue
-        live.add(cur)
-        stack.extend(by_name[cur].inputs)
-    return tuple(n for n in nodes if n.name in live)
-
-
-def _toposort(nodes: tuple[Node, ...], state: tuple[str, ...]) -> tuple[Node, ...]:
-    """Stable topological order (the given order wherever it is valid); rejects cycles.
-
-    Kahn's algorithm taking the first ready node in the given order each time (a heap of
-    positions): O((nodes + operands) log nodes), where rescanning the pending list was quadratic.
-    """
-    known = {INPUT, *state}
-    by_name = {n.name: n for n in nodes}
-    for n in nodes:
-        for i in n.inputs:
-            if i not in known and i not in by_name:
-                raise CellError(f"node {n.name!r}: operand {_show(i)} is not a node, {INPUT!r} or a state "
-                                f"vector ({', '.join(state)})")
-    waiting = [len({i for i in n.inputs if i not in known}) for n in nodes]
-    users: dict[str, list[int]] = {}
-    for k, n in enumerate(nodes):
-        for i in set(n.inputs) - known:
-            users.setdefault(i, []).append(k)
-    ready = [k for k, w in enumerate(waiting) if w == 0]
-    heapq.heapify(ready)
-    order: list[Node] = []
-    while ready:
-        k = heapq.heappop(ready)
-        order.append(nodes[k])
-        for u in users.get(nodes[k].name, ()):
-            waiting[u] -= 1
-            if waiting[u] == 0:
-                heapq.heappush(ready, u)
-    if len(order) < len(nodes):
-        placed = {n.name for n in order}
-        cycle = _cycle([n for n in nodes if n.name not in placed])
-        # Name a node on the cycle: the first pending node may only depend on it.
-        raise CellError(f"node {cycle[0]!r}: lies on a cycle ({' <- '.join(cycle)})")
-    return tuple(order)
-
-
-def _cycle(pending: list[Node]) -> list[str]:
-    """A cycle among the nodes that could not be ordered, first node repeated at the end."""
-    by_name = {n.name: n for n in pending}
-    path, cur = [], pending[0].name
-    while cur not in path:
-        path.append(cur)
-        cur = next(i for i in by_name[cur].inputs if i in by_name)
-    return path[path.index(cur):] + [cur]
 
 
 def _check_recurrent(spec: CellSpec) -> Simplified:
@@ -464,7 +292,7 @@ def _check_recurrent(spec: CellSpec) -> Simplified:
     known = set(spec.inputs) | {n.name for n in spec.nodes}
     for s, out in zip(spec.state, spec.outputs):
         if out not in known:
-            raise CellError(f"state {s!r}: output {_show(out)} is not a node or an input")
+            raise CellError(f"state {s!r}: output {show(out)} is not a node or an input")
     simple = simplify(spec.state, spec.nodes, spec.outputs)
     h, out = spec.state[0], spec.outputs[0]
 

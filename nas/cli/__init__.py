@@ -16,6 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from nas.config import DataConfig, TrainConfig
+
 # The configs ship inside the package (the repository's conf/ installs as nas.conf), so every command
 # finds them the same way from a checkout and from an installed wheel, whatever the working folder.
 CONF_MODULE = "nas.conf"
@@ -72,8 +74,8 @@ def hydra_cli(prog: str, config_name: str, schema: type, task: Callable[[Any], N
     """The console-script entry point of a Hydra app: conf/<config_name>.yaml validated against
     `schema`, overrides checked first (one-line errors), then `check(app)` (the config as a `schema`
     object; raises a user error) and the writability of Hydra's run folder, all before Hydra creates
-    that folder; then `task(cfg)` under `run_task`. A multirun composes per job: `check` then runs
-    in each job, before its task."""
+    that folder; then `task(app)` (the same `schema` object) under `run_task`. A multirun composes
+    per job: `check` then runs in each job, before its task."""
     import hydra
     from hydra.core.config_store import ConfigStore
 
@@ -82,9 +84,10 @@ def hydra_cli(prog: str, config_name: str, schema: type, task: Callable[[Any], N
     @hydra.main(config_path=f"pkg://{CONF_MODULE}", config_name=config_name, version_base="1.3")
     def _hydra_main(cfg: Any) -> None:
         def checked_task() -> None:
+            app = to_app(cfg)
             if check is not None:
-                check(to_app(cfg))
-            task(cfg)
+                check(app)
+            task(app)
 
         run_task(prog, checked_task)
 
@@ -253,15 +256,14 @@ class ConsoleHandler(logging.StreamHandler):
             self.handleError(record)
 
 
-def check_trainer(trainer: Any, data: Any = None) -> None:
+def check_trainer(trainer: TrainConfig, data: DataConfig | None = None) -> None:
     """The trainer's settings (and the corpus's, when given), as every CLI checks them before work:
     nas.train.check_config (TrainConfig's rules, `temperature` included) and DataConfig.check."""
-    from nas.config import DataConfig, TrainConfig
     from nas.train import check_config
 
-    check_config(trainer if isinstance(trainer, TrainConfig) else TrainConfig(**trainer))
+    check_config(trainer)
     if data is not None:
-        (data if isinstance(data, DataConfig) else DataConfig(**data)).check()
+        data.check()
 
 
 def check_study_exists(study: str, storage_url: str | None, study_dir: str | Path) -> None:

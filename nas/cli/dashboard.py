@@ -107,7 +107,7 @@ def store_of(uri: str | None) -> tuple[str, str | None]:
         db = Path(uri[len("sqlite:///"):])
         if not db.is_file():
             raise DashboardError(f"no tracking store at {db}: run nas-search first, or pass --uri")
-        from nas.tracking.records import relocate_artifacts
+        from nas.tracking import relocate_artifacts
 
         relocate_artifacts(uri)  # a runs/ folder that was moved still finds its artifacts
         return uri, str(db.resolve().parent / "artifacts")
@@ -123,7 +123,7 @@ def experiment_links(uri: str, base: str) -> list[tuple[str, str, str | None]]:
     view, which shows none of it. Read with sqlite3 (no MLflow import); other stores give none."""
     import sqlite3
 
-    from nas.tracking.records import experiment_url
+    from nas.tracking import experiment_url
 
     if not uri.startswith("sqlite:///"):
         return []

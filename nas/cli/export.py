@@ -21,7 +21,7 @@ from nas.search.results import export_bundle
 
 def check(app: ExportApp) -> None:
     """The settings, the cell file and the study (whichever is given), before any folder is created."""
-    from nas.config import check_export_app
+    from nas.config_checks import check_export_app
 
     check_export_app(app)
     if app.dest:

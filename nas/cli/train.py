@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf
 
 from nas.cli import check_trainer, hydra_cli, load_cell
-from nas.config import TrainApp, check_int
+from nas.config import TrainApp
+from nas.config_checks import check_int
 
 
 def check(app: TrainApp) -> None:
@@ -28,35 +28,32 @@ def check(app: TrainApp) -> None:
     check_trainer(app.trainer, app.data)
 
 
-def train(cfg: TrainApp) -> None:
-    from nas.config import TrainConfig
+def train(app: TrainApp) -> None:
     from nas.data import load_corpus
     from nas.train import evaluate
 
-    spec = load_cell(cfg.cell)
-    trainer = TrainConfig(**OmegaConf.to_container(cfg.trainer))
-    corpus = load_corpus(cfg.data.path, cfg.data.cache_dir, cfg.data.format)
+    spec = load_cell(app.cell)
+    corpus = load_corpus(app.data.path, app.data.cache_dir, app.data.format)
     out = HydraConfig.get().runtime.output_dir
-    result = evaluate(spec, trainer, cfg.seed, corpus, out_dir=out, desc=spec.name or cfg.cell)
+    result = evaluate(spec, app.trainer, app.seed, corpus, out_dir=out, desc=spec.name or app.cell)
     shown = {k: getattr(result, k) for k in ("cell_hash", "params", "hidden_size", "steps", "tokens",
                                              "seconds", "chars_per_sec", "train_bpc", "val_bpc",
                                              "test_bpc", "divergence")}
     print(json.dumps(shown, indent=2))
     print(f"run saved in {out}")
-    if cfg.tracking.enabled:
-        track(cfg, spec.name or Path(cfg.cell).stem, result, trainer, corpus, out)
+    if app.tracking.enabled:
+        track(app, spec.name or Path(app.cell).stem, result, corpus, out)
 
 
-def track(cfg: TrainApp, label: str, result, trainer, corpus, out: str) -> None:
+def track(app: TrainApp, label: str, result, corpus, out: str) -> None:
     """The run in MLflow (experiment tracking.experiment, default nas/train); never fails the command."""
     from nas.search.objective import budget_key
     from nas.tracking import Tracker
 
-    t = cfg.tracking
+    t = app.tracking
     tracker = Tracker(t.uri, t.experiment, t.retries, t.timeout)
-    budget = budget_key(trainer, cfg.seed, corpus.source_hash)
-    plain = {"seed": cfg.seed, "trainer": OmegaConf.to_container(cfg.trainer)}
-    run_id = tracker.log_train(label, {**result.to_dict(), "run_dir": str(out), "budget": budget}, plain)
+    budget = budget_key(app.trainer, app.seed, corpus.source_hash)
+    run_id = tracker.log_train(label, {**result.to_dict(), "run_dir": str(out), "budget": budget}, app)
     if run_id is not None:
         print(f"MLflow run {run_id} in experiment {t.experiment or 'nas/train'} (nas-dashboard shows it)")
 

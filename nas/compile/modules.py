@@ -8,7 +8,7 @@ intermediate node read).
 
 Two paths compute the same function (tests/compile/test_fast_path.py holds them to it):
 - the fast path (default, `fused=True`): the whole-sequence code of nas.compile.sequence.forward, run as one
-  autograd node per layer with a generated backward (nas.compile.sequence.function); under torch.no_grad it keeps
+  autograd node per layer with a generated backward (nas.compile.fast_path); under torch.no_grad it keeps
   nothing for backward. Its output may not be modified in place (autograd raises, as for
   torch.nn.LSTM), and it does not support double backward nor a second backward through a
   retained graph (both raise).
@@ -16,14 +16,14 @@ Two paths compute the same function (tests/compile/test_fast_path.py holds them 
 
 The fast path's elementwise work is one generated kernel per stage of a step: on a GPU a Triton
 kernel (nas.compile.backends.triton; float32/bf16/fp16, when Triton is installed), on the CPU a C function
-(nas.compile.backends.c.codegen; float32/float64, when a C compiler is found), and on a GPU a shape seen twice is
-replayed as CUDA graphs (nas.compile.backends.cudagraphs). `cell.triton = False` / `cell.c_kernels = False` /
-`cell.cuda_graphs = False` (or the environment variables NAS_TRITON=0 / NAS_C_KERNELS=0 /
-NAS_CUDA_GRAPHS=0) turn each off: the torch kernels (one call per op) run instead. With MKL (torch's
-x86-64 wheels) the CPU's time loop runs in C as well (nas.compile.backends.c.loop); `cell.c_loop = False` or
-NAS_C_LOOP=0 keeps it in Python. A cell of more than nas.compile.sequence.function.MAX_KERNEL_NODES nodes (128) runs
-the torch kernels, with one warning: the compile time of C or Triton kernels grows with the cell
-(tens of seconds at 300 nodes), and training should start within seconds.
+(nas.compile.backends.c; float32/float64, when a C compiler is found; with MKL, torch's x86-64 wheels,
+the time loop runs in C too), and on a GPU a shape seen twice is replayed as CUDA graphs
+(nas.compile.backends.cudagraphs). One setting chooses among them (nas.compile.backends.policy):
+`backend="auto"|"torch"|"c"|"triton"` and `cuda_graphs="auto"|"on"|"off"`, given to the
+constructor or set on a built module (`rnn.backend = "torch"`); "torch" runs the torch kernels (one
+call per op). A cell of more than nas.compile.backends.policy.MAX_KERNEL_NODES nodes (128) runs the
+torch kernels, with one warning: the compile time of C or Triton kernels grows with the cell (tens of
+seconds at 300 nodes), and training should start within seconds.
 
 Parameters of a layer (state_dict names): `weight_x` ((n_x * H, I), all linear terms on x),
 `weight_<src>` ((n * H, H), the terms on state vector or node <src>), and `bias` ((n_b * H,), the
@@ -41,8 +41,9 @@ from torch import Tensor, nn
 
 from nas.cell.spec import INPUT, CellError, CellSpec
 from nas.compile.backends.cudagraphs import GraphCache
+from nas.compile.backends.policy import Policy, from_switches
+from nas.compile.fast_path import sequence as fused_sequence
 from nas.compile.plan import Plan, lower
-from nas.compile.sequence.function import sequence as fused_sequence
 
 State = tuple[Tensor, ...]
 
@@ -53,28 +54,37 @@ def _plan(spec: CellSpec) -> tuple[Plan, object]:
     return plan, compile(plan.step_source, f"<cell step {spec.name or 'cell'}>", "exec")
 
 
+class _PolicyField:
+    """One field of a module's backend setting (`self.policy`) as an attribute of its own:
+    `rnn.backend = "torch"` replaces the policy with one that differs in that field."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, module, owner=None):
+        return self if module is None else getattr(module.policy, self.name)
+
+    def __set__(self, module, value) -> None:
+        module.policy = module.policy.replace(**{self.name: value})
+
+
 class CompiledCell(nn.Module):
     """One step of a cell: `forward(x: (B, I), state=None) -> new state tuple`, each (B, H).
 
     The first element of the state is the output h. A missing state is zeros. `fused` picks the
-    path of `sequence` (see the module docstring); it can be changed on a built cell.
+    path of `sequence`, `backend` and `cuda_graphs` the fast path's code (see the module docstring;
+    `policy` holds both); each can be changed on a built cell.
     """
 
-    def __init__(self, spec: CellSpec, input_size: int, hidden_size: int, fused: bool = True) -> None:
+    def __init__(self, spec: CellSpec, input_size: int, hidden_size: int, fused: bool = True,
+                 backend: str = "auto", cuda_graphs: str = "auto") -> None:
         super().__init__()
         if input_size < 1 or hidden_size < 1:
             raise ValueError(f"compile_cell: sizes must be positive, got input_size={input_size}, "
                              f"hidden_size={hidden_size}")
         self.spec, self.input_size, self.hidden_size = spec, input_size, hidden_size
         self.fused = fused
-        # On a GPU the fast path runs fused Triton kernels (nas.compile.backends.triton) and replays repeated
-        # shapes as CUDA graphs (nas.compile.backends.cudagraphs); these switch either off for this cell.
-        self.triton = True
-        self.cuda_graphs = True
-        # On the CPU it runs fused C kernels (nas.compile.backends.c.codegen) where a C compiler is found, and
-        # with MKL, the time loop in C too (nas.compile.backends.c.loop; False: the loop in Python).
-        self.c_kernels = True
-        self.c_loop = True
+        self.policy = Policy(backend, cuda_graphs)  # (a ValueError names a bad value)
         self._graphs = GraphCache()
         self.plan = _plan(spec)[0]
         if self.plan.needs_raw_x and input_size != hidden_size:
@@ -110,11 +120,15 @@ class CompiledCell(nn.Module):
         return state
 
     def __setstate__(self, state: dict) -> None:
+        if "policy" not in state:  # pickled when four boolean switches chose the backends
+            switches = {k: state.pop(k) for k in ("triton", "c_kernels", "cuda_graphs", "c_loop") if k in state}
+            state["policy"] = from_switches(**switches)
         super().__setstate__(state)
-        self.__dict__.setdefault("c_kernels", True)  # pickled before the C kernels existed
-        self.__dict__.setdefault("c_loop", True)
         self._step = self._make_step()
         self._graphs = GraphCache()
+
+    backend = _PolicyField()
+    cuda_graphs = _PolicyField()
 
     def _make_bias_index(self, biased: list[str]) -> list[Tensor | None]:
         """Per group, the gather index of its bias vector into cat(bias, zeros(H))."""
@@ -227,11 +241,12 @@ class CompiledCell(nn.Module):
         return torch.stack(outs), state
 
 
-def compile_cell(spec: CellSpec, input_size: int, hidden_size: int, fused: bool = True) -> CompiledCell:
+def compile_cell(spec: CellSpec, input_size: int, hidden_size: int, fused: bool = True,
+                 backend: str = "auto", cuda_graphs: str = "auto") -> CompiledCell:
     """Compile `spec` into a module shaped like torch.nn.LSTMCell (see CompiledCell)."""
     if not isinstance(spec, CellSpec):
         raise TypeError(f"compile_cell: expected a CellSpec, got {type(spec).__name__}")
-    return CompiledCell(spec, input_size, hidden_size, fused)
+    return CompiledCell(spec, input_size, hidden_size, fused, backend, cuda_graphs)
 
 
 class CellRNN(nn.Module):
@@ -241,11 +256,13 @@ class CellRNN(nn.Module):
         -> (output: (T, B, H) or (B, T, H), state: tuple of K tensors (num_layers, B, H)).
     The state tuple follows the spec's state names (LSTM: (h_n, c_n)); one-vector cells get a
     1-tuple. Dropout (if > 0) is applied to the outputs of every layer but the last, as in torch.
-    `fused=False` runs the reference path (see the module docstring).
+    `fused=False` runs the reference path; `backend` and `cuda_graphs` choose the fast path's code
+    (see the module docstring), for every layer.
     """
 
     def __init__(self, spec: CellSpec, input_size: int, hidden_size: int, num_layers: int = 1,
-                 dropout: float = 0.0, batch_first: bool = False, fused: bool = True) -> None:
+                 dropout: float = 0.0, batch_first: bool = False, fused: bool = True,
+                 backend: str = "auto", cuda_graphs: str = "auto") -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"CellRNN: num_layers must be >= 1, got {num_layers}")
@@ -254,8 +271,21 @@ class CellRNN(nn.Module):
         self.spec, self.input_size, self.hidden_size = spec, input_size, hidden_size
         self.num_layers, self.dropout, self.batch_first = num_layers, dropout, batch_first
         self.layers = nn.ModuleList(
-            compile_cell(spec, input_size if i == 0 else hidden_size, hidden_size, fused)
+            compile_cell(spec, input_size if i == 0 else hidden_size, hidden_size, fused, backend, cuda_graphs)
             for i in range(num_layers))
+
+    # The setting of every layer (the layers may be given their own).
+    @property
+    def policy(self) -> Policy:
+        return self.layers[0].policy
+
+    @policy.setter
+    def policy(self, value: Policy) -> None:
+        for layer in self.layers:
+            layer.policy = value
+
+    backend = _PolicyField()
+    cuda_graphs = _PolicyField()
 
     # These read attributes CellRNN never had (plan, _biased, bias) and raised AttributeError;
     # the parameters live in the per-layer cells.

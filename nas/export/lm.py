@@ -115,16 +115,16 @@ def _vocabulary(run: Path, result: dict, data: Mapping[str, Any] | None) -> tupl
 
 def trial_lm(study, number: int) -> TrainedLM | str:
     """The trained model of trial `number` of a study (of the trial it duplicates), or why there is none."""
-    from nas.search.study import CONFIG_ATTR
+    from nas.trials import TrialRecord, stored_config
 
     trials = study.get_trials(deepcopy=False)
-    t = trials[number]
-    if "duplicate_of" in t.user_attrs:
-        t = trials[t.user_attrs["duplicate_of"]]
-    if not t.user_attrs.get("run_dir"):
-        return f"trial {t.number} saved no run folder"
-    data = study.user_attrs.get(CONFIG_ATTR, {}).get("data")
-    return find_trained_lm(t.user_attrs["run_dir"], data, t.user_attrs.get("cell_hash"))
+    record = TrialRecord.of(trials[number])
+    if record.duplicate_of is not None:
+        record = TrialRecord.of(trials[record.duplicate_of])
+    if not record.run_dir:
+        return f"trial {record.number} saved no run folder"
+    data = (stored_config(study) or {}).get("data")
+    return find_trained_lm(record.run_dir, data, record.cell_hash)
 
 
 def write_lm(out: Path, name: str, rnn: str, lm: TrainedLM) -> dict[str, Any]:

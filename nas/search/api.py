@@ -9,7 +9,7 @@
 `run_search` starts from the main job's config (conf/search.yaml, exactly what `nas-search` with no
 arguments runs; a built-in space or controller brings its conf/ group's options), applies the
 arguments (a section given as a dict updates the main job's section, one given as a dataclass of
-nas.config replaces it) and runs the same driver (nas.search.run.search). See docs/extending.md.
+nas.config replaces it) and runs the same pipeline (nas.search.run.search). See docs/extending.md.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from types import ModuleType
 from typing import Any
 
 from nas import config as schema
+from nas.config_checks import check_baselines, check_search_app
 
-__all__ = ["run_search", "search_config", "seed_params"]
+__all__ = ["check_search", "run_search", "search_config"]
 
 # The SearchApp fields that run_search takes as settings (the others have parameters of their own).
 _SECTIONS = {f.name: f for f in fields(schema.SearchApp)}
@@ -30,7 +31,7 @@ _SECTIONS = {f.name: f for f in fields(schema.SearchApp)}
 def run_search(space: Any = "graph", sampler: Any = "evolution", *, n_trials: int | None = None,
                space_options: dict[str, Any] | None = None, sampler_options: dict[str, Any] | None = None,
                progress: bool | None = None, **settings: Any):
-    """Run (or resume) a search and return its nas.search.run.SearchOutcome.
+    """Run (or resume) a search and return its nas.search.summary.SearchOutcome.
 
     space:    a built-in space name, a plugin's name, a dotted path (`my_pkg.my_space`), or a module
               with `sample(trial, **options) -> CellSpec` or such a function.
@@ -51,8 +52,8 @@ def run_search(space: Any = "graph", sampler: Any = "evolution", *, n_trials: in
 
 def search_config(space: Any = "graph", sampler: Any = "evolution", *, n_trials: int | None = None,
                   space_options: dict[str, Any] | None = None, sampler_options: dict[str, Any] | None = None,
-                  **settings: Any) -> dict[str, Any]:
-    """The checked, resolved config (a plain dict, as nas-search passes it to the driver) of
+                  **settings: Any) -> schema.SearchApp:
+    """The checked, resolved config (a SearchApp, as nas-search passes it to the pipeline) of
     run_search's arguments. Registers in-process objects (register_space, register_controller)."""
     from omegaconf import OmegaConf
 
@@ -79,36 +80,16 @@ def search_config(space: Any = "graph", sampler: Any = "evolution", *, n_trials:
     local = [what for what, flag in (("space", space_local), ("sampler", sampler_local)) if flag]
     if local and "workers" not in settings:
         base.workers = 1  # the main job's 2 worker processes could not import an in-process object
-    plain = OmegaConf.to_container(base, resolve=True)
-    if local and (plain["workers"] != 1 or plain.get("workers_per_device")):
-        raise ValueError(f"run_search: workers={plain['workers']}: the {' and the '.join(local)} "
+    app = schema.search_app(OmegaConf.to_container(base, resolve=True))
+    if local and (app.workers != 1 or app.workers_per_device):
+        raise ValueError(f"run_search: workers={app.workers}: the {' and the '.join(local)} "
                          "cannot be imported by worker processes (an object, a lambda, or a function "
                          "defined in __main__ or in a function); use workers=1, or give a dotted path "
                          "to a module-level definition")
-    space = _check(plain)
-    if plain["seed_cells"]:
-        plain["controller"]["options"]["seed_params"] = seed_params(_typed(plain), space)
-    return plain
+    check_search(app)
+    from nas.search.run import with_seed_params
 
-
-def seed_params(app: schema.SearchApp, space: Any) -> list[dict[str, Any]]:
-    """The evolution controller's first cells: `space`'s reference cells, then `app.seed_cells`
-    (cell JSON or NAS-Bench-NLP recipe files, or reference cell names), as the space's params.
-    Resolved once, before the study is made, and stored with it: no worker needs the files."""
-    from nas.cell.known import load_cell
-
-    if app.controller.name != "evolution":
-        raise ValueError(f"seed_cells: only the evolution controller starts from given cells, "
-                         f"not {app.controller.name!r}")
-    if "seed_params" in app.controller.options:
-        raise ValueError("seed_cells: give either seed_cells or controller.options.seed_params")
-    cells = {}
-    for ref in app.seed_cells:
-        try:
-            cells[ref] = load_cell(ref)
-        except (ValueError, FileNotFoundError) as e:
-            raise ValueError(f"seed_cells: {e}") from None
-    return space.seed_params(cells)
+    return with_seed_params(app)
 
 
 def _main_job(space: str, sampler: str):
@@ -117,7 +98,7 @@ def _main_job(space: str, sampler: str):
     from hydra import compose, initialize_config_module
     from hydra.core.config_store import ConfigStore
 
-    from nas.search.controllers import CONTROLLERS
+    from nas.search.samplers import CONTROLLERS
     from nas.search_spaces import SPACES
 
     ConfigStore.instance().store(name="search_schema", node=schema.SearchApp)
@@ -145,7 +126,7 @@ def _sampler_name(sampler: Any) -> tuple[str, bool]:
     """(the config's controller.name, whether it exists in this process only)."""
     import optuna
 
-    from nas.search.controllers import register_controller
+    from nas.search.samplers import register_controller
 
     if isinstance(sampler, str):
         return sampler, False
@@ -190,32 +171,29 @@ def _section(name: str, value: Any) -> Any:
     return value
 
 
-def _check(cfg: dict[str, Any]):
-    """nas-search's checks, before any work: the search-level settings, the trainer's and the
-    corpus's, the baselines, the space and its options, the controller and its options; returns
-    the space."""
+def check_search(app: schema.SearchApp) -> None:
+    """Every setting of a search, before any work or file: the search-level ones, the trainer's and
+    the corpus's and the storage's (torch-free, so a typo is answered at once), then the baselines,
+    the search space and its options, the seed cells, the controller and its options. One-line
+    ValueErrors (nas-search's checks and run_search's)."""
+    check_search_app(app)
+    app.trainer.check()
+    app.data.check()
+    from nas.search.storage import check_storage
+
+    check_storage(app.storage)
+
     from nas.cell import KNOWN_CELLS
-    from nas.search.controllers import make_sampler
+    from nas.search.run import seed_params
+    from nas.search.samplers import make_sampler
+    from nas.search.worker import sampler_options
     from nas.search_spaces import open_space
     from nas.train import check_config
 
-    app = _typed(cfg)
-    schema.check_search_app(app)
+    check_baselines(app.baselines, KNOWN_CELLS)
     check_config(app.trainer)
-    app.data.check()
-    schema.check_baselines(app.baselines, KNOWN_CELLS)
     space = open_space(app.search_space)
-    options = dict(app.controller.options)
+    options = sampler_options(app, space)  # as the search will build it
     if app.seed_cells:
-        options["seed_params"] = seed_params(app, space)
-    elif app.controller.name == "evolution" and "seed_params" not in options:
-        options["seed_params"] = list(space.known.values())  # as the search will
+        options["seed_params"] = seed_params(app, space)  # every file read, every cell expressible
     make_sampler(app.controller.name, seed=app.seed, **options)
-    return space
-
-
-def _typed(cfg: dict[str, Any]) -> schema.SearchApp:
-    sections = {name: _section(name, value) for name, value in cfg.items()
-                if is_dataclass(_SECTIONS[name].default_factory)}
-    return schema.SearchApp(**{**cfg, **sections})
-

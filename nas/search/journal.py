@@ -20,7 +20,8 @@ from typing import Any
 
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-from nas.search.storage import StudyError
+from nas.search import optuna_adapter
+from nas.search.errors import StudyError
 
 log = logging.getLogger("nas.search")
 
@@ -35,29 +36,29 @@ class SafeJournalBackend(JournalFileBackend):
     taken over after 5 s rather than Optuna's default 30 s (a killed worker must not stall the others)."""
 
     def __init__(self, file_path: str) -> None:
-        super().__init__(file_path, lock_obj=JournalFileOpenLock(file_path, grace_period=5))
+        self.path = file_path
+        self._file_lock = JournalFileOpenLock(file_path, grace_period=5)
+        super().__init__(file_path, lock_obj=self._file_lock)
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        from optuna.storages.journal._file import get_lock_file
-
         data = ("\n".join(json.dumps(r, separators=(",", ":")) for r in logs) + "\n").encode()
-        with get_lock_file(self._lock):
+        with optuna_adapter.journal_lock(self._file_lock):
             self._cut_tail()
-            size = os.path.getsize(self._file_path)
+            size = os.path.getsize(self.path)
             try:
-                with open(self._file_path, "ab") as f:
+                with open(self.path, "ab") as f:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
             except OSError:
-                _truncate_quietly(self._file_path, size)  # take our partial record back
+                _truncate_quietly(self.path, size)  # take our partial record back
                 raise
 
     def needs_repair(self) -> bool:
         """Whether the file ends in a cut-off line or its last line is not a record (cheap: reads
         the end only). Without the lock, so a tail may be another writer's append in progress:
         `repair` checks again under the lock."""
-        with open(self._file_path, "rb") as f:
+        with open(self.path, "rb") as f:
             size = f.seek(0, os.SEEK_END)
             f.seek(max(0, size - (1 << 20)))
             end = f.read()
@@ -72,22 +73,20 @@ class SafeJournalBackend(JournalFileBackend):
         """Under the lock: move cut-off or glued partial records aside, keep every complete record.
         Raises StudyError for a damaged line that is not a partial write; on a read-only folder,
         warns and leaves the file as it is (Optuna reads it without the partial tail)."""
-        from optuna.storages.journal._file import get_lock_file
-
         try:
-            with get_lock_file(self._lock):
+            with optuna_adapter.journal_lock(self._file_lock):
                 self._cut_tail()
                 self._split_glued()
         except OSError as e:
             if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
-                raise StudyError(f"cannot repair the study journal {self._file_path}: {e.strerror or e}") from None
+                raise StudyError(f"cannot repair the study journal {self.path}: {e.strerror or e}") from None
             log.warning("study journal %s has a partial record but is read-only (%s): reading its complete "
-                        "records only", self._file_path, e.strerror)
-        self._log_number_offset = {0: 0}
+                        "records only", self.path, e.strerror)
+        optuna_adapter.forget_read_positions(self)
 
     def _cut_tail(self) -> None:
         """(Lock held.) Move a last line without its newline aside."""
-        with open(self._file_path, "rb") as f:
+        with open(self.path, "rb") as f:
             size = f.seek(0, os.SEEK_END)
             if size == 0:
                 return
@@ -98,11 +97,11 @@ class SafeJournalBackend(JournalFileBackend):
             f.seek(keep)
             tail = f.read()
         self._aside(tail, f"a cut-off last record ({len(tail)} bytes)")
-        os.truncate(self._file_path, keep)
+        os.truncate(self.path, keep)
 
     def _split_glued(self) -> None:
         """(Lock held.) Split lines where a complete record was appended onto a cut-off one."""
-        with open(self._file_path, "rb") as f:
+        with open(self.path, "rb") as f:
             lines = f.read().split(b"\n")
         partial, fixed = [], []
         for number, line in enumerate(lines[:-1], start=1):
@@ -112,7 +111,7 @@ class SafeJournalBackend(JournalFileBackend):
             start = _glued_record(line)
             if start is None:
                 raise StudyError(
-                    f"study journal {self._file_path}: line {number} is damaged and is not a cut-off write "
+                    f"study journal {self.path}: line {number} is damaged and is not a cut-off write "
                     f"({line[:60]!r}...); restore the file from a backup or start another study (study=...)")
             partial.append(line[:start])
             if start < len(line):
@@ -120,24 +119,24 @@ class SafeJournalBackend(JournalFileBackend):
         if not partial:
             return
         self._aside(b"\n".join(partial) + b"\n", f"{len(partial)} cut-off record(s) inside the file")
-        tmp = f"{self._file_path}.repair-{os.getpid()}"
+        tmp = f"{self.path}.repair-{os.getpid()}"
         with open(tmp, "wb") as f:
             f.write(b"".join(line + b"\n" for line in fixed))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, self._file_path)
+        os.replace(tmp, self.path)
 
     def _aside(self, data: bytes, what: str) -> None:
-        aside = f"{self._file_path}.partial-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        aside = f"{self.path}.partial-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         try:
             with open(aside, "ab") as f:
                 f.write(data)
         except OSError as e:  # a full disk: the bytes are an unusable record either way
-            log.warning("study journal %s: could not save %s to %s (%s)", self._file_path, what, aside,
+            log.warning("study journal %s: could not save %s to %s (%s)", self.path, what, aside,
                         e.strerror)
             aside = "nowhere"
         log.warning("study journal %s: %s from an interrupted write moved to %s; all complete records "
-                    "are kept", self._file_path, what, aside)
+                    "are kept", self.path, what, aside)
 
 
 def _parse(line: bytes) -> dict | None:

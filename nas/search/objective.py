@@ -12,12 +12,12 @@
 So no cell is trained twice at one budget: a duplicate of a pruned trial is pruned again with the
 earlier trial's intermediate values, a duplicate of a diverged or screened one fails the same way.
 
-What each finished trial carries (user attrs): `nas_state` (complete / pruned / invalid / screened /
-diverged / error / lost / duplicate), `reason` for failures, `cell` (the reference cell it equals,
-e.g. "mut3", or "new"), `cell_label` ("trial 5 = mut3" / "trial 7 (new)"), `cell_hash`, `equations`
-(the cell as readable lines), `cell_json`, `budget`, `reference` (as `cell`, absent for a new cell),
-`code_version`, and the evaluation's numbers (params, hidden_size, seconds, chars_per_sec,
-train_bpc, curve). optuna-dashboard shows them on each trial.
+What each finished trial carries is its record (nas.trials.TrialRecord, written only through
+nas.trials): its outcome (complete / pruned / invalid / screened / diverged / error / lost /
+duplicate), the reason for failures, the reference cell it equals (e.g. "mut3", or "new"), its label
+("trial 5 = mut3" / "trial 7 (new)"), hash, equations (the cell as readable lines), JSON, budget, code
+version, and the evaluation's numbers (params, hidden_size, seconds, chars_per_sec, train_bpc,
+curve). optuna-dashboard shows them on each trial.
 """
 
 from __future__ import annotations
@@ -33,14 +33,13 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from nas import trials
 from nas.cell import CellError, CellSpec
 from nas.config import TrainConfig
+from nas.trials import CellFacts, Outcome, TrialRecord
 
 # TrainConfig fields that change where or how visibly a cell trains, not its score.
-_NOT_BUDGET = {"device", "threads", "progress", "tf32", "bf16", "eval_batch_size"}
-# What a duplicate trial copies from the trial that trained its cell.
-_RESULT_ATTRS = ("params", "hidden_size", "steps", "tokens", "seconds", "chars_per_sec", "train_bpc",
-                 "val_bpc", "curve", "train_curve", "divergence", "run_dir")
+_NOT_BUDGET = {"device", "threads", "progress", "tf32", "bf16", "eval_batch_size", "backend", "cuda_graphs"}
 # How often a trial polls for the same cell being trained by another worker.
 WAIT_POLL = 2.0
 
@@ -66,11 +65,11 @@ def cell_label(number: int, reference: str | None) -> str:
 
 
 class TrialFailed(Exception):
-    """The trial ends as FAIL; `state` and the message are recorded on it."""
+    """The trial ends as FAIL; `state` (an Outcome) and the message are recorded on it."""
 
-    def __init__(self, state: str, reason: str):
+    def __init__(self, state: Outcome, reason: str):
         super().__init__(reason)
-        self.state = state
+        self.state = Outcome(state)
 
 
 def budget_key(cfg: TrainConfig, seed: int, corpus_hash: str) -> str:
@@ -104,7 +103,7 @@ class Objective:
         try:
             spec = self.space(trial)
         except CellError as e:
-            raise TrialFailed("invalid", str(e)) from None
+            raise TrialFailed(Outcome.INVALID, str(e)) from None
         from nas.cell import identify
         from nas.provenance import short
 
@@ -114,23 +113,19 @@ class Objective:
         # differently from its twin).
         spec = spec.canonical()
         h, reference = spec.canonical_hash(), identify(spec)
-        for key, value in (("cell", reference or "new"), ("cell_label", cell_label(trial.number, reference)),
-                           ("cell_hash", h), ("equations", equations(spec)),
-                           ("cell_json", spec.to_json(indent=None)), ("budget", self.budget),
-                           ("code_version", short())):
-            trial.set_user_attr(key, value)
-        if reference:
-            trial.set_user_attr("reference", reference)
+        trials.write_cell(trial, CellFacts(
+            cell_hash=h, cell_json=spec.to_json(indent=None), label=cell_label(trial.number, reference),
+            equations=tuple(equations(spec)), budget=self.budget, code_version=short(), reference=reference))
         earlier = self._earlier_result(trial, h)
         if earlier is not None:
             return self._reuse(trial, earlier)
         self._screen(spec, trial)
         result = self._evaluate(spec, trial)
-        self._record(trial, result)
+        trials.write_result(trial, result)
         if self.on_result is not None:
             self.on_result(trial, spec, result)
         if result.divergence is not None:
-            raise TrialFailed("diverged", result.divergence)
+            raise TrialFailed(Outcome.DIVERGED, result.divergence)
         return (result.val_bpc, float(result.params)) if self.multi_objective else result.val_bpc
 
     def _screen(self, spec: CellSpec, trial: optuna.Trial) -> None:
@@ -141,10 +136,10 @@ class Objective:
             return
         start = time.perf_counter()
         reason = screen(spec, self.trainer, self.corpus, self.seed)
-        trial.set_user_attr("screen_seconds", round(time.perf_counter() - start, 3))
+        trials.write_screen_seconds(trial, round(time.perf_counter() - start, 3))
         if reason is not None:
-            trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
-            raise TrialFailed("screened", reason)
+            trials.write_seconds(trial, round(time.perf_counter() - start, 3))
+            raise TrialFailed(Outcome.SCREENED, reason)
 
     def _evaluate(self, spec: CellSpec, trial: optuna.Trial):
         evaluate = self.evaluate
@@ -159,26 +154,14 @@ class Objective:
             # a complete score away (successive halving has a rung at the last step when steps is
             # min_resource x reduction_factor^k).
             if step < self.trainer.steps and trial.should_prune():
-                trial.set_user_attr("nas_state", "pruned")
-                trial.set_user_attr("reason", f"pruned at step {step} (val bpc {bpc:.4f})")
+                trials.mark(trial, Outcome.PRUNED, f"pruned at step {step} (val bpc {bpc:.4f})")
                 raise optuna.TrialPruned(f"pruned at step {step}")
 
         out = None if self.trials_dir is None else self.trials_dir / f"{trial.number:05d}"
         if out is not None:
-            trial.set_user_attr("run_dir", str(out.resolve()))
+            trials.write_run_dir(trial, str(out.resolve()))
         return evaluate(spec, self.trainer, self.seed, self.corpus, callback=report,
                         desc=f"trial {trial.number}", out_dir=out)
-
-    @staticmethod
-    def _record(trial: optuna.Trial, result) -> None:
-        for key in ("params", "hidden_size", "steps", "tokens", "seconds", "chars_per_sec", "train_bpc",
-                    "val_bpc", "divergence"):
-            trial.set_user_attr(key, getattr(result, key))
-        trial.set_user_attr("curve", [list(p) for p in result.curve])
-        trial.set_user_attr("train_curve", [list(p) for p in result.train_curve])
-        trial.set_user_attr("nas_state", "diverged" if result.divergence else "complete")
-        if result.divergence:
-            trial.set_user_attr("reason", result.divergence)
 
     def _earlier_result(self, trial: optuna.Trial, cell_hash: str):
         """The trial to reuse for the same cell at the same budget, or None: this trial trains it.
@@ -194,49 +177,44 @@ class Objective:
         while True:
             earlier, running = None, []
             for t in study.get_trials(deepcopy=False):
-                if t.number == number or t.user_attrs.get("cell_hash") != cell_hash:
+                r = TrialRecord.of(t)
+                if r.number == number or r.cell_hash != cell_hash or r.budget != self.budget or r.is_duplicate:
                     continue
-                if t.user_attrs.get("budget") != self.budget or "duplicate_of" in t.user_attrs:
-                    continue
-                if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-                        t.state == TrialState.FAIL and t.user_attrs.get("nas_state") in ("diverged", "screened")):
+                if r.is_reusable:
                     earlier = t
                     break
-                if t.state == TrialState.RUNNING:
-                    running.append(t)
+                if r.state == TrialState.RUNNING:
+                    running.append(r)
             if earlier is not None:
-                trial.set_user_attr("training", False)
+                trials.set_training(trial, False)
                 return earlier
-            first = any(t.number < number for t in running)
-            if not first and not any(t.user_attrs.get("training") for t in running):
-                if not trial.user_attrs.get("training"):
-                    trial.set_user_attr("training", True)
+            first = any(r.number < number for r in running)
+            if not first and not any(r.training for r in running):
+                if not TrialRecord.of(trial).training:
+                    trials.set_training(trial, True)
                     continue  # check once more, now that the others can see the mark
                 return None
-            if trial.user_attrs.get("training"):
-                trial.set_user_attr("training", False)  # an earlier trial of the cell wins
+            if TrialRecord.of(trial).training:
+                trials.set_training(trial, False)  # an earlier trial of the cell wins
             time.sleep(WAIT_POLL)
             if self.reap is not None:
                 self.reap(study)
 
     def _reuse(self, trial: optuna.Trial, earlier) -> float | tuple[float, float]:
-        trial.set_user_attr("duplicate_of", earlier.number)
-        for key in _RESULT_ATTRS:
-            if key in earlier.user_attrs:
-                trial.set_user_attr(key, earlier.user_attrs[key])
+        trials.mark_duplicate(trial, earlier)
+        record = TrialRecord.of(earlier)
         if earlier.state == TrialState.FAIL:
-            state = earlier.user_attrs.get("nas_state", "diverged")
-            trial.set_user_attr("nas_state", state)
+            state = record.outcome or Outcome.DIVERGED
+            trials.mark(trial, state)
             raise TrialFailed(state, f"duplicate of trial {earlier.number}: "
-                                     f"{earlier.user_attrs.get('reason', state)}")
+                                     f"{record.reason if record.reason is not None else state}")
         if earlier.state == TrialState.PRUNED:
             # The same cell at the same budget: its curve would be the same, so it is pruned again
             # from the earlier trial's intermediate values instead of being trained a second time.
             for step, value in sorted(earlier.intermediate_values.items()):
                 trial.report(value, step)
-            trial.set_user_attr("nas_state", "pruned")
-            trial.set_user_attr("reason", f"duplicate of pruned trial {earlier.number}")
+            trials.mark(trial, Outcome.PRUNED, f"duplicate of pruned trial {earlier.number}")
             raise optuna.TrialPruned(f"duplicate of pruned trial {earlier.number}")
-        trial.set_user_attr("nas_state", "duplicate")
+        trials.mark(trial, Outcome.DUPLICATE)
         values = earlier.values
         return tuple(values) if self.multi_objective else values[0]

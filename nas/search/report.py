@@ -1,9 +1,9 @@
 """The final comparison: the best cells of a study against the baselines, on the test split, with seeds.
 
-    final_comparison(study, cfg, tracker) -> Comparison
+    final_comparison(study, app, tracker) -> Comparison
 
 1. the top_k distinct best cells of the study (COMPLETE trials, duplicates skipped, by val bpc) and
-   every baseline of cfg["baselines"];
+   every baseline of app.baselines;
 2. each retrained with seeds seed, seed+1, ..., seed+S-1 at the study's budget (same trainer, data
    and parameter budget as the search) and scored on the test split; each retrain is cached in the
    study (user attr final:<cell hash>:<seed>:<budget>), so a rerun or `nas-report` reuses it, and
@@ -20,7 +20,7 @@
 Only *new* cells are compared: a trial whose cell is a reference cell (a search seeded with them finds
 them again) is not a discovery; the reference cells are in the table as baselines.
 
-With cfg["workers"] > 1 the retrains run in a process pool of that size (spawn, one torch thread
+With app.workers > 1 the retrains run in a process pool of that size (spawn, one torch thread
 each); results are the same as in one process, since every retrain is seeded.
 """
 
@@ -30,31 +30,21 @@ import csv
 import io
 import logging
 import statistics
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from nas import trials
+from nas.config import SearchApp, search_app
+from nas.search.retrain import TrainJob, run_jobs, scores
+from nas.search.summary import ComparisonRow, best_new_trials
+from nas.trials import TrialRecord
+
 log = logging.getLogger("nas.search.report")
-
-
-@dataclass(frozen=True)
-class ComparisonRow:
-    """One cell of the comparison: a searched cell (role "trial") or a baseline."""
-
-    label: str
-    role: str
-    cell_hash: str
-    test_bpc: float | None          # mean over the seeds that did not diverge; None if all diverged
-    test_std: float | None
-    n_seeds: int                    # seeds with a test score
-    val_bpc: float | None
-    params: int | None
-    chars_per_sec: float | None
-    diverged: int = 0               # seeds that diverged
-    trial: int | None = None
 
 
 @dataclass(frozen=True)
@@ -163,52 +153,50 @@ class _Subject:
         return CellSpec.from_json(self.cell_json).canonical_hash()
 
 
-def final_comparison(study: optuna.Study, cfg: dict[str, Any], tracker=None,
+def final_comparison(study: optuna.Study, app: SearchApp | Mapping[str, Any], tracker=None,
                      progress: bool = False) -> Comparison:
     """Retrain the top cells and the baselines with S seeds on the test split; write the table and
     plots to <out_dir>/report/ (the caller logs them: tracker.log_comparison)."""
-    from nas.config import TrainConfig
     from nas.data import load_corpus
     from nas.search.objective import budget_key
 
-    corpus = load_corpus(cfg["data"]["path"], cfg["data"]["cache_dir"], cfg["data"].get("format", "auto"))
-    search_budget = budget_key(TrainConfig(**cfg["trainer"]), cfg["seed"], corpus.source_hash)
+    app = search_app(app)
+    corpus = load_corpus(app.data.path, app.data.cache_dir, app.data.format)
+    search_budget = budget_key(app.trainer, app.seed, corpus.source_hash)
     # The finalists are retrained longer than a trial where report.steps says so (the search's
     # short budget only has to rank cells; the comparison should say how good they are).
-    cfg = final_config(cfg)
-    budget = budget_key(TrainConfig(**cfg["trainer"]), cfg["seed"], corpus.source_hash)
-    baselines = _baselines(cfg["baselines"])
-    subjects = top_cells(study, cfg["report"]["top_k"]) + baselines
-    seeds = tuple(cfg["seed"] + i for i in range(cfg["report"]["seeds"]))
-    results = _retrain_all(study, cfg, subjects, seeds, budget, progress)
+    app = final_config(app)
+    budget = budget_key(app.trainer, app.seed, corpus.source_hash)
+    subjects = top_cells(study, app.report.top_k) + _baselines(app.baselines)
+    seeds = tuple(app.seed + i for i in range(app.report.seeds))
+    results = _retrain_all(study, app, subjects, seeds, budget, progress)
     if tracker is not None:
         for s in subjects:
             for seed in seeds:
-                tracker.log_final(study, s.label, s.role, results[s.label, seed], cfg)
+                tracker.log_final(study, s.label, s.role, results[s.label, seed], app)
     rows = sorted((_row(s, [results[s.label, seed] for seed in seeds]) for s in subjects),
                   key=lambda r: (r.test_bpc is None, r.test_bpc or 0.0))
     pairs = tuple(paired_difference(s.label, b.label, [results[s.label, seed] for seed in seeds],
                                     [results[b.label, seed] for seed in seeds])
                   for s in subjects if s.role == "trial" for b in subjects if b.role == "baseline")
-    out = Path(cfg["out_dir"]) / "report"
+    out = Path(app.out_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     comparison = Comparison(study.study_name, budget, seeds, tuple(rows), (), pairs)
     (out / "comparison.md").write_text(comparison.markdown())
     (out / "comparison.csv").write_text(comparison.csv())
     plots = (_plot_curves(out / "learning_curves.png", subjects, seeds, results),
              _plot_test_vs_params(out / "test_bpc_vs_params.png", rows),
-             _plot_best_so_far(out / "best_so_far.png", study, cfg["baselines"], search_budget))
+             _plot_best_so_far(out / "best_so_far.png", study, app.baselines, search_budget))
     files = tuple(str(p) for p in (out / "comparison.md", out / "comparison.csv", *plots))
     return Comparison(study.study_name, budget, seeds, tuple(rows), files, pairs)
 
 
-def final_config(cfg: dict[str, Any]) -> dict[str, Any]:
+def final_config(app: SearchApp) -> SearchApp:
     """The search config as the final comparison trains: the trainer's steps set to report.steps
-    (None or absent: the search's own steps)."""
-    steps = (cfg.get("report") or {}).get("steps")
-    if not steps:
-        return cfg
-    return {**cfg, "trainer": {**cfg["trainer"], "steps": steps}}
+    (None: the search's own steps)."""
+    if not app.report.steps:
+        return app
+    return replace(app, trainer=replace(app.trainer, steps=app.report.steps))
 
 
 def paired_difference(cell: str, baseline: str, mine: list[dict[str, Any]],
@@ -231,16 +219,9 @@ def paired_difference(cell: str, baseline: str, mine: list[dict[str, Any]],
 def top_cells(study: optuna.Study, k: int) -> list[_Subject]:
     """The k best distinct *new* cells of the study (COMPLETE, not duplicates, not reference cells),
     best first."""
-    from nas.search.results import label, new_cells, scored_trials
+    from nas.search.results import label
 
-    seen, out = set(), []
-    for t in new_cells(scored_trials(study)):
-        if len(out) >= k:
-            break
-        if t.user_attrs.get("cell_hash") not in seen:
-            seen.add(t.user_attrs.get("cell_hash"))
-            out.append(_Subject(label(t), "trial", t.user_attrs["cell_json"], t.number))
-    return out
+    return [_Subject(label(t), "trial", TrialRecord.of(t).cell_json, t.number) for t in best_new_trials(study, k)]
 
 
 def _baselines(names: list[str]) -> list[_Subject]:
@@ -249,26 +230,25 @@ def _baselines(names: list[str]) -> list[_Subject]:
     return [_Subject(name, "baseline", known_cell(name).to_json(indent=None)) for name in names]
 
 
-def _retrain_all(study, cfg, subjects, seeds, budget, progress) -> dict[tuple[str, int], dict[str, Any]]:
+def _retrain_all(study, app, subjects, seeds, budget, progress) -> dict[tuple[str, int], dict[str, Any]]:
     """Every (subject, seed) result: from the study's cache, else trained (in a pool if workers > 1)."""
     from nas.cell import CellSpec
-    from nas.search.retrain import TrainJob, run_jobs, scores
 
     results, jobs = {}, []
     for s in subjects:
         h = CellSpec.from_json(s.cell_json).canonical_hash()
         for seed in seeds:
-            cached = study.user_attrs.get(f"final:{h}:{seed}:{budget}")
+            cached = trials.final_result(study, h, seed, budget)
             if cached is not None:
                 results[s.label, seed] = cached
                 if not progress:
                     log.info("final comparison: %s seed %d: %s (trained by an earlier run)", s.label, seed,
                              scores(cached))
             else:
-                run_dir = Path(cfg["out_dir"]) / "final" / f"{h}-s{seed}"
-                jobs.append(TrainJob(s.label, s.cell_json, cfg, seed, str(run_dir.resolve()), budget))
-    for job, data in zip(jobs, run_jobs(jobs, cfg, progress, "final comparison")):
-        study.set_user_attr(f"final:{data['cell_hash']}:{job.seed}:{budget}", data)  # cached at once
+                run_dir = Path(app.out_dir) / "final" / f"{h}-s{seed}"
+                jobs.append(TrainJob(s.label, s.cell_json, app, seed, str(run_dir.resolve()), budget))
+    for job, data in zip(jobs, run_jobs(jobs, app.workers, progress, "final comparison")):
+        trials.store_final_result(study, data["cell_hash"], job.seed, budget, data)  # cached at once
         results[job.label, job.seed] = data
     return results
 
@@ -283,7 +263,7 @@ def _row(s: _Subject, results: list[dict[str, Any]]) -> ComparisonRow:
         test_std=statistics.stdev(tests) if len(tests) > 1 else (0.0 if tests else None),
         n_seeds=len(tests), val_bpc=statistics.fmean(vals) if vals else None, params=results[0]["params"],
         chars_per_sec=statistics.fmean(speeds) if speeds else None,
-        diverged=sum(1 for r in results if r.get("diverged")), trial=s.trial)
+        diverged=sum(1 for r in results if r.get("divergence")), trial=s.trial)
 
 
 # -- plots (matplotlib Figures on an Agg canvas: nothing registered globally, nothing to close) -------
@@ -363,16 +343,14 @@ def _plot_best_so_far(path: Path, study: optuna.Study, baselines: list[str], bud
 
     fig, ax = _figure("trial", "val bpc", "Best so far vs trial number")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    done = sorted((t.number, t.values[0]) for t in trials)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    done = sorted((t.number, t.values[0]) for t in complete)
     if done:
         xs, ys = zip(*done)
         best = [min(ys[:i + 1]) for i in range(len(ys))]
         ax.scatter(xs, ys, s=12, color="0.6", label="trial")
         ax.step(xs, best, where="post", color="tab:blue", linewidth=2, label="best so far")
-    from nas.search.results import baselines as trained
-
-    at_budget = trained(study, budget)
+    at_budget = trials.baselines(study, budget)
     for i, name in enumerate(baselines):
         r = at_budget.get(name)
         if r and r.get("val_bpc") is not None:

@@ -14,6 +14,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.cell import CellSpec
+from nas.trials import TrialRecord, records, stored_config
+from nas.trials import baselines as stored_baselines
 
 log = logging.getLogger("nas.search")
 
@@ -25,16 +27,17 @@ class ResultError(ValueError):
 def scored_trials(study: optuna.Study) -> list[FrozenTrial]:
     """COMPLETE trials that trained their own cell (duplicates point at an earlier trial), best first."""
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if "duplicate_of" not in t.user_attrs]
+            if not TrialRecord.of(t).is_duplicate]
     return sorted(done, key=lambda t: (t.values[0], t.number))
 
 
 def reference_of(t: FrozenTrial) -> str | None:
     """The reference cell (e.g. "mut3") that a trial's cell equals, or None for a new cell. Read from the
     trial (recorded when it ran) or, for trials of older studies, from its cell."""
-    if "reference" in t.user_attrs:
-        return t.user_attrs["reference"]
-    if "cell_json" not in t.user_attrs:
+    record = TrialRecord.of(t)
+    if record.reference is not None:
+        return record.reference
+    if record.cell_json is None:
         return None
     from nas.cell import CellError, identify
 
@@ -54,16 +57,16 @@ def label(t: FrozenTrial) -> str:
 def trial_line(t: FrozenTrial, best: FrozenTrial | None) -> str:
     """The progress line of a finished trial: 'trial 5 = mut3: complete, val bpc 1.9876; best so far
     1.9512 (trial 2 (new))'; a failure gives its reason, a duplicate the trial it repeats."""
-    name = label(t) if "cell_json" in t.user_attrs else f"trial {t.number}"
-    state = t.user_attrs.get("nas_state") or t.state.name.lower()
+    record = TrialRecord.of(t)
+    name = label(t) if record.cell_json is not None else f"trial {t.number}"
     if t.state == TrialState.COMPLETE:
         what = f"val bpc {t.values[0]:.4f}"
-        if "duplicate_of" in t.user_attrs:
-            what += f" (same cell as trial {t.user_attrs['duplicate_of']})"
+        if record.is_duplicate:
+            what += f" (same cell as trial {record.duplicate_of})"
     else:
-        what = t.user_attrs.get("reason") or "no reason recorded"
+        what = record.reason or "no reason recorded"
     so_far = f"; best so far {best.values[0]:.4f} ({label(best)})" if best is not None else ""
-    return f"{name}: {state}, {what}{so_far}"
+    return f"{name}: {record.word}, {what}{so_far}"
 
 
 def best_so_far(trials: list[FrozenTrial], number: int | None = None) -> FrozenTrial | None:
@@ -103,28 +106,27 @@ def best_trial(study: optuna.Study, new_only: bool = True) -> FrozenTrial:
         trials = new_cells(trials)
     if not trials:
         states = {}
-        for t in study.get_trials(deepcopy=False):
-            k = t.user_attrs.get("nas_state") or t.state.name.lower()
-            states[k] = states.get(k, 0) + 1
+        for r in records(study):
+            states[r.word] = states.get(r.word, 0) + 1
         summary = ", ".join(f"{v} {k}" for k, v in sorted(states.items())) or "no trials"
         raise ResultError(f"study {study.study_name!r} has no completed trial yet ({summary})")
     return trials[0]
 
 
 def trial_by_number(study: optuna.Study, number: int) -> FrozenTrial:
-    trials = study.get_trials(deepcopy=False)
-    if not 0 <= number < len(trials):
-        raise ResultError(f"study {study.study_name!r} has no trial {number} (it has {len(trials)})")
-    t = trials[number]
-    if "cell_json" not in t.user_attrs:
+    everything = study.get_trials(deepcopy=False)
+    if not 0 <= number < len(everything):
+        raise ResultError(f"study {study.study_name!r} has no trial {number} (it has {len(everything)})")
+    t = everything[number]
+    record = TrialRecord.of(t)
+    if record.cell_json is None:
         raise ResultError(f"trial {number} of study {study.study_name!r} has no cell "
-                          f"({t.user_attrs.get('nas_state', t.state.name.lower())}: "
-                          f"{t.user_attrs.get('reason', 'no reason recorded')})")
+                          f"({record.word}: {_or(record.reason, 'no reason recorded')})")
     return t
 
 
 def trial_by_hash(study: optuna.Study, cell_hash: str) -> FrozenTrial:
-    matches = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("cell_hash") == cell_hash]
+    matches = [t for t in study.get_trials(deepcopy=False) if TrialRecord.of(t).cell_hash == cell_hash]
     if not matches:
         raise ResultError(f"no trial of study {study.study_name!r} has cell hash {cell_hash!r}")
     done = [t for t in matches if t.state == TrialState.COMPLETE]
@@ -132,14 +134,18 @@ def trial_by_hash(study: optuna.Study, cell_hash: str) -> FrozenTrial:
 
 
 def trial_cell(t: FrozenTrial) -> CellSpec:
-    return CellSpec.from_json(t.user_attrs["cell_json"])
+    cell_json = TrialRecord.of(t).cell_json
+    if cell_json is None:
+        raise KeyError("cell_json")  # as reading the missing attr did: callers check for a cell first
+    return CellSpec.from_json(cell_json)
 
 
 def trial_weights(study: optuna.Study, t: FrozenTrial) -> dict[str, Any] | None:
     """The trained CellRNN state dict of a trial (of the trial it duplicates), if saved on this machine."""
-    if "duplicate_of" in t.user_attrs:
-        t = study.get_trials(deepcopy=False)[t.user_attrs["duplicate_of"]]
-    path = Path(t.user_attrs.get("run_dir", "")) / "weights.pt"
+    record = TrialRecord.of(t)
+    if record.is_duplicate:
+        record = TrialRecord.of(study.get_trials(deepcopy=False)[record.duplicate_of])
+    path = Path(_or(record.run_dir, "")) / "weights.pt"
     return rnn_state_dict(path) if path.is_file() else None
 
 
@@ -153,33 +159,25 @@ def rnn_state_dict(path: Path) -> dict[str, Any]:
 
 def baselines(study: optuna.Study, budget: str | None = None) -> dict[str, dict[str, Any]]:
     """Baseline results stored in the study ({name: EvalResult dict}), for one budget key or all."""
-    out = {}
-    for key, value in study.user_attrs.items():
-        if key.startswith("baseline:"):
-            _, name, b = key.split(":", 2)
-            if budget is None or b == budget:
-                out[name] = value
-    return out
+    return stored_baselines(study, budget)
 
 
 def export_bundle(study: optuna.Study, number: int | None = None, cell_hash: str | None = None) -> dict[str, Any]:
     """What nas-export needs of a study's trial (best by default): spec, weights, metrics, origin, name."""
-    from nas.search.study import CONFIG_ATTR
-
     if number is not None:
         t = trial_by_number(study, number)
     elif cell_hash:
         t = trial_by_hash(study, cell_hash)
     else:
         t = best_trial(study)
-    cfg = study.user_attrs.get(CONFIG_ATTR, {})
-    metrics = {label(t): _metrics(t.user_attrs)}
-    for name, r in baselines(study, t.user_attrs.get("budget")).items():
+    cfg, record = stored_config(study) or {}, TrialRecord.of(t)
+    metrics = {label(t): _metrics(record.metrics())}
+    for name, r in baselines(study, record.budget).items():
         metrics[name] = _metrics(r)
     origin = {"study": study.study_name, "trial": t.number,
               "search space": cfg.get("search_space", {}).get("name"),
               "controller": cfg.get("controller", {}).get("name"),
-              "state": t.user_attrs.get("nas_state"), "budget": t.user_attrs.get("budget"),
+              "state": record.outcome.value if record.outcome else None, "budget": record.budget,
               "reference cell": reference_of(t) or "none (a new cell)"}
     return {"spec": trial_cell(t), "weights": trial_weights(study, t), "metrics": metrics,
             "origin": origin, "name": f"{study.study_name}-trial{t.number}", "label": label(t)}
@@ -188,3 +186,8 @@ def export_bundle(study: optuna.Study, number: int | None = None, cell_hash: str
 def _metrics(r: dict[str, Any]) -> dict[str, Any]:
     return {k: r.get(k) for k in ("val_bpc", "test_bpc", "params", "hidden_size", "chars_per_sec")
             if r.get(k) is not None}
+
+
+def _or(value: Any, default: Any) -> Any:
+    """`value`, or `default` where the attr is missing (None)."""
+    return default if value is None else value

@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import logging
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from logging.handlers import QueueHandler, QueueListener
 from typing import Any
+
+from nas.config import SearchApp
 
 log = logging.getLogger("nas.search")
 
 
 @dataclass(frozen=True)
 class TrainJob:
+    """One training outside the trials: a cell (JSON) trained by `app`'s trainer on its corpus."""
+
     label: str
     cell_json: str
-    cfg: dict[str, Any]
+    app: SearchApp
     seed: int
     run_dir: str
     budget: str
@@ -28,15 +32,14 @@ class TrainJob:
 def train_job(job: TrainJob, threads: int | None = None) -> dict[str, Any]:
     """One training run; its result as a plain dict (picklable, JSON-able for the study)."""
     from nas.cell import CellSpec
-    from nas.config import TrainConfig
     from nas.data import load_corpus
     from nas.search.worker import pin_device
     from nas.train import evaluate
 
-    cfg = job.cfg
-    device = pin_device(cfg.get("device", "auto"), threads or cfg.get("threads"))
-    trainer = TrainConfig(**{**cfg["trainer"], "progress": False, "test": job.test, "device": device})
-    corpus = load_corpus(cfg["data"]["path"], cfg["data"]["cache_dir"], cfg["data"].get("format", "auto"))
+    app = job.app
+    device = pin_device(app.device, threads or app.threads)
+    trainer = replace(app.trainer, progress=False, test=job.test, device=device)
+    corpus = load_corpus(app.data.path, app.data.cache_dir, app.data.format)
     spec = CellSpec.from_json(job.cell_json)
     r = evaluate(spec, trainer, job.seed, corpus, out_dir=job.run_dir,
                  desc=f"{job.label} seed {job.seed}")
@@ -71,11 +74,12 @@ def _train_one_thread(job: TrainJob) -> dict[str, Any]:
     return train_job(job, threads=1)
 
 
-def run_jobs(jobs: list[TrainJob], cfg: dict[str, Any], progress: bool, desc: str):
-    """Yield each job's result, in order, as soon as it is done."""
+def run_jobs(jobs: list[TrainJob], workers: int | None, progress: bool, desc: str):
+    """Yield each job's result, in order, as soon as it is done, over `workers` processes (one
+    torch thread each) when more than one, else in this process."""
     if not jobs:
         return
-    workers = min(cfg.get("workers") or 1, len(jobs))
+    workers = min(workers or 1, len(jobs))
     with ExitStack() as stack:
         bar = None
         if progress:

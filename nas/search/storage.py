@@ -16,9 +16,9 @@ its budget is met.
 
 Killed workers: every running trial records its worker (`nas:worker` = host:pid, and the process's
 start time `nas:worker_started`, as pids are reused) and a heartbeat (`nas:heartbeat`, refreshed by
-a thread every heartbeat_interval s). `reap_lost` fails a RUNNING trial whose worker is gone, tags
-it `nas_state = "lost"` and enqueues a retry with the same parameters, so completed results are
-never lost and a lost cell is evaluated again. Gone means:
+a thread every heartbeat_interval s). `reap_lost` fails a RUNNING trial whose worker is gone, marks
+it lost (nas.trials.Outcome.LOST) and enqueues a retry with the same parameters, so completed
+results are never lost and a lost cell is evaluated again. Gone means:
  - same host: the worker process no longer exists. A live process's trial is never taken from it,
    however late its heartbeat (a long garbage collection or a slow disk is not a death). Hosts are
    told apart by name: containers that share a hostname must share their pid namespace too.
@@ -45,17 +45,18 @@ from typing import Any, Self
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from nas import trials
+from nas.search import optuna_adapter
+from nas.search.errors import StudyError
+from nas.trials import Outcome, TrialRecord
+from nas.urls import redact
+
 log = logging.getLogger("nas.search")
 
 WORKER_ATTR, HEARTBEAT_ATTR, STARTED_ATTR = "nas:worker", "nas:heartbeat", "nas:worker_started"
-LOST = "lost"
 # Seconds a grace period must exceed two heartbeat intervals by: one journal write may wait up to
 # the 5 s lock takeover below, and a beat is written between two waits.
 GRACE_MARGIN = 10
-
-
-class StudyError(ValueError):
-    """The study cannot be created, found, opened or resumed as asked (one-line message)."""
 
 
 def check_storage(storage: Mapping[str, Any] | Any) -> None:
@@ -94,7 +95,7 @@ def make_storage(url: str | None, study_dir: Path):
                 e = e.__cause__ or e.__context__
                 seen.add(id(e))
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f"cannot open storage {_redact(url)}: {_redact(first)}") from None
+            raise ValueError(f"cannot open storage {redact(url)}: {redact(first)}") from None
     from optuna.storages.journal import JournalStorage
 
     from nas.search.journal import SafeJournalBackend
@@ -115,20 +116,10 @@ def make_storage(url: str | None, study_dir: Path):
         return JournalStorage(SafeJournalBackend(str(path)))
 
 
-def _redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    from nas.urls import redact
-
-    return redact(url)
-
-
 def this_worker() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-# States of a trial that trained nothing (besides `lost`): it is replaced, so that n_trials counts cells
-# trained. A duplicate (of any outcome) carries `duplicate_of`.
-FREE_STATES = ("screened", "invalid")
 # At most this many trials per trial that counts (and at least MIN_TRIALS_CAP in all): a space or
 # controller that yields only duplicates or junk still ends. Measured: 56% of random `graph` cells are
 # screened at the search budget, so ~2.3 trials per trained cell.
@@ -139,23 +130,22 @@ MIN_TRIALS_CAP = 20
 def counts_toward_budget(t: FrozenTrial) -> bool:
     """Whether `t` uses the study's budget: not lost with its worker, and not a trial that trained
     nothing (a duplicate of an earlier cell, a screened or an invalid cell)."""
-    state = t.user_attrs.get("nas_state")
-    if t.state == TrialState.FAIL and state == LOST:
-        return False
-    return not (t.state.is_finished() and ("duplicate_of" in t.user_attrs or state in FREE_STATES))
+    record = TrialRecord.of(t)
+    return not (record.is_lost or record.trained_nothing)
 
 
 def replace_if_free(study: optuna.Study, t: FrozenTrial) -> bool:
     """Enqueue a placeholder for the finished trial `t` if it trained nothing (see counts_toward_budget),
     so that the study still trains n_trials cells; not beyond MAX_TRIALS_FACTOR trials per counted
     trial. Called once per trial by the worker that ran it. True when one was enqueued."""
-    if counts_toward_budget(t) or t.user_attrs.get("nas_state") == LOST:
+    record = TrialRecord.of(t)
+    if counts_toward_budget(t) or record.outcome == Outcome.LOST:
         return False
-    trials = study.get_trials(deepcopy=False)
-    counted = sum(counts_toward_budget(x) for x in trials)
-    if len(trials) >= max(MIN_TRIALS_CAP, MAX_TRIALS_FACTOR * counted):
+    everything = study.get_trials(deepcopy=False)
+    counted = sum(counts_toward_budget(x) for x in everything)
+    if len(everything) >= max(MIN_TRIALS_CAP, MAX_TRIALS_FACTOR * counted):
         log.warning("study %s: %d trials for %d that train a cell; not replacing trial %d (%s)",
-                    study.study_name, len(trials), counted, t.number, t.user_attrs.get("nas_state"))
+                    study.study_name, len(everything), counted, t.number, record.outcome)
         return False
     study.enqueue_trial({}, skip_if_exists=False)
     return True
@@ -172,15 +162,15 @@ def top_up(study: optuna.Study, n_trials: int) -> int:
 
 def pop_trial(study: optuna.Study) -> optuna.Trial | None:
     """Claim one WAITING trial for this worker, or None when the budget is used up."""
-    # Study._pop_waiting_trial_id is the atomic claim Study.ask() itself uses; ask() would create a
-    # new trial when none is waiting, overrunning the budget.
-    trial_id = study._pop_waiting_trial_id()
+    # The atomic claim Study.ask() itself uses; ask() would create a new trial when none is waiting,
+    # overrunning the budget.
+    trial_id = optuna_adapter.pop_waiting(study)
     if trial_id is None:
         return None
     # Heartbeat and start time before owner: a reaper that sees the owner also sees them.
-    study._storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
-    study._storage.set_trial_system_attr(trial_id, STARTED_ATTR, _started(os.getpid()))
-    study._storage.set_trial_system_attr(trial_id, WORKER_ATTR, this_worker())
+    optuna_adapter.set_system_attr(study, trial_id, HEARTBEAT_ATTR, time.time())
+    optuna_adapter.set_system_attr(study, trial_id, STARTED_ATTR, _started(os.getpid()))
+    optuna_adapter.set_system_attr(study, trial_id, WORKER_ATTR, this_worker())
     return optuna.Trial(study, trial_id)
 
 
@@ -190,15 +180,16 @@ class Heartbeat:
     `taken` turns True when the trial was finished by another process (reaped as lost): the beats
     stop, and the owner's result will be refused by the storage."""
 
-    def __init__(self, study: optuna.Study, trial_id: int, interval: float):
+    def __init__(self, study: optuna.Study, trial: optuna_adapter.TrialRef, interval: float):
         self.taken = False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, args=(study, trial_id, interval), daemon=True)
+        self._thread = threading.Thread(target=self._beat, daemon=True,
+                                        args=(study, optuna_adapter.trial_id(trial), interval))
 
     def _beat(self, study: optuna.Study, trial_id: int, interval: float) -> None:
         while not self._stop.wait(interval):
             try:
-                study._storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+                optuna_adapter.set_system_attr(study, trial_id, HEARTBEAT_ATTR, time.time())
             except optuna.exceptions.UpdateFinishedTrialError:
                 self.taken = True
                 return
@@ -249,7 +240,7 @@ def _is_lost(t: FrozenTrial, study_name: str, grace_period: float, now: float) -
         host, _, pid = str(worker).rpartition(":")
         if host == socket.gethostname() and pid.isdigit():
             return not _alive(int(pid), t.system_attrs.get(STARTED_ATTR))  # sure; a live worker keeps its trial
-    key, beat = (study_name, t._trial_id), t.system_attrs.get(HEARTBEAT_ATTR)
+    key, beat = (study_name, optuna_adapter.trial_id(t)), t.system_attrs.get(HEARTBEAT_ATTR)
     seen = _seen.get(key)
     if seen is None or seen[0] != beat:
         _seen[key] = (beat, now)
@@ -263,14 +254,12 @@ def release(study: optuna.Study, t: FrozenTrial, reason: str) -> bool:
     # Attributes first: a finished trial can no longer be annotated. If another reaper wins the
     # state change below, it wrote the same attributes and it alone enqueues the retry.
     try:
-        study._storage.set_trial_user_attr(t._trial_id, "nas_state", LOST)
-        study._storage.set_trial_user_attr(t._trial_id, "reason", reason)
-        if not study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+        trials.mark(optuna_adapter.user_attr_writer(study, t), Outcome.LOST, reason)
+        if not optuna_adapter.fail(study, t):
             return False
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
-    retry_of = t.user_attrs.get("retry_of", t.number)
-    study.enqueue_trial(dict(t.params), user_attrs={"retry_of": retry_of}, skip_if_exists=False)
+    trials.enqueue_retry(study, t)
     return True
 
 
@@ -285,7 +274,7 @@ def reap_lost(study: optuna.Study, grace_period: float) -> list[int]:
         if release(study, t, f"worker {worker} stopped"):
             reaped.append(t.number)
             log.warning("trial %d lost with its worker %s: retrying it", t.number, worker)
-    alive = {(study.study_name, t._trial_id) for t in running if t.number not in reaped}
+    alive = {(study.study_name, optuna_adapter.trial_id(t)) for t in running if t.number not in reaped}
     for key in [k for k in _seen if k[0] == study.study_name and k not in alive]:
         del _seen[key]
     return reaped

@@ -9,43 +9,49 @@ data, seed) cannot change on resume: that would mix incomparable trials in one s
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from nas.search.storage import StudyError, check_storage, make_storage, top_up
+from nas import trials
+from nas.config import PrunerConfig, SearchApp, plain, search_app
+from nas.search.errors import StudyError
+from nas.search.storage import check_storage, make_storage, top_up
 
-CONFIG_ATTR = "nas:config"
 METRIC_NAMES = ["val_bpc", "params"]  # what the objective returns (params: multi-objective only)
 # Settings that may differ between runs of one study (budget, parallelism, where and how it runs).
 _FREE = {"n_trials", "workers", "workers_per_device", "device", "threads", "storage", "pruner", "out_dir",
-         "baselines", "top_k", "tracking", "report", "export"}
-_FREE_TRAINER = {"device", "threads", "progress", "tf32", "bf16", "eval_batch_size"}
+         "baselines", "tracking", "report", "export"}
+_FREE_TRAINER = {"device", "threads", "progress", "tf32", "bf16", "eval_batch_size", "backend", "cuda_graphs"}
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def make_pruner(cfg: dict[str, Any], eval_every: int, steps: int) -> optuna.pruners.BasePruner:
-    name = cfg["name"]
-    if name == "none":
+def make_pruner(pruner: PrunerConfig | Mapping[str, Any], eval_every: int,
+                steps: int) -> optuna.pruners.BasePruner:
+    """The pruner of `pruner` (a PrunerConfig, or its plain dict) for trials that evaluate every
+    `eval_every` of `steps` steps."""
+    p = pruner if isinstance(pruner, PrunerConfig) else PrunerConfig(**pruner)
+    if p.name == "none":
         return optuna.pruners.NopPruner()
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=cfg["n_startup_trials"],
-                                           n_warmup_steps=cfg["n_warmup_steps"])
-    min_resource = cfg.get("min_resource") or eval_every
-    if name == "halving":
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+    min_resource = p.min_resource or eval_every
+    if p.name == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource,
-                                                      reduction_factor=cfg["reduction_factor"])
-    if name == "hyperband":
+                                                      reduction_factor=p.reduction_factor)
+    if p.name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=min_resource, max_resource=steps,
-                                              reduction_factor=cfg["reduction_factor"])
-    raise StudyError(f"pruner.name must be none, median, halving or hyperband, got {name!r}")
+                                              reduction_factor=p.reduction_factor)
+    raise StudyError(f"pruner.name must be none, median, halving or hyperband, got {p.name!r}")
 
 
-def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in cfg.items() if k not in _FREE and k != "study"}
-    out["trainer"] = {k: v for k, v in cfg["trainer"].items() if k not in _FREE_TRAINER}
+def _comparable(app: SearchApp) -> dict[str, Any]:
+    """The settings that must not change on resume, as a plain dict (for messages naming each key)."""
+    out = {k: v for k, v in plain(app).items() if k not in _FREE and k != "study"}
+    out["trainer"] = {k: v for k, v in plain(app.trainer).items() if k not in _FREE_TRAINER}
     return out
 
 
@@ -60,39 +66,52 @@ def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
     return diffs
 
 
-def open_study(cfg: dict[str, Any], multi_objective: bool) -> optuna.Study:
-    """Create the study (or resume it), check its settings, and top up its trial budget.
+def open_study(cfg: SearchApp | Mapping[str, Any], multi_objective: bool) -> optuna.Study:
+    """Create the study (or resume it), check its settings, and top up its trial budget. `cfg`: the
+    search config (or its plain dict, as stored with a study).
 
     Called once by the launcher before any worker starts: creating a study from several processes at
     once races in Optuna's RDB storages. An unwritable folder or a full disk is a StudyError."""
-    check_storage(cfg["storage"])
+    app = search_app(cfg)
+    check_storage(app.storage)
     try:
-        return _open_study(cfg, multi_objective)
+        return _open_study(app, multi_objective)
     except OSError as e:
-        where = "the study's storage" if cfg["storage"]["url"] else str(Path(cfg["out_dir"]) / "journal.log")
+        where = "the study's storage" if app.storage.url else str(Path(app.out_dir) / "journal.log")
         raise StudyError(f"cannot write {where}: {e.strerror or e}; make it writable (or free space) "
                          "or choose another out_dir=...") from None
 
 
-def _open_study(cfg: dict[str, Any], multi_objective: bool) -> optuna.Study:
-    storage = make_storage(cfg["storage"]["url"], Path(cfg["out_dir"]))
+def _open_study(app: SearchApp, multi_objective: bool) -> optuna.Study:
+    storage = make_storage(app.storage.url, Path(app.out_dir))
     directions = ["minimize", "minimize"] if multi_objective else ["minimize"]
-    study = optuna.create_study(study_name=cfg["study"], storage=storage, directions=directions,
+    study = optuna.create_study(study_name=app.study, storage=storage, directions=directions,
                                 load_if_exists=True)
-    stored = study.user_attrs.get(CONFIG_ATTR)
+    stored = trials.stored_config(study)
     if stored is None:
-        study.set_user_attr(CONFIG_ATTR, cfg)
+        trials.store_config(study, plain(app))
     else:
-        diffs = _differences(_comparable(stored), _comparable(cfg))
+        # Through the typed config, so that a setting added since the study was made (stored without
+        # it) compares at its default, and a setting since removed is no difference.
+        diffs = _differences(_comparable(_typed(stored, app.study)), _comparable(app))
         if diffs:
-            raise StudyError(f"study {cfg['study']!r} exists with other settings ({'; '.join(diffs[:3])}); "
+            raise StudyError(f"study {app.study!r} exists with other settings ({'; '.join(diffs[:3])}); "
                              "resume it with its settings or choose another study name (study=...)")
     if len(study.directions) != len(directions):
-        raise StudyError(f"study {cfg['study']!r} has {len(study.directions)} objective(s); "
-                         f"controller {cfg['controller']['name']!r} needs {len(directions)}")
+        raise StudyError(f"study {app.study!r} has {len(study.directions)} objective(s); "
+                         f"controller {app.controller.name!r} needs {len(directions)}")
     name_metrics(study)
-    top_up(study, cfg["n_trials"])
+    top_up(study, app.n_trials)
     return study
+
+
+def _typed(stored: Mapping[str, Any], name: str) -> SearchApp:
+    try:
+        return search_app(stored)
+    except Exception as e:  # noqa: BLE001 - OmegaConf's validation errors come in several types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StudyError(f"study {name!r} holds settings this version cannot read ({first}); "
+                         "choose another study name (study=...)") from None
 
 
 def name_metrics(study: optuna.Study) -> None:
@@ -114,7 +133,7 @@ def join_study(name: str, storage_url: str | None, out_dir: str) -> tuple[optuna
     except KeyError:
         where = storage_url or str(Path(out_dir) / "journal.log")
         raise StudyError(f"no study named {name!r} in {where}: start it with nas-search first") from None
-    cfg = study.user_attrs.get(CONFIG_ATTR)
+    cfg = trials.stored_config(study)
     if cfg is None:
-        raise StudyError(f"study {name!r} was not created by nas-search (it has no {CONFIG_ATTR!r})")
+        raise StudyError(f"study {name!r} was not created by nas-search (it has no {trials.CONFIG_ATTR!r})")
     return study, cfg

@@ -29,7 +29,8 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from nas.config import SearchApp, StorageConfig, search_app
+from nas.search import optuna_adapter as adapter
 from nas.search.objective import Objective, TrialFailed
 from nas.search.storage import (
     Heartbeat,
@@ -47,6 +50,7 @@ from nas.search.storage import (
     replace_if_free,
     this_worker,
 )
+from nas.trials import Outcome, TrialRecord, mark
 
 log = logging.getLogger("nas.search")
 
@@ -106,67 +110,83 @@ def pin_device(device: str, threads: int | None, index: int = 0) -> str:
     return device
 
 
-def build_objective(cfg: dict[str, Any], device: str, index: int = 0) -> tuple[Objective, Any]:
-    """The trial objective and the controller (sampler) described by a stored search config, for the
-    worker numbered `index`: each worker's sampler gets its own seed (the search's seed for worker 0),
-    since samplers that draw from a process-wide stream (random, TPE) would otherwise hand every
-    worker the same cells in the same order."""
-    from nas.config import TrainConfig
+def build_objective(app: SearchApp | Mapping[str, Any], device: str, index: int = 0) -> tuple[Objective, Any]:
+    """The trial objective and the controller (sampler) of a search config (a SearchApp, or the plain
+    form stored with the study), for the worker numbered `index`: each worker's sampler gets its own
+    seed (the search's seed for worker 0), since samplers that draw from a process-wide stream
+    (random, TPE) would otherwise hand every worker the same cells in the same order."""
     from nas.data import load_corpus
-    from nas.search.controllers import is_multi_objective, make_sampler
+    from nas.search.samplers import is_multi_objective, make_sampler
     from nas.search_spaces import open_space
 
-    space = open_space(cfg["search_space"])
-    trainer = TrainConfig(**{**cfg["trainer"], "device": device, "progress": False})
-    corpus = load_corpus(cfg["data"]["path"], cfg["data"]["cache_dir"], cfg["data"].get("format", "auto"))
-    controller = cfg["controller"]
-    options = dict(controller["options"])
-    if controller["name"] == "evolution" and "seed_params" not in options:
-        options["seed_params"] = list(space.known.values())  # start from the reference cells
-    seed = cfg["seed"] if index == 0 else int(np.random.SeedSequence([cfg["seed"], index]).generate_state(1)[0])
-    sampler = make_sampler(controller["name"], seed=seed, **options)
-    multi = is_multi_objective(controller["name"])
-    trials_dir = Path(cfg["out_dir"]) / "trials"
-    grace = cfg["storage"]["grace_period"]
-    return Objective(space.sample, trainer, corpus, cfg["seed"], multi_objective=multi, trials_dir=trials_dir,
-                     reap=lambda study: reap_lost(study, grace)), sampler
+    app = search_app(app)
+    space = open_space(app.search_space)
+    trainer = replace(app.trainer, device=device, progress=False)
+    corpus = load_corpus(app.data.path, app.data.cache_dir, app.data.format)
+    seed = app.seed if index == 0 else int(np.random.SeedSequence([app.seed, index]).generate_state(1)[0])
+    sampler = make_sampler(app.controller.name, seed=seed, **sampler_options(app, space))
+    multi = is_multi_objective(app.controller.name)
+    grace = app.storage.grace_period
+    return Objective(space.sample, trainer, corpus, app.seed, multi_objective=multi,
+                     trials_dir=Path(app.out_dir) / "trials", reap=lambda study: reap_lost(study, grace)), sampler
 
 
-def trial_logger(study: optuna.Study, cfg: dict[str, Any], announce: bool = True):
+def sampler_options(app: SearchApp, space: Any) -> dict[str, Any]:
+    """The controller's options as the search builds it: evolution starts from `space`'s reference
+    cells unless seed_params are given (seed_cells become seed_params before the study is made:
+    nas.search.run.with_seed_params)."""
+    options = dict(app.controller.options)
+    if app.controller.name == "evolution" and "seed_params" not in options:
+        options["seed_params"] = list(space.known.values())
+    return options
+
+
+def pruner_of(app: SearchApp) -> optuna.pruners.BasePruner:
+    """The search's pruner (pruner.*), on the trainer's evaluation steps."""
+    from nas.search.study import make_pruner
+
+    return make_pruner(app.pruner, app.trainer.eval_every, app.trainer.steps)
+
+
+def trial_logger(study: optuna.Study, app: SearchApp, announce: bool = True):
     """The on_trial hook that logs each finished trial to MLflow (a no-op when tracking is off) and,
     with `announce`, its progress line (results.trial_line) on logger nas.search. A launcher that
     announces the trials itself (nas-search, by polling the study) passes announce=False."""
     from nas.search.results import best_so_far, trial_line
     from nas.tracking import Tracker
 
-    tracker = Tracker.from_config(cfg)
+    tracker = Tracker.from_config(app)
 
     def on_trial(t) -> None:
-        tracker.log_trial(study, t, cfg)
+        tracker.log_trial(study, t, app)
         if announce:
             log.info(trial_line(t, best_so_far(study.get_trials(deepcopy=False))))
 
     return on_trial
 
 
-def run_trials(study: optuna.Study, objective: Objective, storage_cfg: dict[str, Any],
+def run_trials(study: optuna.Study, objective: Objective, storage: StorageConfig | Mapping[str, Any],
                on_trial=None) -> WorkerSummary:
-    """The worker loop. `on_trial(frozen_trial)` is called after each finished trial.
+    """The worker loop. `on_trial(frozen_trial)` is called after each finished trial; `storage` gives
+    the heartbeat interval and grace period (a StorageConfig, or a mapping of those two).
 
     Raises StudyError for bad storage settings (check_storage) and WorkerFailed on an error of the
     machine, after handing the trial in progress back to the study for a retry."""
-    check_storage(storage_cfg)
+    check_storage(storage)
+    if isinstance(storage, Mapping):
+        storage = StorageConfig(heartbeat_interval=storage["heartbeat_interval"],
+                                grace_period=storage["grace_period"])
     start, done = time.perf_counter(), 0
     while True:
         trial = None
         try:
-            reap_lost(study, storage_cfg["grace_period"])
+            reap_lost(study, storage.grace_period)
             trial = pop_trial(study)
             if trial is None:
                 break
-            if _run_and_tell(study, objective, trial, storage_cfg["heartbeat_interval"]):
+            if _run_and_tell(study, objective, trial, storage.heartbeat_interval):
                 done += 1
-                finished = study._storage.get_trial(trial._trial_id)
+                finished = adapter.fetch(study, trial)
                 replace_if_free(study, finished)
                 if on_trial is not None:
                     on_trial(finished)
@@ -183,16 +203,15 @@ def _run_and_tell(study: optuna.Study, objective: Objective, trial: optuna.Trial
     by a reaper that thought this worker dead): logged, and this result dropped, as its retry is
     already enqueued and evaluates the same cell."""
     try:
-        with Heartbeat(study, trial._trial_id, interval) as beat:
+        with Heartbeat(study, adapter.trial_id(trial), interval) as beat:
             state, values = _run_one(objective, trial)
-        taken = beat.taken or study._storage.get_trial(trial._trial_id).state.is_finished()
+        taken = beat.taken or adapter.fetch(study, trial).state.is_finished()
     except optuna.exceptions.UpdateFinishedTrialError:
         taken = True
     if taken:
-        t = study._storage.get_trial(trial._trial_id)
+        t = TrialRecord.of(adapter.fetch(study, trial))
         log.warning("trial %d was finished by another process while this worker ran it (%s: %s); its "
-                    "result here is dropped", trial.number, t.user_attrs.get("nas_state", t.state.name.lower()),
-                    t.user_attrs.get("reason", "no reason recorded"))
+                    "result here is dropped", trial.number, t.word, t.reason or "no reason recorded")
         return False
     study.tell(trial, values, state=state, skip_if_finished=True)  # a reap in between: dropped as above
     return True
@@ -203,7 +222,7 @@ def _stopped(study: optuna.Study, trial: optuna.Trial | None, reason: str) -> Wo
     note = ""
     if trial is not None:
         try:
-            t = study._storage.get_trial(trial._trial_id)
+            t = adapter.fetch(study, trial)
             if t.state == TrialState.RUNNING and release(study, t, f"infrastructure error: {reason}"):
                 note = f"; trial {t.number} will be retried with the same cell"
         except Exception as e:  # noqa: BLE001 - the storage may sit on the failing disk too
@@ -219,8 +238,7 @@ def _run_one(objective: Objective, trial: optuna.Trial):
     except optuna.TrialPruned:
         return TrialState.PRUNED, None
     except TrialFailed as e:
-        trial.set_user_attr("nas_state", e.state)
-        trial.set_user_attr("reason", str(e))
+        mark(trial, Outcome(e.state), str(e))
         return TrialState.FAIL, None
     except optuna.exceptions.UpdateFinishedTrialError:
         raise  # reaped while running: not the cell's fault (see _run_and_tell)
@@ -228,8 +246,7 @@ def _run_one(objective: Objective, trial: optuna.Trial):
         if infrastructure_error(e) is not None:
             raise  # the machine's fault: the trial is retried (see run_trials)
         log.exception("trial %d failed", trial.number)
-        trial.set_user_attr("nas_state", "error")
-        trial.set_user_attr("reason", f"{type(e).__name__}: {e}")
+        mark(trial, Outcome.ERROR, f"{type(e).__name__}: {e}")
         return TrialState.FAIL, None
 
 
@@ -258,11 +275,11 @@ class LocalWorker:
     logged here (`relay`), so its lines reach wherever this process's logging goes (the console and
     Hydra's job log under nas-search); its last line is kept as the reason, should it fail."""
 
-    def __init__(self, cfg: dict[str, Any], index: int, threads: int):
-        cmd = [sys.executable, "-m", "nas.search.worker", "--study", cfg["study"], "--out-dir", cfg["out_dir"],
-               "--device", cfg["device"], "--threads", str(threads), "--index", str(index), "--no-announce"]
-        if cfg["storage"]["url"]:
-            cmd += ["--storage", cfg["storage"]["url"]]
+    def __init__(self, app: SearchApp, index: int, threads: int):
+        cmd = [sys.executable, "-m", "nas.search.worker", "--study", app.study, "--out-dir", app.out_dir,
+               "--device", app.device, "--threads", str(threads), "--index", str(index), "--no-announce"]
+        if app.storage.url:
+            cmd += ["--storage", app.storage.url]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         self.index, self._last = index, ""
         self.proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
@@ -318,12 +335,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("nas").setLevel(logging.INFO)
     try:
         device = pin_device(args.device, args.threads, args.index)
-        study, cfg = join_study(args.study, args.storage, args.out_dir)
-        objective, sampler = build_objective(cfg, device, args.index)
-        study.sampler = sampler
-        study.pruner = _pruner(cfg)
-        run_trials(study, objective, {**cfg["storage"], "url": args.storage},
-                   trial_logger(study, cfg, announce=args.announce))
+        study, stored = join_study(args.study, args.storage, args.out_dir)
+        app = search_app(stored)
+        objective, sampler = build_objective(app, device, args.index)
+        study.sampler, study.pruner = sampler, pruner_of(app)
+        run_trials(study, objective, replace(app.storage, url=args.storage),
+                   trial_logger(study, app, announce=args.announce))
     except KeyboardInterrupt:
         sys.exit(130)
     except ValueError as e:
@@ -332,12 +349,6 @@ def main(argv: list[str] | None = None) -> None:
     except WorkerFailed as e:
         print(f"nas-worker: error: {e}", file=sys.stderr)
         sys.exit(1)
-
-
-def _pruner(cfg: dict[str, Any]):
-    from nas.search.study import make_pruner
-
-    return make_pruner(cfg["pruner"], cfg["trainer"]["eval_every"], cfg["trainer"]["steps"])
 
 
 if __name__ == "__main__":

@@ -1,38 +1,56 @@
-"""Trials and results as MLflow run records, the experiment's saved views and their links, and the
-re-pointing of a moved local store: no MLflow call (those are all in nas/tracking/__init__.py, which turns
-these records into runs).
+"""Trials and results as MLflow run records: what each run's name, tags, params, metrics and files are.
+No MLflow call (nas/tracking/tracker.py turns these records into runs).
+
+A `cfg` here is the search's or nas-train's config, typed (nas.config's dataclasses) or a dict: every
+function reads it through `config_dict`, so both spellings log the same params.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import functools
 import json
 import logging
 import math
-import re
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nas.provenance import short
+from nas.trials import Outcome, TrialRecord
+from nas.urls import redact
+
 log = logging.getLogger("nas.tracking")
 
-# The issue's state vocabulary, from the objective's finer `nas_state`.
+# The run's `state` tag, from the trial's finer outcome (its `nas_state` tag).
 STATES = {"complete": "complete", "duplicate": "duplicate", "pruned": "pruned", "diverged": "diverged",
           "invalid": "failed", "error": "failed", "lost": "failed"}
 _STATUS = {"complete": "FINISHED", "duplicate": "FINISHED", "pruned": "KILLED"}  # else FAILED
 
 
-def _redact(uri: str) -> str:
-    from nas.urls import redact
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """A config as plain dicts and lists all the way down: a dataclass (nas.config.SearchApp, TrainApp,
+    ...) through dataclasses.asdict, a mapping (a dict, an OmegaConf DictConfig) key by key, None as {}."""
+    if cfg is None:
+        return {}
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return dataclasses.asdict(cfg)
+    return _plain(cfg)
 
-    return redact(uri)
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
-class _RunRecord:
+class RunRecord:
     """One MLflow run to write: everything but the ids, built from a trial or a result (no I/O)."""
 
     name: str
@@ -52,53 +70,56 @@ _FINAL_METRICS = ("val_bpc", "train_bpc", "test_bpc", "chars_per_sec", "seconds"
 _CONSTANTS = {"hidden_size": "hidden_size", "params": "param_count", "steps": "steps", "tokens": "tokens"}
 
 
-def _trial_record(study_name: str, trial, cfg: dict[str, Any]) -> _RunRecord:
-    ua = trial.user_attrs
-    fine = ua.get("nas_state") or {"COMPLETE": "complete", "PRUNED": "pruned"}.get(trial.state.name, "error")
+def trial_record(study_name: str, trial, cfg: Any) -> RunRecord:
+    """The run of a finished Optuna trial (a FrozenTrial), read through its TrialRecord."""
+    rec = TrialRecord.of(trial)
+    fine = rec.outcome.value if rec.outcome is not None else (
+        {"COMPLETE": Outcome.COMPLETE, "PRUNED": Outcome.PRUNED}.get(trial.state.name, Outcome.ERROR).value)
     state = STATES.get(fine, "failed")
     tags = {"role": "trial", "study": study_name, "trial": str(trial.number), "state": state,
             "nas_state": fine, "optuna_state": trial.state.name}
     for key in ("reason", "cell_hash", "budget", "duplicate_of", "retry_of", "run_dir", "reference",
                 "cell_label", "code_version"):
-        if ua.get(key) is not None:
-            tags[key] = str(ua[key])
-    if ua.get("reason"):
-        tags["mlflow.note.content"] = f"**{state}**: {ua['reason']}"
-    curve = ua.get("curve") or sorted(trial.intermediate_values.items())
+        if getattr(rec, key) is not None:
+            tags[key] = str(getattr(rec, key))
+    if rec.reason:
+        tags["mlflow.note.content"] = f"**{state}**: {rec.reason}"
+    values = {**rec.metrics(), "cell_hash": rec.cell_hash, "budget": rec.budget}
+    curve = rec.curve or sorted(trial.intermediate_values.items())
     start = trial.datetime_start or trial.datetime_complete
     end = trial.datetime_complete or start
-    return _RunRecord(
-        name=ua.get("cell_label") or f"trial {trial.number}", tags=tags, params=_cell_params(ua, cfg),
+    return RunRecord(
+        name=rec.cell_label or f"trial {trial.number}", tags=tags, params=cell_params(values, cfg),
         status=_STATUS.get(state, "FAILED"),
-        metrics=_metrics(ua, curve, ua.get("train_curve") or ()),
-        start_ms=int(start.timestamp() * 1000) if start else _now_ms(),
-        end_ms=int(end.timestamp() * 1000) if end else _now_ms(),
-        cell_json=ua.get("cell_json"), run_dir=ua.get("run_dir"))
+        metrics=_metrics(values, curve, rec.train_curve or ()),
+        start_ms=int(start.timestamp() * 1000) if start else now_ms(),
+        end_ms=int(end.timestamp() * 1000) if end else now_ms(),
+        cell_json=rec.cell_json, run_dir=rec.run_dir)
 
 
-def _result_record(name: str, result: dict[str, Any], cfg: dict[str, Any],
-                   tags: dict[str, str]) -> _RunRecord:
-    state = "diverged" if result.get("divergence") else "complete"
-    from nas.provenance import short
-
+def result_record(name: str, result: dict[str, Any], cfg: Any, tags: dict[str, str]) -> RunRecord:
+    """The run of an EvalResult dict (EvalResult.to_dict() + run_dir + budget): a baseline, a final
+    retrain or a nas-train run. A result saved before the rename gives its divergence as "diverged"."""
+    divergence = result.get("divergence", result.get("diverged"))
+    state = "diverged" if divergence else "complete"
     tags = {**tags, "state": state, "nas_state": state, "cell_hash": result["cell_hash"],
             "budget": result["budget"], "seed": str(result["seed"]), "code_version": short()}
-    if result.get("divergence"):
-        tags["reason"] = result["divergence"]
+    if divergence:
+        tags["reason"] = divergence
     if result.get("run_dir"):
         tags["run_dir"] = result["run_dir"]
     run_dir = result.get("run_dir")
     cell = Path(run_dir) / "cell.json" if run_dir else None
-    end = _now_ms()
-    return _RunRecord(
-        name=name, tags=tags, params={**_cell_params(result, cfg), "seed": str(result["seed"])},
+    end = now_ms()
+    return RunRecord(
+        name=name, tags=tags, params={**cell_params(result, cfg), "seed": str(result["seed"])},
         metrics=_metrics(result, result.get("curve") or (), result.get("train_curve") or ()),
-        status="FAILED" if result.get("divergence") else "FINISHED",
+        status="FAILED" if divergence else "FINISHED",
         start_ms=end - int(1000 * (result.get("seconds") or 0)), end_ms=end,
         cell_json=cell.read_text() if cell is not None and cell.is_file() else None, run_dir=run_dir)
 
 
-def _comparison_record(study_name: str, row, budget: str) -> _RunRecord:
+def comparison_record(study_name: str, row, budget: str) -> RunRecord:
     """One cell of the final comparison (a ComparisonRow): its mean test bpc over the seeds, as one
     run per cell, so MLflow's chart of `test_bpc` has one bar per cell. A later report with more
     seeds logs the new means later at the same step 0, which MLflow then shows as the latest."""
@@ -109,29 +130,33 @@ def _comparison_record(study_name: str, row, budget: str) -> _RunRecord:
         tags["trial"] = str(row.trial)
     values = {"test_bpc": row.test_bpc, "test_bpc_std": row.test_std, "val_bpc": row.val_bpc,
               "chars_per_sec": row.chars_per_sec}
-    now = _now_ms()
-    return _RunRecord(
+    now = now_ms()
+    return RunRecord(
         name=f"final {row.label}", tags=tags,
         params={"cell_hash": row.cell_hash, "budget": budget,
                 **({"param_count": str(row.params)} if row.params is not None else {})},
-        metrics=tuple((k, _shown(k, float(v)), 0) for k, v in values.items() if _finite(v)),
+        metrics=tuple((k, _shown(k, float(v)), 0) for k, v in values.items() if finite(v)),
         status="FINISHED", start_ms=now, end_ms=now)
 
 
-def _cell_params(values: dict[str, Any], cfg: dict[str, Any]) -> dict[str, str]:
+def cell_params(values: dict[str, Any], cfg: Any) -> dict[str, str]:
+    """A run's params: the cell's hash, budget and sizes from `values`, the seed, space, controller and
+    trainer settings from `cfg`."""
+    cfg = config_dict(cfg)
     params = {"cell_hash": values.get("cell_hash"), "budget": values.get("budget"), "seed": cfg.get("seed"),
               **{name: values.get(key) for key, name in _CONSTANTS.items()},
               "search_space": (cfg.get("search_space") or {}).get("name"),
               "controller": (cfg.get("controller") or {}).get("name")}
     params = {k: v for k, v in params.items() if v is not None}
-    return _flatten({**params, "trainer": cfg.get("trainer") or {}})
+    return flatten({**params, "trainer": cfg.get("trainer") or {}})
 
 
-def _search_params(cfg: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in cfg.items() if k not in ("tracking", "export")}
+def search_params(cfg: Any) -> dict[str, Any]:
+    """The search run's params: the config without tracking and export, the storage password hidden."""
+    out = {k: v for k, v in config_dict(cfg).items() if k not in ("tracking", "export")}
     storage = dict(out.get("storage") or {})
     if storage.get("url"):
-        storage["url"] = _redact(storage["url"])
+        storage["url"] = redact(storage["url"])
     return {**out, "storage": storage}
 
 
@@ -150,7 +175,7 @@ def _shown(key: str, value: float) -> float:
     return round(value, 4 if "bpc" in key else 1)
 
 
-def _artifact_files(rec: _RunRecord, tmp: Path) -> list[Path]:
+def artifact_files(rec: RunRecord, tmp: Path) -> list[Path]:
     """cell.json and cell.png (from the record's cell), sample.txt and result.json (from its run_dir)."""
     files = []
     if rec.cell_json:
@@ -183,97 +208,20 @@ def _picture_of(cell_json: str) -> bytes:
         return draw_cell(CellSpec.from_json(cell_json), Path(tmp) / "cell.png").read_bytes()
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, str]:
+def flatten(value: Any, prefix: str = "") -> dict[str, str]:
     """A nested config as MLflow params: dotted keys, JSON lists, values cut to 500 characters."""
     if isinstance(value, dict):
         out: dict[str, str] = {}
         for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}{k}." if isinstance(v, dict) else f"{prefix}{k}"))
+            out.update(flatten(v, f"{prefix}{k}." if isinstance(v, dict) else f"{prefix}{k}"))
         return out
     text = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
     return {prefix.rstrip("."): text[:500]}
 
 
-def _safe_name(text: str, keep: str = "") -> str:
-    """`text` with only the characters MLflow accepts in keys (and a path accepts in names)."""
-    return re.sub(rf"[^\w.\-{re.escape(keep)}]", "_", text)
-
-
-def _finite(v: Any) -> bool:
+def finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def _now_ms() -> int:
+def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-# Saved views of the runs table, stored in the experiment as MLflow's own shared views are (the UI's
-# "Share" button writes the same tags). "nas": every run, the scores as columns, every run in the
-# charts (the UI default charts the first 10 only). "nas-compare": the final comparison, one run per
-# cell, and its test_bpc chart. Opened by experiment_url(); MLflow 3.17 chooses between its GenAI and
-# model-training views per browser, so the link also asks for the model-training one.
-VIEWS = {
-    "nas": {"selectedColumns": ["metrics.`test_bpc`", "metrics.`val_bpc`", "params.`param_count`",
-                                "params.`hidden_size`", "tags.`state`", "tags.`reason`"],
-            "runsHiddenMode": "SHOW_ALL"},
-    "nas-compare": {"searchFilter": "tags.role = 'comparison'", "runsHiddenMode": "SHOW_ALL",
-                    "selectedColumns": ["metrics.`test_bpc`", "metrics.`test_bpc_std`", "params.`param_count`",
-                                        "tags.`n_seeds`"],
-                    "chartsSearchFilter": "test_bpc", "hideEmptyCharts": True},
-}
-def experiment_url(base: str, experiment_id: str, view: str = "nas", charts: bool = False) -> str:
-    """The MLflow UI's page of an experiment logged here (`base`: the server, http://127.0.0.1:5000), in
-    the model-training view with one of the project's saved views ("nas": every run; "nas-compare":
-    the final comparison), as the runs table or (`charts`) the chart view."""
-    if view not in VIEWS:
-        raise ValueError(f"view must be one of {sorted(VIEWS)}, got {view!r}")
-    url = f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-    return f"{url}&viewStateShareKey={view}" + ("&compareRunsMode=CHART" if charts else "")
-
-
-def relocate_artifacts(uri: str) -> int:
-    """Point a local store's runs at the artifacts folder next to its database, after `runs/` moved.
-
-    MLflow records absolute artifact locations (file:///old/runs/mlflow/artifacts/<experiment>) and
-    has no relative form, so a moved or copied `runs/` would show runs without their files. Every
-    experiment laid out by this project (<root>/artifacts/<experiment>) whose root is not the one
-    next to `uri`'s database is re-pointed, with its runs, in the database (sqlite3: no MLflow import).
-    Returns the number of experiments re-pointed; 0 for a store that is not a local SQLite file.
-    """
-    if not uri.startswith("sqlite:///"):
-        return 0
-    db = Path(uri[len("sqlite:///"):])
-    if not db.is_file():
-        return 0
-    import sqlite3
-
-    root = (db.resolve().parent / "artifacts").as_uri()
-    moved = 0
-    try:
-        with contextlib.closing(sqlite3.connect(db, timeout=30)) as con, con:
-            rows = con.execute("SELECT experiment_id, name, artifact_location FROM experiments").fetchall()
-            for exp_id, name, where in rows:
-                old = _old_root(where or "", name)
-                if old is None or old == root:
-                    continue
-                new = f"{root}/{_safe_name(name)}"
-                con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, exp_id))
-                con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
-                            "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
-                            (new, len(where) + 1, exp_id, len(where) + 1, f"{where}/"))
-                moved += 1
-    except sqlite3.Error as e:  # not an MLflow store yet (or locked): MLflow itself will say what is wrong
-        log.debug("nas: cannot re-point artifacts in %s: %s", db, e)
-        return 0
-    if moved:
-        log.info("nas: MLflow store %s moved: %d experiment(s) now find their artifacts in %s", db, moved, root)
-    return moved
-
-
-def _old_root(where: str, name: str) -> str | None:
-    """The artifacts root of a location this project wrote (file:///<root>/<experiment>), else None."""
-    suffix = f"/{_safe_name(name)}"
-    if not where.startswith("file://") or not where.endswith(suffix):
-        return None
-    root = where[: -len(suffix)]
-    return root if root.endswith("/artifacts") else None

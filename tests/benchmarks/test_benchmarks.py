@@ -261,3 +261,21 @@ def test_the_overview_picture_draws_the_best_new_cell_and_the_comparison(tmp_pat
     assert [r["label"] for r in overview.read_comparison(tmp_path)] == ["gru", "trial 7 (new)"]
     out = overview.draw(tmp_path, tmp_path / "pics" / "o.png")
     assert out.stat().st_size > 10_000 and out.read_bytes()[:4] == b"\x89PNG"
+
+
+# ---- wall-time bounds (the timings that tests/cell and tests/tracking no longer assert) ----------------
+
+def test_cell_limits_times_each_input_with_its_outcome():
+    from benchmarks import cell_limits
+
+    results = cell_limits.measure()
+    assert len(results) == 8
+    for name, r in results.items():
+        assert r["outcome"] == ("refused" if name.startswith("refuse") else "accepted"), name
+        assert r["seconds"] >= 0 and isinstance(r["within_bound"], bool)
+
+
+def test_tracking_overhead_times_an_unreachable_store():
+    from benchmarks import tracking_overhead
+
+    assert tracking_overhead.calls(f"http://127.0.0.1:{tracking_overhead.free_port()}") > 0

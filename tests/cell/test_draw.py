@@ -9,8 +9,9 @@ from itertools import pairwise
 import matplotlib.image
 import pytest
 
-from nas.cell.draw import _layout, draw_cell
+from nas.cell.draw import draw_cell
 from nas.cell.known import KNOWN_CELLS, known_cell
+from nas.cell.layout import layout
 from nas.cell.ops import OPS
 from nas.cell.spec import CellSpec
 
@@ -68,7 +69,7 @@ def test_known_cells_draw_to_png_and_svg(tmp_path, name):
 
 @pytest.mark.parametrize("name", ["lstm", "nas_cell", "enas", "darts_v2"])
 def test_layout_keeps_boxes_and_columns_apart(name):
-    items, _ = _layout(known_cell(name))
+    items, _ = layout(known_cell(name))
     columns = defaultdict(list)
     for it in items.values():
         columns[it.layer].append(it)
@@ -101,7 +102,7 @@ def test_output_passed_through_from_an_input(tmp_path):
     cell = pass_through()
     check_png(draw_cell(cell, tmp_path / "pass.png"))
     check_svg(draw_cell(cell, tmp_path / "pass.svg"), cell)
-    items, edges = _layout(cell)
+    items, edges = layout(cell)
     (edge,) = [e for e in edges if e.chain[-1] == "c'"]
     assert edge.chain[0] == "c" and items["c'"].layer == items["h'"].layer
 

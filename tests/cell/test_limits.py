@@ -1,13 +1,12 @@
 """Bounded work for any cell input: each pathological input is refused with the rule that it breaks,
-or accepted, quickly and without RecursionError.
+or accepted, without RecursionError.
 
-The time bounds here are generous (10 s: CI is noisy); measured, each takes under 0.05 s except a
-cell at the node and operand limits (0.25 s idle, 0.7 s on a loaded 2-core machine).
+How quickly is benchmarks/cell_limits.py's question (wall time is no test assertion: CI is noisy);
+it times these same inputs, built by the functions here.
 """
 
 import json
 import re
-import time
 
 import networkx as nx
 import pytest
@@ -16,8 +15,6 @@ from nas.cell import CellError, CellSpec
 from nas.cell.draw import draw_cell
 from nas.cell.known import f, lin
 from nas.cell.spec import FLOAT32_MAX, MAX_FILE_BYTES, MAX_NODES, MAX_OPERANDS
-
-BOUND_S = 10.0
 
 
 def chain(n, reverse=False):
@@ -40,19 +37,9 @@ def dense(n, k):
     return {"state": ["h"], "nodes": dict(reversed(nodes.items())), "outputs": {"h": f"n{n - 1}"}}
 
 
-class Timer:
-    def __enter__(self):
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self.start
-
-
 def refused(text, *fragments):
-    with Timer() as t, pytest.raises(CellError) as err:
+    with pytest.raises(CellError) as err:
         CellSpec.from_json(text)
-    assert t.seconds < BOUND_S
     for fragment in fragments:
         assert fragment in str(err.value)
     return str(err.value)
@@ -68,21 +55,17 @@ def test_the_constructor_checks_the_node_limit_too():
         CellSpec(spec.state, spec.nodes * 400, spec.outputs)
 
 
-def test_long_chains_are_accepted_quickly():
+def test_long_chains_are_accepted():
     for n in (300, MAX_NODES):
-        with Timer() as t:
-            spec = CellSpec.from_json(json.dumps(chain(n, reverse=True)))
-            value = spec.canonical_hash()
-        assert t.seconds < BOUND_S, n
+        spec = CellSpec.from_json(json.dumps(chain(n, reverse=True)))
+        value = spec.canonical_hash()
         assert len(spec.nodes) == n and value.startswith("c2-")
         assert [node.name for node in spec.nodes] == [f"n{i}" for i in range(n)]
 
 
-def test_a_cell_at_the_limits_is_accepted_quickly():
-    with Timer() as t:
-        spec = CellSpec.from_json(json.dumps(dense(MAX_NODES, MAX_OPERANDS)))
-        spec.canonical_hash()
-    assert t.seconds < BOUND_S
+def test_a_cell_at_the_limits_is_accepted():
+    spec = CellSpec.from_json(json.dumps(dense(MAX_NODES, MAX_OPERANDS)))
+    assert spec.canonical_hash().startswith("c2-")
     assert len(spec.nodes) == MAX_NODES
 
 
@@ -183,9 +166,7 @@ def test_huge_graphs_are_refused_first():
 
 def test_large_cells_draw_as_a_card(tmp_path):
     spec = CellSpec.from_dict(chain(300))
-    with Timer() as t:
-        svg = draw_cell(spec, tmp_path / "chain.svg")
-    assert t.seconds < BOUND_S
+    svg = draw_cell(spec, tmp_path / "chain.svg")
     assert "not drawn: 300 nodes" in svg.read_text()
     # Fewer nodes, but edges from x spanning many columns: too many waypoints.
     long = chain(120)

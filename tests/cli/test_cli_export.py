@@ -34,7 +34,7 @@ def study_dir(tmp_path_factory):
     cfg = config(tmp, "n_trials=3", "baselines=[lstm]", "study=ex", "search_space=highway",
                  "controller=random")
     search(cfg, progress=False)
-    return cfg["out_dir"]
+    return cfg.out_dir
 
 
 def load_module(folder, name):
@@ -117,7 +117,7 @@ def test_bad_input_gives_one_clear_line(study_dir, tmp_path):
     cases = [
         (["study=ex", f"study_dir={study_dir}", "trial=99"], "no trial 99"),
         (["study=nope", f"study_dir={tmp_path / 'nope'}"], "no study named 'nope'"),
-        (["study=empty", f"study_dir={empty['out_dir']}"], "no completed trial"),
+        (["study=empty", f"study_dir={empty.out_dir}"], "no completed trial"),
         (["cell=bad.json"], "invalid JSON"),
         ([], "say what to export"),
         (["study=ex", f"study_dir={study_dir}", "cell_hash=c1-000"], "no trial"),
@@ -143,10 +143,10 @@ def test_from_an_mlflow_run_id(tmp_path):
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("nas/mlx")
     run = client.search_runs([exp.experiment_id], filter_string="tags.role = 'trial' and tags.trial = '1'")[0]
-    p = nas_export([f"run_id={run.info.run_id}", f"tracking.uri={uri}", f"study_dir={cfg['out_dir']}",
+    p = nas_export([f"run_id={run.info.run_id}", f"tracking.uri={uri}", f"study_dir={cfg.out_dir}",
                     f"dest={tmp_path / 'r'}"], tmp_path)
     assert p.returncode == 0, p.stderr
-    study, _ = join_study("mlx", None, cfg["out_dir"])
+    study, _ = join_study("mlx", None, cfg.out_dir)
     assert json.loads((tmp_path / "r" / "cell.json").read_text()) == json.loads(
         study.trials[1].user_attrs["cell_json"])
     p = nas_export(["run_id=0123456789abcdef", f"tracking.uri={uri}", f"dest={tmp_path / 's'}"], tmp_path)
@@ -160,8 +160,8 @@ def test_a_study_of_reference_cells_only_exports_its_best_and_says_so(tmp_path, 
     cfg = config(tmp_path, "n_trials=2", "baselines=[]", "study=refs", "controller=evolution",
                  "pruner=none", "report.enabled=false", "export.enabled=false", "tracking.enabled=false")
     search(cfg, progress=False)  # evolution starts from the space's reference cells
-    found = resolve(ExportApp(study="refs", study_dir=cfg["out_dir"]))
-    study, _ = join_study("refs", None, cfg["out_dir"])
+    found = resolve(ExportApp(study="refs", study_dir=cfg.out_dir))
+    study, _ = join_study("refs", None, cfg.out_dir)
     best = results.scored_trials(study)[0]
     assert found["origin"]["trial"] == best.number and found["origin"]["reference cell"] != "none (a new cell)"
     assert f"has completed no new cell yet; exporting its best trial, {results.label(best)}" in capsys.readouterr().out

@@ -139,7 +139,7 @@ def test_a_worker_process_writes_its_progress_and_trials(tmp_path):
     open_study(cfg, multi_objective=False)
     code = ("import sys, nas.train; nas.train.LOG_EVERY = 0.0; from nas.search.worker import main; "
             "main(sys.argv[1:])")
-    p = subprocess.run([sys.executable, "-c", code, "--study", "w", "--out-dir", cfg["out_dir"], "--threads", "1",
+    p = subprocess.run([sys.executable, "-c", code, "--study", "w", "--out-dir", cfg.out_dir, "--threads", "1",
                         "--index", "3"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     got = p.stderr.splitlines()
@@ -149,16 +149,16 @@ def test_a_worker_process_writes_its_progress_and_trials(tmp_path):
 
 
 def test_a_resumed_search_sums_up_its_earlier_trials_in_one_line(caplog):
-    from nas.search import run
+    from nas.search import progress
 
     study = optuna.create_study(study_name="resumed")
     study.add_trial(_trial(0, TrialState.COMPLETE, 2.5, reference="lstm", nas_state="complete"))
     study.add_trial(_trial(1, TrialState.FAIL, nas_state="screened", reason="screen: nan"))
     with caplog.at_level(logging.INFO, logger="nas.search"):
-        assert run._bar(study, {"study": "resumed"}, show=False) is None
+        assert progress.progress_bar(study, 3, show=False) is None
         study.add_trial(_trial(2, TrialState.COMPLETE, 2.25, nas_state="complete"))
-        run._tick(None, study, {"study": "resumed"})
-        run._tick(None, study, {"study": "resumed"})  # each trial once
+        progress.tick(None, study)
+        progress.tick(None, study)  # each trial once
     assert lines(caplog, "nas.search") == [
         "study resumed: 2 trials finished before this run; best so far 2.5000 (trial 0 = lstm)",
         "trial 2 (new): complete, val bpc 2.2500; best so far 2.2500 (trial 2 (new))"]

@@ -5,7 +5,7 @@ C, and tests/compile/test_c_codegen.py checks float32 against the torch code; he
 what the Python loop computes (same kernels; in float32 the same products too: bit for bit), on every known
 cell and random cells, at the sizes and lengths where its pointer arithmetic could slip (T = 1, 2,
 3, odd and even for the swapped carries; B = 1, H = 1; the two-slot states of a no-grad call), and
-the switches (pickling them: tests/compile/test_c_codegen.py)."""
+the setting that chooses it (tests/compile/test_policy.py)."""
 
 import copy
 import re
@@ -16,24 +16,22 @@ from random_cells import ALL_OPS, outputs_and_grads, random_cells, random_inputs
 
 from nas.cell import KNOWN_CELLS, known_cell
 from nas.compile import CellRNN
-from nas.compile.backends import probe
-from nas.compile.backends.c import codegen as cgen
-from nas.compile.backends.c import loop as cloop
-from nas.compile.backends.c import mkl
-from nas.compile.backends.c.ops import C_OPS
-from nas.compile.sequence import function as fused
+from nas.compile.backends.c import codegen
+from nas.compile.backends.c import loop as c_loop
+from nas.compile.backends.c.backend import c_program, c_works
+from nas.compile.backends.select import select
+from nas.compile.sequence.program import program
 
-pytestmark = pytest.mark.skipif(cgen.compiler() is None or not cloop.available(torch.float32),
+pytestmark = pytest.mark.skipif(codegen.compiler() is None or not c_loop.available(torch.float32),
                                 reason="no C compiler, or no MKL in this torch")
 
 
 def pair(spec, size=6, layers=2, dtype=torch.float32, batch_first=False):
-    """The same model twice: time loop in C, and in Python (c_loop=False)."""
+    """The same model twice: time loop in C, and in Python (Policy(c_loop=False))."""
     torch.manual_seed(0)
     model = CellRNN(spec, size, size, num_layers=layers, batch_first=batch_first).to(dtype=dtype)
     ref = copy.deepcopy(model)
-    for layer in ref.layers:
-        layer.c_loop = False
+    ref.policy = ref.policy.replace(c_loop=False)
     return model, ref
 
 
@@ -53,10 +51,10 @@ def same(model, ref, T=5, B=3):
 def test_the_loop_is_in_c():
     model, ref = pair(known_cell("lstm"))
     for dtype in (torch.float32, torch.float64):
-        prog = fused.select(model.layers[0], torch.zeros(1), dtype)
+        prog = select(model.layers[0], torch.zeros(1), dtype)
         assert "_call(_loop_f" in prog.code.forward_source and "_call(_loop_b" in prog.code.backward_source
         assert "for t in" not in prog.code.forward_source + prog.code.backward_source
-        slow = fused.select(ref.layers[0], torch.zeros(1), dtype)
+        slow = select(ref.layers[0], torch.zeros(1), dtype)
         assert "for t in range(T)" in slow.code.forward_source
 
 
@@ -110,153 +108,6 @@ def test_no_grad_uses_two_state_slots_in_turn():
         assert torch.equal(a, b)
 
 
-def test_switches(monkeypatch):
-    layer = CellRNN(known_cell("gru"), 4, 4).layers[0]
-    xs = torch.zeros(2, 1, 4)
-    assert fused.select(layer, xs, torch.float32) is fused.c_program(layer.spec, torch.float32)
-    layer.c_loop = False
-    assert fused.select(layer, xs, torch.float32) is fused.c_program(layer.spec, torch.float32, False)
-    layer.c_loop = True
-    monkeypatch.setenv("NAS_C_LOOP", "0")
-    assert fused.select(layer, xs, torch.float32) is fused.c_program(layer.spec, torch.float32, False)
-    monkeypatch.setenv("NAS_C_LOOP", "1")
-    monkeypatch.setenv("NAS_MKL_PACKED", "0")  # no MKL: the Python loop with torch.mm
-    assert not cloop.available(torch.float32) and mkl.gemm(torch.float64) is None
-    prog = fused._c_program.__wrapped__(layer.spec, torch.float32, True)
-    assert "for t in range(T)" in prog.code.forward_source and "_mm(" not in prog.code.forward_source
-
-
-@pytest.fixture
-def fresh_probes():
-    """The probes' verdicts and the compiled programs forgotten before and after the test."""
-    probe._c_probe.cache_clear()
-    fused.c_program.cache_clear()
-    yield
-    probe._c_probe.cache_clear()
-    fused.c_program.cache_clear()
-
-
-def test_a_failing_loop_keeps_the_kernels(monkeypatch, fresh_probes):
-    # A loop whose sigmoid is off by 1% (as a miscompiled loop would be): its probe fails with one
-    # warning, and cells run the same C kernels from the Python loop, not the torch kernels.
-    wrong = {**C_OPS, "sigmoid": ("0.99 * nas_sigmoid({a})", C_OPS["sigmoid"][1])}
-    monkeypatch.setattr(cloop.LoopCKernel, "OPS", wrong)
-    # (the probe runs the C code it is asked about, whatever the switches in the environment say)
-    monkeypatch.setenv("NAS_C_LOOP", "0")
-    monkeypatch.setenv("NAS_C_KERNELS", "0")
-    with pytest.warns(RuntimeWarning) as caught:
-        assert not probe.c_works(torch.float64, loop=True)
-    monkeypatch.delenv("NAS_C_LOOP")
-    monkeypatch.delenv("NAS_C_KERNELS")
-    assert len(caught) == 1 and "C time loop does not work here" in str(caught[0].message)
-    assert "differ from the torch code" in str(caught[0].message)
-    assert probe.c_works(torch.float64)  # (silently: its verdict came with the loop's)
-    model = CellRNN(known_cell("lstm"), 5, 5).double()
-    ref = CellRNN(known_cell("lstm"), 5, 5, fused=False).double()
-    ref.load_state_dict(model.state_dict())
-    xs = torch.randn(4, 2, 5, dtype=torch.float64)
-    assert fused.select(model.layers[0], xs, torch.float64) is fused.c_program(model.layers[0].spec,
-                                                                               torch.float64, False)
-    torch.testing.assert_close(model(xs)[0], ref(xs)[0], rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("loop_first", [True, False])
-def test_failing_kernels_warn_once_whichever_probe_runs_first(monkeypatch, fresh_probes, loop_first):
-    monkeypatch.setattr(cgen, "compiler", lambda: None)
-    with pytest.warns(RuntimeWarning) as caught:
-        works = [probe.c_works(torch.float32, loop=loop) for loop in (loop_first, not loop_first)]
-    assert works == [False, False]
-    assert len(caught) == 1 and "C kernels do not work here" in str(caught[0].message)
-    layer = CellRNN(known_cell("gru"), 4, 4).layers[0]
-    assert fused.select(layer, torch.zeros(2, 1, 4), torch.float32) is fused.program(layer.spec)
-
-
-def test_without_the_c_loop_nothing_compiles_it(monkeypatch, fresh_probes):
-    # NAS_C_LOOP=0: neither the probe nor the cell compiles a loop it will not run.
-    sources = []
-    build = cgen.build
-    monkeypatch.setattr(cgen, "build", lambda source, dtype: sources.append(source) or build(source, dtype))
-    monkeypatch.setenv("NAS_C_LOOP", "0")
-    CellRNN(known_cell("gru"), 4, 4)(torch.randn(3, 2, 4))
-    assert len(sources) == 2  # the probe cell's and the GRU's
-    assert not any("_loop_f" in s for s in sources)
-    monkeypatch.delenv("NAS_C_LOOP")
-    CellRNN(known_cell("gru"), 4, 4)(torch.randn(3, 2, 4))
-    assert len(sources) == 4 and all("_loop_f" in s for s in sources[2:])
-
-
-def test_packed_weights_are_packed_from_the_transposed_view():
-    # A training call hands the packing program views of the weights' own storage (MKL packs W^T
-    # from W: no contiguous copy first), and the results are the same bit for bit as from a copy.
-    import dataclasses
-
-    model = CellRNN(known_cell("darts_v2"), 8, 8)
-    layer = model.layers[0]
-    x = torch.randn(16, 16, 8)  # 256 rows: where the torch products would get a copy
-    prog = fused.select(layer, x, torch.float32)
-    assert prog.packs
-    results, given = [], []
-
-    def spy(forward):
-        def run(T, keep, X, base, xo, init, wt):
-            given.append([w.data_ptr() for w in wt])
-            return forward(T, keep, X, base, xo, init, wt)
-        return run
-
-    try:
-        for packs in (True, False):
-            fused.force(layer, dataclasses.replace(prog, forward=spy(prog.forward), packs=packs), torch.float32)
-            model.zero_grad()
-            out, _ = model(x)
-            out.pow(2).sum().backward()
-            results.append([out.detach(), *(p.grad.clone() for p in model.parameters())])
-    finally:
-        fused.force(layer, None)
-    weights = {p.data_ptr() for p in layer.parameters()}
-    assert given[0] and set(given[0]) <= weights  # views of the parameters themselves
-    assert not set(given[1]) & weights  # copies
-    for a, b in zip(*results, strict=True):
-        assert torch.equal(a, b)
-    assert fused.select(layer, x, torch.float32) is prog  # (force(layer, None) undid it)
-
-
-def test_forced_programs_are_per_cell_and_dtype(monkeypatch):
-    monkeypatch.delenv("NAS_C_LOOP", raising=False)
-    a, b = CellRNN(known_cell("gru"), 4, 4).layers[0], CellRNN(known_cell("gru"), 4, 4).layers[0]
-    xs = torch.zeros(2, 1, 4)
-    python_loop = fused.c_program(a.spec, torch.float32, False)
-    fused.force(a, python_loop, torch.float32)
-    try:
-        assert fused.select(a, xs, torch.float32) is python_loop
-        assert fused.select(b, xs, torch.float32) is fused.c_program(b.spec, torch.float32)
-        assert fused.select(a, xs.double(), torch.float64) is fused.c_program(a.spec, torch.float64)
-    finally:
-        fused.force(a, None)
-    assert fused.select(a, xs, torch.float32) is fused.c_program(a.spec, torch.float32)
-
-
-def test_build_c_program_refuses_a_kernel_class_that_cannot_run(monkeypatch):
-    spec = known_cell("gru")
-    with pytest.raises(ValueError, match="packed GEMM is for float32"):
-        fused.build_c_program(spec, torch.float64, cgen.PackedCKernel)
-    monkeypatch.setenv("NAS_MKL_PACKED", "0")  # no MKL to call
-    with pytest.raises(ValueError, match="no MKL to call from a C loop"):
-        fused.build_c_program(spec, torch.float32, cloop.LoopCKernel)
-
-
-def test_float64_products_are_dgemms_right():
-    # The float64 loop calls the Fortran-interface DGEMM (column-major, arguments swapped): an
-    # uneven shape, so that a swapped dimension or leading dimension could not pass.
-    torch.manual_seed(0)
-    model = CellRNN(known_cell("lstm"), 3, 7).double()
-    ref = CellRNN(known_cell("lstm"), 3, 7, fused=False).double()
-    ref.load_state_dict(model.state_dict())
-    x, state, dout = random_inputs(model, 4, 5, "cpu")
-    x, state, dout = x.double(), tuple(s.double() for s in state), dout.double()
-    for a, b in zip(outputs_and_grads(model, x, state, dout), outputs_and_grads(ref, x, state, dout), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
-
-
 def test_an_empty_batch():
     # Autograd's gradient of y.sum() for an empty y is expanded with stride 0 everywhere (and torch
     # calls it contiguous): the kernels' unit-column check rejected it. An empty call runs the torch code.
@@ -288,43 +139,23 @@ def test_kernels_split_between_threads():
         torch.set_num_threads(threads)
 
 
-def test_sizes_beyond_mkls_32_bit_ints_are_an_error():
-    # (a 2^31-element row would take 8 GiB: a stand-in view with such strides, never dereferenced)
-    class Huge:
-        shape, element_size = (4, 3, 5), staticmethod(lambda: 4)
-
-        @staticmethod
-        def stride(dim=None):
-            strides = (3 * 2**31, 2**31, 1)
-            return strides if dim is None else strides[dim]
-
-        @staticmethod
-        def data_ptr():
-            return 0
-
-    with pytest.raises(ValueError, match="does not fit MKL's 32-bit ints.*NAS_C_LOOP=0"):
-        cloop._each(Huge(), 4)
-    assert cloop._each(torch.zeros(4, 3, 5), 4)[1:] == (60, 5, 4)  # distance in bytes, row stride, period
-
-
 def test_a_cell_whose_loop_fails_to_compile_runs_its_kernels_from_python(monkeypatch):
-    assert probe.c_works(torch.float32, loop=True)  # (before the compiler breaks)
-    build = cgen.build
+    assert c_works(torch.float32, loop=True)  # (before the compiler breaks)
+    build = codegen.build
 
     def no_loops(source, dtype):
         if "_loop_f" in source:
-            raise cgen.CompileError("cc failed (1): internal compiler error")
+            raise codegen.CompileError("cc failed (1): internal compiler error")
         return build(source, dtype)
 
-    monkeypatch.setattr(cgen, "build", no_loops)
-    fused.c_program.cache_clear()
+    monkeypatch.setattr(codegen, "build", no_loops)
+    c_program.cache_clear()
     try:
         model, _ = pair(known_cell("enas"))
         torch_code = copy.deepcopy(model)
-        for layer in torch_code.layers:
-            layer.c_kernels = False
+        torch_code.backend = "torch"
         with pytest.warns(RuntimeWarning) as caught:
-            prog = fused.select(model.layers[0], torch.zeros(3, 2, 6), torch.float32)
+            prog = select(model.layers[0], torch.zeros(3, 2, 6), torch.float32)
         assert len(caught) == 1
         assert re.search("could not compile the C time loop.*internal compiler error.*runs its C kernels from a "
                          "Python loop", str(caught[0].message))
@@ -334,21 +165,21 @@ def test_a_cell_whose_loop_fails_to_compile_runs_its_kernels_from_python(monkeyp
                         strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     finally:
-        fused.c_program.cache_clear()
+        c_program.cache_clear()
 
 
 def test_a_cell_that_compiles_in_no_form_warns_once(monkeypatch):
-    assert probe.c_works(torch.float32, loop=True)
+    assert c_works(torch.float32, loop=True)
 
     def broken(source, dtype):
-        raise cgen.CompileError("cc failed (1): out of memory")
+        raise codegen.CompileError("cc failed (1): out of memory")
 
-    monkeypatch.setattr(cgen, "build", broken)
-    fused.c_program.cache_clear()
+    monkeypatch.setattr(codegen, "build", broken)
+    c_program.cache_clear()
     try:
         layer = CellRNN(known_cell("mut1"), 4, 4).layers[0]
         with pytest.warns(RuntimeWarning) as caught:
-            assert fused.select(layer, torch.zeros(3, 2, 4), torch.float32) is fused.program(layer.spec)
+            assert select(layer, torch.zeros(3, 2, 4), torch.float32) is program(layer.spec)
         assert len(caught) == 1 and "could not compile the C kernels" in str(caught[0].message)
     finally:
-        fused.c_program.cache_clear()
+        c_program.cache_clear()

@@ -28,8 +28,7 @@ def _pair(spec, mode, size=24, layers=1):
     torch.manual_seed(0)
     graphed = CellRNN(spec, size, size, num_layers=layers).to("cuda" if mode == "cuda" else "cpu")
     eager = copy.deepcopy(graphed)
-    for layer in eager.layers:
-        layer.cuda_graphs = False
+    eager.cuda_graphs = "off"
     if mode == "emulated":
         for layer in graphed.layers:
             layer._graphs = GraphCache(capture_emulated)
@@ -134,10 +133,34 @@ def test_graph_cache_is_not_copied():
 
 
 def test_cpu_runs_without_graphs():
-    model = CellRNN(known_cell("lstm"), 8, 8)
+    for setting in ("auto", "on"):  # (graphs are for GPUs: "on" does not make the CPU capture)
+        model = CellRNN(known_cell("lstm"), 8, 8, cuda_graphs=setting)
+        for _ in range(3):
+            model(torch.randn(4, 2, 8))[0].sum().backward()
+        assert not model.layers[0]._graphs.runners and not model.layers[0]._graphs.seen
+
+
+def test_graphs_off_never_capture():
+    graphed, _ = _pair(known_cell("lstm"), "emulated")
+    graphed.cuda_graphs = "off"
     for _ in range(3):
-        model(torch.randn(4, 2, 8))[0].sum().backward()
-    assert not model.layers[0]._graphs.runners and not model.layers[0]._graphs.seen
+        x, state, dout = _inputs(graphed, 7, 5)
+        _step(graphed, x, state, dout)
+    assert not graphed.layers[0]._graphs.runners and not graphed.layers[0]._graphs.seen
+
+
+def test_the_environment_alias_turns_auto_graphs_off(monkeypatch):
+    monkeypatch.setenv("NAS_CUDA_GRAPHS", "0")
+    graphed, _ = _pair(known_cell("lstm"), "emulated")
+    for _ in range(3):
+        x, state, dout = _inputs(graphed, 7, 5)
+        _step(graphed, x, state, dout)
+    assert not graphed.layers[0]._graphs.runners
+    graphed.cuda_graphs = "on"  # an explicit setting is not an alias's to change
+    for _ in range(3):
+        x, state, dout = _inputs(graphed, 7, 5)
+        _step(graphed, x, state, dout)
+    assert graphed.layers[0]._graphs.runners
 
 
 @MODES

@@ -1,39 +1,34 @@
-"""The fast path (nas.compile.sequence.function: whole-sequence code, one autograd node) against the reference path
+"""The fast path (nas.compile.fast_path: whole-sequence code, one autograd node) against the reference path
 (the step code under autograd, `fused=False`): same outputs, final states and gradients, in float64,
 for every known cell and random cells; and the fast forms of the ops against the registry templates."""
 
 import contextlib
-import re
-import statistics
-import time
 
 import pytest
 import torch
-from random_cells import ALL_OPS, SHARED_SOURCE, X_SOURCE, marked_names, random_cells
+from random_cells import ALL_OPS, SHARED_SOURCE, SOURCE_IN_SLAB, X_SOURCE, random_cells
 
-from nas.cell import KNOWN_CELLS, OPS, CellSpec, known_cell
-from nas.cell.known import f, lin
-from nas.cell.ops import render
+from nas.cell import KNOWN_CELLS, known_cell
 from nas.compile import CellRNN, compile_cell
-from nas.compile.backends.c import codegen as cgen
+from nas.compile.backends.c import codegen
 from nas.compile.plan import lower
-from nas.compile.sequence import fast_ops as fast_kernels
-from nas.compile.sequence import function as fused_module
-from nas.compile.sequence.forward import generate
-from nas.compile.sequence.layout import Layout
+from nas.compile.sequence import fast_ops
+from nas.compile.sequence import program as programs
 
 B, I, H = 3, 5, 4
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 
 
+BACKEND = {"name": "auto"}  # the fast models' backend setting in this test (the fixture's)
+
+
 @pytest.fixture(autouse=True, params=["c", "torch"])
 def kernels(request, monkeypatch):
     """Every test runs twice: with the CPU's C kernels (nas.compile.backends.c.codegen, the default where a C compiler
-    is found) and with the torch kernels (nas.compile.sequence.forward, the fallback)."""
-    if request.param == "torch":
-        monkeypatch.setenv("NAS_C_KERNELS", "0")
-    elif cgen.compiler() is None:
+    is found) and with the torch kernels (nas.compile.sequence.forward, the fallback): backend="c" / "torch"."""
+    if request.param == "c" and codegen.compiler() is None:
         pytest.skip("no C compiler")
+    monkeypatch.setitem(BACKEND, "name", request.param)
     return request.param
 
 
@@ -44,7 +39,7 @@ def sizes(spec):
 def pair(spec, layers=1, batch_first=False):
     """A fast and a reference CellRNN with the same (float64) weights and non-zero biases."""
     torch.manual_seed(0)
-    fast = CellRNN(spec, *sizes(spec), num_layers=layers, batch_first=batch_first).double()
+    fast = CellRNN(spec, *sizes(spec), num_layers=layers, batch_first=batch_first, backend=BACKEND["name"]).double()
     with torch.no_grad():
         for layer in fast.layers:
             if layer.bias is not None:
@@ -109,18 +104,8 @@ def test_short_sequences(T):
         assert_same(known_cell(name), T=T)
 
 
-
-
 def test_every_op():
     assert_same(ALL_OPS, layers=2)
-
-
-# A product's source in the columns of another product (b = tanh(W [x, h]) is activated in place):
-# that G buffer must keep its values for the weight gradients after the loop, so it cannot also
-# hold the backward's gradient (seqlayout.Layout._hosts).
-SOURCE_IN_SLAB = CellSpec.from_dict({"state": ["h"], "nodes": {
-    "a": lin("x", "h"), "b": f("tanh", "a"), "c": lin("b"), "h_new": f("sigmoid", "c")},
-    "outputs": {"h": "h_new"}})
 
 
 @pytest.mark.parametrize("spec", [SHARED_SOURCE, X_SOURCE], ids=["shared source", "x source"])
@@ -129,9 +114,7 @@ def test_awkward_products(spec):
 
 
 def test_gradients_written_into_the_forward_buffers():
-    assert Layout(lower(known_cell("lstm"))).hosts == {"G1": "dG1"}
-    assert Layout(lower(SOURCE_IN_SLAB)).hosts == {"G2": "dG2"}
-    assert Layout(lower(known_cell("nas_cell"))).hosts == {"G1": "dG1", "V9": "dxo0"}
+    # (which buffers host them: tests/compile/test_sequence.py)
     assert_same(SOURCE_IN_SLAB, layers=2)
 
 
@@ -140,7 +123,7 @@ def test_second_backward_through_a_retained_graph_is_an_error(hooks):
     # The backward writes its gradients into saved buffers: a second one must fail (autograd's
     # version check, as after any in-place change; under saved-tensor hooks, which bypass that
     # check, the Function's own flag), never give wrong gradients.
-    rnn = CellRNN(known_cell("darts_v2"), I, H)
+    rnn = CellRNN(known_cell("darts_v2"), I, H, backend=BACKEND["name"])
     context = torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t) if hooks else \
         contextlib.nullcontext()
     with context:
@@ -152,7 +135,7 @@ def test_second_backward_through_a_retained_graph_is_an_error(hooks):
 
 def test_a_weight_changed_in_place_before_backward_is_autograds_error():
     # Not "one backward per forward": the caller changed a saved tensor, and autograd says so.
-    rnn = CellRNN(known_cell("lstm"), I, H)
+    rnn = CellRNN(known_cell("lstm"), I, H, backend=BACKEND["name"])
     out, _ = rnn(torch.randn(4, B, I))
     with torch.no_grad():
         rnn.layers[0].weight_h.add_(1.0)
@@ -163,58 +146,22 @@ def test_a_weight_changed_in_place_before_backward_is_autograds_error():
 def test_without_any_fast_form(monkeypatch):
     # With the kernel table empty, every op runs from the registry's templates (as an op added to
     # the registry without a fast form would).
-    monkeypatch.setattr(fast_kernels, "KERNELS", {})
-    for module in ("seqgen", "seqgrad", "seqlayout"):
-        monkeypatch.setattr(f"nas.cell.{module}.KERNELS", {})
-    fused_module.program.cache_clear()
+    monkeypatch.setattr(fast_ops, "KERNELS", {})
+    for module in ("forward", "backward", "layout"):
+        monkeypatch.setattr(f"nas.compile.sequence.{module}.KERNELS", {})
+    programs.program.cache_clear()
     try:
         for spec in (known_cell("lstm"), known_cell("darts_v2"), ALL_OPS, *RANDOM[:5]):
             assert_same(spec)
     finally:
         monkeypatch.undo()
-        fused_module.program.cache_clear()
+        programs.program.cache_clear()
 
 
 # -- the kernels against the registry --------------------------------------------------------
-OPERANDS = {"add": 2, "sub": 2, "mul": 2, "blend": 3, "mean": 3, "tanh": 1, "sigmoid": 1, "relu": 1,
-            "leaky_relu": 1}
-
-
-@pytest.mark.parametrize("name", sorted(fast_kernels.KERNELS))
-def test_kernel_matches_registry(name):
-    op, kernel = OPS[name], fast_kernels.KERNELS[name]
-    n = OPERANDS[name]
-    torch.manual_seed(0)
-    xs = [torch.randn(B, H, dtype=torch.float64) for _ in range(n)]
-    names = [f"a{j}" for j in range(n)]
-    env = {"torch": torch, **dict(zip(names, xs)), **fused_module._ATEN}
-    options = dict(op.options)
-    want = eval(render(op.expr, names, options), env)
-    got = eval(render(kernel.value, names, options, out=""), env)
-    torch.testing.assert_close(got, want, **TOL)
-    env.update(g=torch.randn(B, H, dtype=torch.float64), y=want)
-    if kernel.shared:
-        env["s"] = eval(render(kernel.shared, names, options, g="g", y="y"), env)
-    for j in range(n):
-        template = op.grad[min(j, len(op.grad) - 1)]
-        want_grad = eval(render(template, names, options, g="g", y="y"), env)
-        terms = kernel.grads[min(j, len(kernel.grads) - 1)]
-        total = sum(_term_value(t, names, options, env) for t in terms)
-        torch.testing.assert_close(total, want_grad, **TOL)
-
-
-def _term_value(term, names, options, env):
-    fill = lambda s: eval(render(s, names, options, g="g", y="y", s="s"), env)
-    if isinstance(term, fast_kernels.Alias):
-        return fill(term.src) * float(render(term.alpha, names, options))
-    if isinstance(term, fast_kernels.Mul):
-        return fill(term.p) * fill(term.q) * float(term.value)
-    return fill(term.value)
-
-
 # -- the fast path is the default, and cheap to prepare -----------------------------------------
 def test_default_path_records_one_node_per_layer():
-    rnn = CellRNN(known_cell("darts_v2"), I, H, num_layers=2)
+    rnn = CellRNN(known_cell("darts_v2"), I, H, num_layers=2, backend=BACKEND["name"])
     out, _ = rnn(torch.randn(6, B, I))
     assert type(out.grad_fn).__name__ == "_SequenceBackward"
     assert not CellRNN(known_cell("lstm"), I, H, fused=False)(torch.randn(6, B, I))[0].grad_fn.name(
@@ -222,7 +169,7 @@ def test_default_path_records_one_node_per_layer():
 
 
 def test_no_grad_keeps_nothing():
-    rnn = CellRNN(known_cell("lstm"), I, H)
+    rnn = CellRNN(known_cell("lstm"), I, H, backend=BACKEND["name"])
     with torch.no_grad():
         out, (h, c) = rnn(torch.randn(6, B, I))
     assert out.grad_fn is None and h.grad_fn is None and c.grad_fn is None
@@ -235,27 +182,17 @@ def test_no_grad_keeps_nothing():
 
 
 def test_in_place_change_of_the_output_is_an_error():
-    out, _ = CellRNN(known_cell("lstm"), I, H)(torch.randn(4, B, I))
+    out, _ = CellRNN(known_cell("lstm"), I, H, backend=BACKEND["name"])(torch.randn(4, B, I))
     with pytest.raises(RuntimeError, match="inplace"):
         out.mul_(2)
 
 
 def test_single_step_cell_uses_the_fast_path():
-    cell = compile_cell(known_cell("gru"), I, H).double()
+    cell = compile_cell(known_cell("gru"), I, H, backend=BACKEND["name"]).double()
     ref = compile_cell(known_cell("gru"), I, H, fused=False).double()
     ref.load_state_dict(cell.state_dict())
     x, h = torch.randn(B, I, dtype=torch.float64), torch.randn(B, H, dtype=torch.float64)
     torch.testing.assert_close(cell(x, (h,))[0], ref(x, (h,))[0], **TOL)
-
-
-@pytest.mark.parametrize("name", KNOWN_CELLS)
-def test_sequence_code_has_no_names_from_the_spec(name):
-    marked = marked_names(known_cell(name))
-    code = generate(lower(marked))
-    for source in (code.forward_source, code.backward_source):
-        assert "NODE_" not in source and "STATE_" not in source
-        compile(source, "<sequence>", "exec")
-        assert not re.search(r"\bexec\b|\beval\b|__", source)
 
 
 def test_autocast_runs_the_recurrence_in_the_autocast_dtype():
@@ -278,14 +215,3 @@ def test_mixed_dtypes_are_promoted():
     out, _ = fast(x, state)
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, ref(x.double(), (state[0].double(),))[0], **TOL)
-
-
-def test_sequence_code_is_generated_fast():
-    # Paid once per cell and process (fused.program is cached by spec); well under a second.
-    times = []
-    for spec in random_cells(seed=33, count=20) + [known_cell("darts_v2"), known_cell("nas_cell")]:
-        fused_module.program.cache_clear()
-        start = time.perf_counter()
-        fused_module.program(spec)
-        times.append(time.perf_counter() - start)
-    assert statistics.median(times) < 0.2 and max(times) < 1.0

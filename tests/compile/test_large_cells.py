@@ -1,37 +1,28 @@
-"""Large cells (up to CellSpec's 1000-node limit) build, train and export in bounded time.
+"""Large cells (up to CellSpec's 1000-node limit) build, train and export (how long they take:
+benchmarks/compile_time.py).
 
-Cells above nas.compile.sequence.function.MAX_KERNEL_NODES run the torch code instead of compiled C or Triton
+Cells above nas.compile.backends.policy.MAX_KERNEL_NODES run the torch code instead of compiled C or Triton
 kernels (whose compile time grows with the cell: a 300-node chain took 20-100 s of gcc), with one
-warning; below it nothing changes. The wall bounds are generous: CI has two noisy cores.
+warning; below it nothing changes.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import sys
-import time
 import warnings
 
 import pytest
 import torch
+from random_cells import chain
 
-from nas.cell import KNOWN_CELLS, CellSpec, known_cell
-from nas.cell.known import f, lin
+from nas.cell import KNOWN_CELLS, known_cell
 from nas.compile import CellRNN
-from nas.compile.sequence import function as fused_module
+from nas.compile.backends import policy, select
+from nas.compile.backends.c.backend import C
+from nas.compile.backends.triton import TRITON
+from nas.compile.sequence.program import program
 from nas.export import export_cell
-
-
-def chain(n: int, name: str = "chain") -> CellSpec:
-    """n nodes in a chain: linear(x, h), then tanh, add, mul of the last two nodes and a linear node
-    on the previous one and h, in turn (each linear starts a stage of the generated kernels: the
-    costliest shape to compile per node)."""
-    nodes = {"n0": lin("x", "h")}
-    for i in range(1, n):
-        p, q = f"n{i - 1}", f"n{max(i - 2, 0)}"
-        op = ("linear", "tanh", "add", "mul")[i % 4]
-        nodes[f"n{i}"] = lin(p, "h") if op == "linear" else f(op, p) if op == "tanh" else f(op, p, q)
-    return CellSpec.from_dict({"name": name, "state": ["h"], "nodes": nodes, "outputs": {"h": f"n{n - 1}"}})
 
 
 @pytest.fixture
@@ -40,20 +31,20 @@ def no_kernels(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a kernel program was built for a cell above the cap")
 
-    monkeypatch.setattr(fused_module, "c_choice", refuse)
-    monkeypatch.setattr(fused_module, "gpu_program", refuse)
+    monkeypatch.setattr(C, "build", refuse)
+    monkeypatch.setattr(TRITON, "build", refuse)
     monkeypatch.delenv("NAS_MAX_KERNEL_NODES", raising=False)
-    fused_module.too_large.cache_clear()
+    select.too_large.cache_clear()
     yield
-    fused_module.too_large.cache_clear()
+    select.too_large.cache_clear()
 
 
 def _cap_warnings(caught) -> list[str]:
     return [str(w.message) for w in caught if "for which C or Triton kernels are compiled" in str(w.message)]
 
 
-def test_a_300_node_chain_trains_and_exports_in_bounded_time(no_kernels, tmp_path):
-    start = time.perf_counter()
+def test_a_300_node_chain_trains_and_exports(no_kernels, tmp_path):
+    # (its time: benchmarks/compile_time.py)
     spec = chain(300, "chain300")
     assert len(spec.nodes) == 300
     torch.manual_seed(0)
@@ -64,7 +55,7 @@ def test_a_300_node_chain_trains_and_exports_in_bounded_time(no_kernels, tmp_pat
         out, _ = rnn(x)
         out.sum().backward()
         rnn(x)  # a second call, and the second layer: no second warning
-    expected = (f"nas: cell chain300 has 300 nodes, more than the {fused_module.MAX_KERNEL_NODES} for which C "
+    expected = (f"nas: cell chain300 has 300 nodes, more than the {policy.MAX_KERNEL_NODES} for which C "
                 f"or Triton kernels are compiled (their compile time grows with the cell; NAS_MAX_KERNEL_NODES "
                 f"raises the cap): it runs the torch code, one call per op")
     assert _cap_warnings(caught) == [expected]
@@ -86,43 +77,41 @@ def test_a_300_node_chain_trains_and_exports_in_bounded_time(no_kernels, tmp_pat
         torch.testing.assert_close(exported(x)[0], out.detach())
     finally:
         del sys.modules[module_spec.name]
-    assert time.perf_counter() - start < 30
 
 
-def test_a_cell_at_the_node_limit_starts_in_seconds(no_kernels):
-    start = time.perf_counter()
+def test_a_cell_of_a_thousand_nodes_runs_the_torch_code(no_kernels):
+    # (how soon it starts: benchmarks/compile_time.py)
     spec = chain(1000, "chain1000")
     rnn = CellRNN(spec, 8, 8)
     with pytest.warns(RuntimeWarning, match="has 1000 nodes, more than the 128"):
         out, _ = rnn(torch.randn(3, 2, 8))
     out.sum().backward()
     assert torch.isfinite(rnn.layers[0].weight_h.grad).all()
-    assert time.perf_counter() - start < 30
 
 
 def test_the_cap_applies_above_it_only(monkeypatch, no_kernels):
     spec = known_cell("lstm")  # 13 nodes
-    monkeypatch.setattr(fused_module, "MAX_KERNEL_NODES", 13)
+    monkeypatch.setattr(policy, "MAX_KERNEL_NODES", 13)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert not fused_module.too_large(spec)
-    monkeypatch.setattr(fused_module, "MAX_KERNEL_NODES", 12)
-    fused_module.too_large.cache_clear()
+        assert not select.too_large(spec)
+    monkeypatch.setattr(policy, "MAX_KERNEL_NODES", 12)
+    select.too_large.cache_clear()
     with pytest.warns(RuntimeWarning, match="has 13 nodes, more than the 12 "):
-        assert fused_module.too_large(spec)
+        assert select.too_large(spec)
     cell = CellRNN(spec, 4, 4).layers[0]
     xs = torch.randn(3, 2, 4)
-    assert fused_module.select(cell, xs, torch.float32) is fused_module.program(spec)
+    assert select.select(cell, xs, torch.float32) is program(spec)
 
 
 def test_the_environment_sets_the_cap(monkeypatch, no_kernels):
     monkeypatch.setenv("NAS_MAX_KERNEL_NODES", "12")
     with pytest.warns(RuntimeWarning, match="has 13 nodes, more than the 12 "):
-        assert fused_module.too_large(known_cell("lstm"))
+        assert select.too_large(known_cell("lstm"))
     monkeypatch.setenv("NAS_MAX_KERNEL_NODES", "twelve")
     with pytest.raises(ValueError, match="NAS_MAX_KERNEL_NODES: expected a non-negative integer, got 'twelve'"):
-        fused_module.kernel_node_cap()
+        policy.kernel_node_cap()
 
 
 def test_the_cap_leaves_the_known_cells_their_kernels():
-    assert max(len(known_cell(name).nodes) for name in KNOWN_CELLS) < fused_module.MAX_KERNEL_NODES
+    assert max(len(known_cell(name).nodes) for name in KNOWN_CELLS) < policy.MAX_KERNEL_NODES

@@ -14,11 +14,10 @@ from random_cells import ALL_OPS, SHARED_SOURCE, X_SOURCE, outputs_and_grads, ra
 from nas.cell import KNOWN_CELLS, CellSpec, known_cell
 from nas.cell.ops import OPS
 from nas.compile import CellRNN
-from nas.compile.backends import probe
-from nas.compile.backends.stages import Stages
+from nas.compile import fast_path as function
+from nas.compile.backends.triton import gpu_program
 from nas.compile.backends.triton_ops import TRITON
-from nas.compile.plan import lower
-from nas.compile.sequence import function as fused
+from nas.compile.sequence.program import program
 
 pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -27,22 +26,17 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 @pytest.fixture
 def gpu_code(monkeypatch):
     """Make every CellRNN on any device run the GPU program (the interpreter's, on the CPU)."""
-    torch_select = fused.select
-
     def select(cell, xs, dtype):
-        if cell.triton:
-            return fused.gpu_program(cell.spec)
-        return torch_select(cell, xs, dtype) if xs.is_cuda else fused.program(cell.spec)  # not C
+        return gpu_program(cell.spec) if cell.policy.allows("triton") else program(cell.spec)  # not C
 
-    monkeypatch.setattr(fused, "select", select)
+    monkeypatch.setattr(function, "select", select)
 
 
 def pair(spec, size=8, layers=1):
     torch.manual_seed(0)
     model = CellRNN(spec, size, size, num_layers=layers).to(DEVICE)
     ref = copy.deepcopy(model)
-    for layer in ref.layers:
-        layer.triton = False
+    ref.backend = "torch"
     return model, ref
 
 
@@ -100,26 +94,11 @@ def test_no_grad_forward_matches(gpu_code):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_stages_of_known_cells():
-    assert Stages(lower(known_cell("lstm"))).count == 1
-    assert Stages(lower(known_cell("gru"))).count == 1
-    # darts_v2's nodes by depth: s0 | s1 | s2 s3 s4 (read s1) | s5 s7 | s6 s8
-    darts = Stages(lower(known_cell("darts_v2")))
-    assert darts.count == 5 and [len(darts.nodes(s)) for s in range(5)] == [3, 3, 8, 6, 7]
-    assert Stages(lower(known_cell("nas_cell"))).count == 1
-
-
-def test_the_cpu_never_runs_the_triton_code():
-    cell = CellRNN(known_cell("lstm"), 4, 4).layers[0]
-    cell.c_kernels = False
-    assert fused.select(cell, torch.zeros(2, 1, 4), torch.float32) is fused.program(cell.spec)
-
-
 def test_generated_code_names_nothing_from_the_spec():
     spec = CellSpec.from_dict({"state": ["HIDDEN_STATE"], "nodes": {
         "EVIL_NODE": {"op": "linear", "in": ["x", "HIDDEN_STATE"]},
         "OTHER_NODE": {"op": "tanh", "in": ["EVIL_NODE"]}}, "outputs": {"HIDDEN_STATE": "OTHER_NODE"}})
-    prog = fused.gpu_program(spec)
+    prog = gpu_program(spec)
     source = prog.code.forward_source + prog.code.backward_source
     assert "EVIL" not in source and "HIDDEN" not in source and "OTHER" not in source
 
@@ -135,33 +114,3 @@ def test_under_emulated_cuda_graphs(gpu_code):
     for _ in range(3):  # eager, captured, replayed
         assert relative_error(model, ref) < 1e-5
     assert model.layers[0]._graphs.runners
-
-
-def test_probe_runs_the_kernels_once_per_device(gpu_code):
-    probe._probe.cache_clear()
-    assert probe.triton_works(torch.device(DEVICE))
-    assert probe.triton_works(torch.device(DEVICE))
-    assert probe._probe.cache_info().currsize == 1
-
-
-def test_probe_trains_in_any_mode_and_keeps_the_random_state(gpu_code):
-    probe._probe.cache_clear()
-    torch.manual_seed(5)
-    with torch.inference_mode():
-        assert probe.triton_works(torch.device(DEVICE))
-    after_probe = torch.rand(3)
-    torch.manual_seed(5)
-    assert torch.equal(after_probe, torch.rand(3))
-
-
-def test_kernels_that_fail_fall_back_with_a_warning(gpu_code, monkeypatch):
-    def broken(spec):
-        raise RuntimeError("no compiler for this GPU")
-
-    monkeypatch.setattr(fused, "gpu_program", broken)
-    probe._probe.cache_clear()
-    try:
-        with pytest.warns(RuntimeWarning, match="Triton kernels do not run.*no compiler"):
-            assert not probe.triton_works(torch.device(DEVICE))
-    finally:
-        probe._probe.cache_clear()

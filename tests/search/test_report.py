@@ -1,10 +1,12 @@
-"""The final comparison: which cells are compared, mean +- std over seeds, caching in the study, the
-table (markdown, CSV) and plots, and the retrain pool."""
+"""The final comparison (nas.search.report): which cells are compared, mean +- std over seeds, caching
+in the study, the table (markdown, CSV) and plots, the retrain pool, the finalists' steps, the
+paired differences and the verdicts."""
 
 from __future__ import annotations
 
 import csv
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -16,10 +18,18 @@ from optuna.trial import TrialState, create_trial
 import nas.search.report
 from nas.cell import known_cell
 from nas.cli import CONF_DIR
-from nas.search.report import Comparison, ComparisonRow, final_comparison, top_cells
+from nas.config import SearchApp, search_app
+from nas.search.report import (
+    Comparison,
+    ComparisonRow,
+    PairedDifference,
+    final_comparison,
+    paired_difference,
+    top_cells,
+)
 
 
-def config(tmp_path: Path, *overrides: str) -> dict:
+def config(tmp_path: Path, *overrides: str) -> SearchApp:
     """Tiny trainer on the first 40,000 characters of Tiny Shakespeare."""
     import nas.cli.search
     import nas.corpora
@@ -32,7 +42,7 @@ def config(tmp_path: Path, *overrides: str) -> dict:
             "trainer.sample_chars=0", "workers=1", "baselines=[lstm]", "report.seeds=2", "report.top_k=2", "report.steps=null",
             f"out_dir={tmp_path / 'study'}", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}",
             *overrides])
-    return OmegaConf.to_container(cfg, resolve=True)
+    return search_app(OmegaConf.to_container(cfg, resolve=True))
 
 
 def new_cells(count: int):
@@ -127,7 +137,7 @@ def test_final_comparison_retrains_with_seeds_and_caches_in_the_study(tmp_path, 
 def test_retrain_pool_gives_the_same_results(tmp_path):
     cfg = config(tmp_path, "report.top_k=0")
     one = final_comparison(optuna.create_study(study_name="a"), cfg)
-    two = final_comparison(optuna.create_study(study_name="b"), {**cfg, "workers": 2})
+    two = final_comparison(optuna.create_study(study_name="b"), replace(cfg, workers=2))
     (r1,), (r2,) = one.rows, two.rows
     assert r1.label == r2.label == "lstm" and r2.n_seeds == 2
     assert r2.test_bpc == pytest.approx(r1.test_bpc, rel=1e-3)
@@ -172,3 +182,48 @@ def test_equal_results_share_one_label_on_the_plot():
     assert set(groups) == {("mut1", "trial 7 (new)", "lstm"), ("gru",), ("small",)}
     assert groups[("mut1", "trial 7 (new)", "lstm")] == (100_416, 4.8824)  # the best of the group
     assert label_groups([]) == [] and label_groups([(1, 2, "a")]) == [((1, 2), ["a"])]
+
+
+def test_finalists_are_retrained_for_report_steps():
+    from nas.search.report import final_config
+
+    app = search_app({"trainer": {"steps": 300, "lr": 0.01}, "report": {"steps": 600}})
+    assert final_config(app).trainer == replace(app.trainer, steps=600) and app.trainer.lr == 0.01
+    assert app.trainer.steps == 300  # the search's own config is untouched
+    assert final_config(replace(app, report=replace(app.report, steps=None))).trainer.steps == 300
+
+
+def test_paired_difference_interval_and_verdicts():
+    def res(*values):
+        return [{"test_bpc": v} for v in values]
+
+    # differences -0.10, -0.12, -0.08: mean -0.10, sd 0.02, t(0.975, 2) = 4.3027
+    p = paired_difference("trial 3 (new)", "lstm", res(1.0, 1.1, 1.2), res(1.1, 1.22, 1.28))
+    half = 4.302652729911275 * 0.02 / 3 ** 0.5
+    assert p.n == 3 and p.mean == pytest.approx(-0.10)
+    assert (p.low, p.high) == (pytest.approx(-0.10 - half), pytest.approx(-0.10 + half))
+    assert p.verdict == "better"
+    assert paired_difference("c", "b", res(1.2, 1.3, 1.25), res(1.0, 1.12, 1.06)).verdict == "worse"
+    assert paired_difference("c", "b", res(1.0, 1.3), res(1.1, 1.2)).verdict == "not distinguishable"
+    one = paired_difference("c", "b", res(1.0, None), res(1.1, 1.2))
+    assert one.n == 1 and one.low is None and one.verdict == "not distinguishable"
+    assert paired_difference("c", "b", res(None), res(1.0)).text() == "no paired seeds"
+
+
+def test_comparison_says_whether_any_new_cell_beat_each_baseline():
+    rows = (ComparisonRow("trial 3 (new)", "trial", "c-a", 1.20, 0.01, 3, 1.3, 1000, 1.0, trial=3),
+            ComparisonRow("lstm", "baseline", "c-b", 1.30, 0.01, 3, 1.4, 1000, 1.0),
+            ComparisonRow("gru", "baseline", "c-c", 1.21, 0.01, 3, 1.3, 1000, 1.0))
+    pairs = (PairedDifference("trial 3 (new)", "lstm", 3, -0.1, -0.15, -0.05),
+             PairedDifference("trial 3 (new)", "gru", 3, -0.01, -0.04, 0.02))
+    c = Comparison("s", "b", (0, 1, 2), rows, (), pairs)
+    assert c.verdicts() == [
+        "lstm: beaten by trial 3 (new) (-0.1000 [-0.1500, -0.0500]).",
+        "gru: no new cell beats it; closest: trial 3 (new), not distinguishable (-0.0100 [-0.0400, +0.0200]).",
+    ]
+    md = c.markdown()
+    assert "| trial 3 (new) | lstm | 3 | -0.1000 [-0.1500, -0.0500] | better |" in md
+    assert c.best() is rows[0]
+    only_baselines = Comparison("s", "b", (0,), rows[1:], ())
+    assert only_baselines.best() is None
+    assert "No new cell was retrained" in only_baselines.verdicts()[0]

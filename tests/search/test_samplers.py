@@ -15,9 +15,9 @@ from optuna.distributions import FloatDistribution
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FixedTrial, TrialState, create_trial
 
-from nas.search.controllers import CONTROLLERS, is_multi_objective, make_sampler
-from nas.search.evolution import MUTATED_ATTR, PARENT_ATTR, SEED_ATTR, AgingEvolutionSampler
-from nas.search.reinforce import ORDER_ATTR, ReinforceSampler
+from nas.search.samplers.evolution import MUTATED_ATTR, PARENT_ATTR, SEED_ATTR, AgingEvolutionSampler
+from nas.search.samplers.registry import CONTROLLERS, is_multi_objective, make_sampler
+from nas.search.samplers.reinforce import ORDER_ATTR, ReinforceSampler
 
 OPS = ("add", "mul", "tanh", "sigmoid")
 BINARY = ("add", "mul")

@@ -1,5 +1,6 @@
 """The study's storage under faults: cut-off journal writes, a full disk, unwritable folders, bad
-heartbeat settings, and the reaper's rules (a live worker keeps its trial; clock skew is harmless)."""
+heartbeat settings, and the reaper's rules (a live worker keeps its trial; clock skew is harmless);
+the trial budget (trials that train nothing are replaced, up to a cap)."""
 
 from __future__ import annotations
 
@@ -14,18 +15,19 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
+from optuna.trial import TrialState, create_trial
 
+from nas.search import optuna_adapter
 from nas.search import storage as st
 from nas.search.storage import (
     HEARTBEAT_ATTR,
-    LOST,
     WORKER_ATTR,
     StudyError,
     check_storage,
     make_storage,
     reap_lost,
 )
+from nas.trials import Outcome
 
 
 def new_study(folder: Path, trials: int = 4) -> optuna.Study:
@@ -201,8 +203,8 @@ def running_trial(study: optuna.Study, worker: str, beat: float | None) -> int:
     trial = study.ask()
     trial.suggest_float("x", 0, 1)
     if beat is not None:
-        study._storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, beat)
-    study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker)
+        optuna_adapter.set_system_attr(study, trial, HEARTBEAT_ATTR, beat)
+    optuna_adapter.set_system_attr(study, trial, WORKER_ATTR, worker)
     return trial.number
 
 
@@ -218,13 +220,13 @@ def test_a_live_worker_on_this_host_keeps_its_trial_however_late_its_beat(tmp_pa
         running_trial(study, st.this_worker(), beat=0.0)  # this very process
         assert reap_lost(study, grace_period=0) == []
         reused = running_trial(study, f"{socket.gethostname()}:{live.pid}", beat=None)
-        study._storage.set_trial_system_attr(study.trials[reused]._trial_id, st.STARTED_ATTR, "1")
+        optuna_adapter.set_system_attr(study, study.trials[reused], st.STARTED_ATTR, "1")
         assert reap_lost(study, grace_period=1000) == [reused]  # the pid now names another process
     finally:
         live.kill()
         live.wait()
     assert reap_lost(study, grace_period=1000) == [0]  # gone: reaped at once, whatever the grace
-    assert states(study) == [(0, LOST), (1, "RUNNING"), (2, LOST), (3, "WAITING"), (4, "WAITING")]
+    assert states(study) == [(0, Outcome.LOST), (1, "RUNNING"), (2, Outcome.LOST), (3, "WAITING"), (4, "WAITING")]
     assert study.trials[4].system_attrs["fixed_params"] == {"x": 0.5} and study.trials[4].user_attrs["retry_of"] == 0
 
 
@@ -236,12 +238,12 @@ def test_another_hosts_worker_is_judged_by_its_beat_standing_still_on_the_reaper
     monkeypatch.setattr(st.time, "monotonic", lambda: clock[0])
     assert reap_lost(study, grace_period=50) == []  # first sight: nothing to judge by
     clock[0] += 40
-    study._storage.set_trial_system_attr(study.trials[far]._trial_id, HEARTBEAT_ATTR, 4e9 + 40)  # beats
+    optuna_adapter.set_system_attr(study, study.trials[far], HEARTBEAT_ATTR, 4e9 + 40)  # beats
     assert reap_lost(study, grace_period=50) == []
     clock[0] += 40  # 80 s since trial 1's beat last moved, 40 s since trial 0's
     assert reap_lost(study, grace_period=50) == [behind]
-    assert states(study)[:2] == [(0, "RUNNING"), (1, LOST)]
-    assert all(key[0] == "s" and key[1] != study.trials[behind]._trial_id for key in st._seen)
+    assert states(study)[:2] == [(0, "RUNNING"), (1, Outcome.LOST)]
+    assert all(key[0] == "s" and key[1] != optuna_adapter.trial_id(study.trials[behind]) for key in st._seen)
 
 
 def test_a_claim_whose_worker_died_before_naming_itself_is_reaped_after_the_grace(tmp_path, monkeypatch):
@@ -257,19 +259,19 @@ def test_a_claim_whose_worker_died_before_naming_itself_is_reaped_after_the_grac
     assert reap_lost(study, grace_period=50) == []
     clock[0] += 20
     assert reap_lost(study, grace_period=50) == [orphan]
-    assert states(study) == [(0, LOST), (1, "WAITING")]
+    assert states(study) == [(0, Outcome.LOST), (1, "WAITING")]
 
 
 def test_the_heartbeat_stops_and_says_so_when_the_trial_is_taken(tmp_path):
     study = new_study(tmp_path, trials=0)
     number = running_trial(study, "other-host:1", beat=None)
     t = study.trials[number]
-    with st.Heartbeat(study, t._trial_id, interval=0.05) as beat:
+    with st.Heartbeat(study, t, interval=0.05) as beat:
         assert st.release(study, t, "test")
         deadline = time.monotonic() + 5
         while not beat.taken and time.monotonic() < deadline:
             time.sleep(0.01)
-    assert beat.taken and study.trials[number].user_attrs["nas_state"] == LOST
+    assert beat.taken and study.trials[number].user_attrs["nas_state"] == Outcome.LOST
 
 
 def test_a_cut_off_journal_survives_a_rerun_of_the_real_command(tmp_path):
@@ -292,3 +294,23 @@ def test_a_cut_off_journal_survives_a_rerun_of_the_real_command(tmp_path):
     study = optuna.load_study(study_name="cut", storage=make_storage(None, out))
     counted = [t for t in study.trials if st.counts_toward_budget(t)]
     assert len(counted) == 1 and all(t.state == TrialState.COMPLETE for t in counted)
+
+
+def test_trials_that_train_nothing_are_replaced_up_to_a_cap(monkeypatch):
+    from nas.search import storage
+    from nas.search.storage import counts_toward_budget, replace_if_free
+
+    study = optuna.create_study()
+    study.add_trial(create_trial(value=2.0, user_attrs={"nas_state": "complete"}))
+    study.add_trial(create_trial(value=2.0, user_attrs={"nas_state": "duplicate", "duplicate_of": 0}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"nas_state": "screened"}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"nas_state": "diverged"}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"nas_state": "lost"}))
+    assert [counts_toward_budget(t) for t in study.trials] == [True, False, False, True, False]
+    assert [replace_if_free(study, t) for t in study.trials[:5]] == [False, True, True, False, False]
+    assert [t.state for t in study.trials[5:]] == [TrialState.WAITING] * 2  # two placeholders
+    monkeypatch.setattr(storage, "MAX_TRIALS_FACTOR", 1)
+    monkeypatch.setattr(storage, "MIN_TRIALS_CAP", 7)
+    assert replace_if_free(study, study.trials[2]) is False  # 7 trials, 4 that count: at the cap
+    monkeypatch.setattr(storage, "MIN_TRIALS_CAP", 8)
+    assert replace_if_free(study, study.trials[2]) is True

@@ -13,12 +13,14 @@ import optuna
 import pytest
 from test_search import config
 
-from nas.search.run import _run_processes
-from nas.search.storage import LOST, StudyError, make_storage, release, top_up
+from nas.config import StorageConfig
+from nas.search.launch import run_processes
+from nas.search.storage import StudyError, make_storage, release, top_up
 from nas.search.study import open_study
 from nas.search.worker import LocalWorker, WorkerFailed, build_objective, infrastructure_error, run_trials
+from nas.trials import Outcome
 
-STORAGE = {"heartbeat_interval": 1, "grace_period": 12}
+STORAGE = StorageConfig(heartbeat_interval=1, grace_period=12)
 ENOSPC = OSError(errno.ENOSPC, "No space left on device", "/runs/x/weights.pt")
 
 
@@ -70,11 +72,11 @@ def test_a_full_disk_sends_the_trial_back_and_stops_the_worker(tmp_path):
     message = str(e.value)
     assert "\n" not in message and "stopped: ENOSPC: No space left on device" in message
     assert "trial 0 will be retried with the same cell" in message and "rerun the same command" in message
-    assert summary(study) == [(LOST, None), ("WAITING", None), ("WAITING", 0)]
+    assert summary(study) == [(Outcome.LOST, None), ("WAITING", None), ("WAITING", 0)]
     assert "infrastructure error: ENOSPC" in study.trials[0].user_attrs["reason"]
     # the rerun evaluates the same cell again and meets the budget
     assert run_trials(study, lambda t: t.suggest_float("x", 0, 1), STORAGE).trials == 2
-    assert summary(study) == [(LOST, None), ("COMPLETE", None), ("COMPLETE", 0)]
+    assert summary(study) == [(Outcome.LOST, None), ("COMPLETE", None), ("COMPLETE", 0)]
     assert study.trials[2].params == study.trials[0].params
 
 
@@ -117,7 +119,7 @@ def test_a_trial_taken_by_another_process_is_logged_and_the_worker_goes_on(tmp_p
     with caplog.at_level(logging.WARNING, logger="nas.search"):
         done = run_trials(study, objective, STORAGE)
     assert done.trials == 2 and calls == [0, 1, 2, 3]
-    assert summary(study) == [(LOST, None), (LOST, None), ("COMPLETE", 0), ("COMPLETE", 1)]
+    assert summary(study) == [(Outcome.LOST, None), (Outcome.LOST, None), ("COMPLETE", 0), ("COMPLETE", 1)]
     taken = [r.getMessage() for r in caplog.records if "finished by another process" in r.getMessage()]
     assert len(taken) == 2 and "worker other:1 stopped" in taken[0]
 
@@ -125,7 +127,7 @@ def test_a_trial_taken_by_another_process_is_logged_and_the_worker_goes_on(tmp_p
 def test_a_grace_period_shorter_than_the_heartbeat_is_refused(tmp_path):
     study = study_of(tmp_path, n_trials=1)
     with pytest.raises(StudyError, match="grace_period must be >= 2 x heartbeat_interval"):
-        run_trials(study, lambda t: 1.0, {"heartbeat_interval": 20, "grace_period": -1})
+        run_trials(study, lambda t: 1.0, StorageConfig(heartbeat_interval=20, grace_period=-1))
     assert summary(study) == [("WAITING", None)]
 
 
@@ -135,7 +137,7 @@ def test_workers_that_fail_or_die_make_the_search_fail_with_one_line(tmp_path):
     killed = LocalWorker(cfg, 7, threads=1)
     killed.proc.kill()
     with pytest.raises(WorkerFailed) as e:
-        _run_processes(study, cfg, show=False)  # cfg names a study its storage does not hold
+        run_processes(study, cfg, show=False)  # cfg names a study its storage does not hold
     message = str(e.value)
     assert "\n" not in message and message.endswith("rerun the same command to resume")
     for i in (0, 1):
@@ -163,18 +165,34 @@ def test_a_real_full_disk_in_a_worker_process(tmp_path, full_disk):
     cfg = config(tmp_path, "study=full", "n_trials=1", "baselines=[]", "search_space=highway",
                  "controller=random", "storage.heartbeat_interval=1", "storage.grace_period=12")
     study = open_study(cfg, multi_objective=False)
-    (Path(cfg["out_dir"]) / "trials").symlink_to(full_disk)  # trials' files go to the full disk
-    worker = [sys.executable, "-m", "nas.search.worker", "--study", "full", "--out-dir", cfg["out_dir"],
+    (Path(cfg.out_dir) / "trials").symlink_to(full_disk)  # trials' files go to the full disk
+    worker = [sys.executable, "-m", "nas.search.worker", "--study", "full", "--out-dir", cfg.out_dir,
               "--threads", "1"]
     p = subprocess.run(worker, capture_output=True, text=True, timeout=120)
     assert p.returncode == 1, p.stderr[-2000:]
     assert "Traceback" not in p.stderr
     [line] = [ln for ln in p.stderr.splitlines() if "error" in ln]
     assert line.startswith("nas-worker: error: worker ") and "ENOSPC" in line and "will be retried" in line
-    assert summary(study) == [(LOST, None), ("WAITING", 0)]
-    (Path(cfg["out_dir"]) / "trials").unlink()  # space again: the rerun (here in-process) retries the cell
+    assert summary(study) == [(Outcome.LOST, None), ("WAITING", 0)]
+    (Path(cfg.out_dir) / "trials").unlink()  # space again: the rerun (here in-process) retries the cell
     objective, study.sampler = build_objective(cfg, "cpu")
-    assert run_trials(study, objective, cfg["storage"]).trials == 1
-    assert summary(study) == [(LOST, None), ("complete", 0)]
+    assert run_trials(study, objective, cfg.storage).trials == 1
+    assert summary(study) == [(Outcome.LOST, None), ("complete", 0)]
     retry = study.trials[1]
     assert retry.user_attrs["retry_of"] == 0 and retry.params == study.trials[0].params
+
+
+def test_workers_per_device_places_k_workers_on_each_gpu(monkeypatch):
+    import torch
+
+    from nas.search.worker import local_workers, pin_device
+
+    assert local_workers(3, None, "auto") == 3
+    assert local_workers(3, 2, "auto") == 2  # no GPU here: k workers on the CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    n = local_workers(1, 2, "auto")
+    assert n == 8
+    devices = [pin_device("auto", None, i) for i in range(n)]
+    assert sorted(devices) == sorted(f"cuda:{g}" for g in range(4) for _ in range(2))
+    assert local_workers(1, 2, "cpu") == 2  # a CPU search on a GPU machine

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from nas import data
+from nas import corpus_files, data
 from nas.data import (
     DataError,
     batchify,
@@ -237,7 +237,7 @@ def test_second_load_hits_the_cache_without_reading_the_text(tmp_path, monkeypat
     def must_not_read(path):
         raise AssertionError(f"cache miss: reread {path}")
 
-    monkeypatch.setattr(data, "_read_bytes", must_not_read)
+    monkeypatch.setattr(corpus_files, "read_bytes", must_not_read)
     second = load_corpus(source, cache_dir=tmp_path / "cache")
     assert isinstance(second.train, np.memmap)
     assert second.symbols == first.symbols and second.source_hash == first.source_hash

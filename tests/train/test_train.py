@@ -153,10 +153,26 @@ def test_test_bpc_on_request(corpus):
     ("temperature", float("nan")), ("threads", -1), ("device", "banana"), ("hidden_size", 100_000),
     ("embedding_size", 100_000), ("lr", float("inf")), ("momentum", 1.0), ("weight_decay", -0.1),
     ("lr_final_ratio", 1.5), ("state_span", 0), ("eval_chars", 0), ("final_eval_chars", 0),
-    ("eval_batch_size", 0), ("param_budget", 0), ("steps", 2.5), ("steps", True)])
+    ("eval_batch_size", 0), ("param_budget", 0), ("steps", 2.5), ("steps", True), ("backend", "gpu"),
+    ("cuda_graphs", True)])
 def test_bad_settings_are_refused_by_name(field, value):
     with pytest.raises(ValueError, match=rf"^trainer\.{field}: expected .*, got {re.escape(repr(value))}$"):
         check_config(TrainConfig(**{**TINY.__dict__, field: value}))
+
+
+def test_the_trainer_backend_setting_reaches_the_model(corpus, monkeypatch):
+    """trainer.backend / trainer.cuda_graphs choose the cell's generated code (speed only): the model
+    gets them, and the torch code scores what the default code scores."""
+    built = []
+    real = nas.train.build_model
+    monkeypatch.setattr(nas.train, "build_model", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    cfg = TrainConfig(**{**TINY.__dict__, "backend": "torch", "cuda_graphs": "off"})
+    torch_code = evaluate(known_cell("gru"), cfg, 0, corpus)
+    assert [m.rnn.policy.backend for m in built] == ["torch"]
+    assert built[0].rnn.policy.cuda_graphs == "off"
+    default = evaluate(known_cell("gru"), TINY, 0, corpus)
+    assert built[1].rnn.policy.backend == "auto"
+    assert torch_code.val_bpc == pytest.approx(default.val_bpc, abs=1e-3)
 
 
 def test_the_check_is_torch_free_and_runs_before_any_work(corpus, monkeypatch):

@@ -29,7 +29,6 @@ compares the two on a GPU (skipped where there is none).
 
 from __future__ import annotations
 
-import os
 import threading
 import warnings
 import weakref
@@ -39,16 +38,29 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from nas.compile.sequence.function import ONE_BACKWARD
+from nas.compile.backends.policy import DEFAULT, Policy
+from nas.compile.sequence.program import ONE_BACKWARD
 
 # How many shapes one cell keeps graphs for (training T, validation T, sampling ...): each holds
 # static buffers about the size of the activations of one sequence.
 MAX_SHAPES = 4
 
 
-def enabled() -> bool:
-    """Graphs are on unless NAS_CUDA_GRAPHS=0 (an escape hatch for debugging with eager kernels)."""
-    return os.environ.get("NAS_CUDA_GRAPHS", "1") != "0"
+class CudaGraphs:
+    """CUDA graphs as a backend (nas.compile.backends.base): not a program of their own but a wrapper
+    that replays another backend's program; a shape whose capture fails runs eagerly (GraphCache)."""
+
+    name = "cuda_graphs"
+
+    def available(self, device: torch.device, dtype: torch.dtype) -> bool:
+        return device.type == "cuda"
+
+    def works(self, device: torch.device, dtype: torch.dtype, policy: Policy = DEFAULT) -> bool:
+        """Whether a call may replay: the setting allows graphs (Policy.cuda_graphs)."""
+        return policy.graphs()
+
+
+CUDA_GRAPHS = CudaGraphs()
 
 
 class EmulatedStream:
@@ -93,7 +105,6 @@ def capture_cuda(fn: Callable, pool, stream) -> tuple[Callable, object]:
     return graph.replay, out
 
 
-
 def capture_emulated(fn: Callable, pool, stream) -> tuple[Callable, object]:
     """What capture_cuda does, on any device, for the tests of the bookkeeping on machines without a
     GPU: each replay runs fn again and writes its results over the first call's outputs."""
@@ -103,7 +114,6 @@ def capture_emulated(fn: Callable, pool, stream) -> tuple[Callable, object]:
         for dst, src in zip(_leaves(out), _leaves(fn())):
             dst.copy_(src)
     return replay, out
-
 
 
 def _leaves(tree) -> list[Tensor]:
@@ -246,8 +256,9 @@ class GraphCache:
 
     def runner(self, prog, T: int, keep: bool, transpose: Callable, X, base, xo, init, w) -> Runner | None:
         """The runner for this call's shape, or None: run eagerly (first sight of the shape, a
-        capture in progress, graphs off, or a shape whose capture failed)."""
-        if not enabled() or (not self.emulated and torch.cuda.is_current_stream_capturing()):
+        capture in progress, or a shape whose capture failed; the caller asks only where the
+        setting allows graphs: nas.compile.backends.select.graphs_for)."""
+        if not self.emulated and torch.cuda.is_current_stream_capturing():
             return None
         key = (prog, T, keep, *(None if t is None else (t.shape, t.dtype, t.device)
                                 for t in (X, *base, *xo, *init, *w)))

@@ -1,28 +1,28 @@
-"""Whether the generated kernels work here: checked once, before the first real cell uses them.
+"""Whether a backend's program computes what the torch code computes: checked on random tensors.
 
-A cell with every op trains for one step with the kernels; a GPU or driver that Triton cannot
-compile for, a missing C compiler or a broken install costs a warning and the torch kernels, not a
-crash in the middle of a search. The C kernels' probe also compares the outputs and gradients with
-the torch code's, so a compiler that miscompiles them is caught too; the time loop in C has a probe
-of its own, so where only it fails, the kernels run from the Python loop.
+A backend (nas.compile.backends.base) is used only after its program for the probe cell, a cell
+with every built-in op, has run one forward and backward on random inputs here and matched the torch
+program (nas.compile.sequence.program.program) of the same cell. A GPU or driver that Triton cannot
+compile for, a missing C compiler, a broken install or a compiler that miscompiles the kernels thus
+costs a warning and the torch code, not a crash or wrong numbers in the middle of a search.
 
-Whatever mode the first real call runs in (inference_mode, no_grad, autocast), the probe trains;
-and it leaves the random number generators as it found them (seeded runs stay reproducible).
+The probe calls the two programs directly, through their calling convention: no module, no autograd,
+no backend selection. It draws its tensors from a generator of its own, so the caller's random
+numbers stay as they were, and runs the same in any mode the caller is in (inference_mode, no_grad,
+autocast).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import importlib.util
-import threading
-import warnings
 from functools import cache
 
 import torch
+from torch import Tensor
 
-from nas.cell.spec import CellSpec
-from nas.compile.backends.c import loop as cloop
+from nas.cell.spec import INPUT, CellSpec
+from nas.compile.plan import lower
+from nas.compile.sequence.program import Program, input_grads, inputs, program, transposed
 
 PROBE = {"state": ["h", "c"], "nodes": {
     "a": {"op": "linear", "in": ["x", "h"]}, "g": {"op": "sigmoid", "in": ["a"]},
@@ -32,112 +32,82 @@ PROBE = {"state": ["h", "c"], "nodes": {
     "p": {"op": "mul", "in": ["b", "t"]}, "q": {"op": "add", "in": ["p", "c"]},
     "i": {"op": "identity", "in": ["q"]}}, "outputs": {"h": "b", "c": "i"}}
 
-_probing: set = set()  # the probes running now (their own calls use the kernels unchecked)
-_lock = threading.RLock()
+# Relative to the largest value compared (+ 1): float64 and float32 as exact as the torch code's
+# rounding allows. The half types are compared with a float32 torch program: the probe cell's torch
+# code in bfloat16 differs from it by 0.012 (float16: 0.001), so a bound of 0.1 passes rounding and
+# catches a program that computes something else.
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
+HALF_TOLERANCE = 0.1
 
 
-def triton_works(device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
-    """Whether the generated Triton kernels compile and run on `device` in `dtype` (checked once,
-    by training the probe cell for one step there; not during a CUDA graph capture)."""
-    if device in _probing:
-        return True  # the probe itself runs them
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return False  # a probe would break the caller's capture: the torch kernels, this once
-    return _probe(device, dtype)
+@cache
+def probe_cell() -> CellSpec:
+    return CellSpec.from_dict(PROBE)
 
 
-def c_works(dtype: torch.dtype, loop: bool = False) -> bool:
-    """Whether the C kernels compile here and compute what the torch code computes, in `dtype`;
-    with `loop`, whether they also do with the time loop in C (nas.compile.backends.c.loop). The loop has its own
-    probe, so a loop that fails costs only itself: the kernels then run from the Python loop."""
-    if ("c", dtype, threading.get_ident()) in _probing:
-        return True  # the probe's own calls (other threads wait for its verdict in _c_probe)
-    with _lock:
-        # Where the loop cannot run in C (no MKL to call), its program is the Python loop's.
-        return _c_probe(dtype, loop and cloop.available(dtype))
+def check(prog: Program, spec: CellSpec, device: torch.device, dtype: torch.dtype,
+          T: int = 5, B: int = 3, H: int = 16) -> None:
+    """Raise RuntimeError (one line) unless `prog`, a program of `spec`, gives the torch program's
+    outputs and gradients on random inputs in `dtype` on `device` (T steps, batch B, hidden H)."""
+    reference_dtype = dtype if dtype in TOLERANCE else torch.float32
+    tol = TOLERANCE.get(dtype, HALF_TOLERANCE)
+    args = _random_args(spec, T, B, H)
+    with _plain_mode(device):
+        got = _run(prog, T, H, [None if a is None else _to(a, device, dtype) for a in args])
+        want = _run(program(spec), T, H, [None if a is None else _to(a, device, reference_dtype) for a in args])
+        worst = max(_error(a, b) for a, b in zip(got, want, strict=True))
+    if not worst < tol:
+        raise RuntimeError(f"they differ from the torch code's results by {worst:.2g} (relative)")
+
+
+def _to(t, device: torch.device, dtype: torch.dtype):
+    return [_to(u, device, dtype) for u in t] if isinstance(t, list) else t.to(device, dtype)
+
+
+def _random_args(spec: CellSpec, T: int, B: int, H: int) -> list:
+    """[X, xw, biases, init, weights, dout, dfin] for `spec`'s programs, on the CPU in float64."""
+    plan = lower(spec)
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    xg = plan.group(INPUT)
+    recurrent = [grp for grp in plan.groups if grp.source != INPUT]
+    X = rand(T, B, H) if plan.needs_raw_x else None
+    xw = rand(T, B, len(xg.bias_rows) * H) if xg else None
+    bias = [rand(len(grp.bias_rows) * H) for grp in recurrent]
+    init = [rand(B, H) for _ in spec.state]
+    weights = [rand(len(grp.bias_rows) * H, H) / H ** 0.5 for grp in recurrent]
+    return [X, xw, bias, init, weights, rand(T, B, H), [rand(B, H) for _ in spec.state]]
+
+
+def _run(prog: Program, T: int, H: int, args: list) -> list[Tensor | None]:
+    """One forward (keeping what the backward needs) and one backward: outputs, final states and
+    the gradients of every input."""
+    X, xw, bias, init, w, dout, dfin = args
+    base, xo = inputs(prog, xw, bias, T, init[0])
+    out, finals, saved = prog.forward(T, True, X, base, xo, init, transposed(prog, w, T * init[0].shape[0]))
+    out, finals = out.clone(), [f.clone() for f in finals]
+    dX, dbase, dxo, dinit, dw = prog.backward(T, dout, dfin, X, xo, w, saved)
+    dxw, dbias = input_grads(prog, dbase, dxo, None if xw is None else xw.shape, [b.shape for b in bias], H)
+    return [out, *finals, dX, dxw, *dbias, *dinit, *dw]
+
+
+def _error(a: Tensor | None, b: Tensor | None) -> float:
+    """|a - b| relative to the largest |b| (+ 1); a missing gradient counts as zeros."""
+    if a is None and b is None:
+        return 0.0
+    a = torch.zeros_like(b) if a is None else a
+    b = torch.zeros_like(a) if b is None else b
+    a, b = a.double().cpu(), b.double().cpu()
+    if a.shape != b.shape:
+        return float("inf")
+    return float((a - b).abs().max() / (b.abs().max() + 1)) if a.numel() else 0.0
 
 
 @contextlib.contextmanager
-def _probing_as(key, device: torch.device):
-    _probing.add(key)
-    forked = [device.index or 0] if device.type == "cuda" else []
-    try:
-        with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=forked), \
-                torch.autocast(device.type, enabled=False):
-            yield
-    finally:
-        _probing.discard(key)
-
-
-def _train(model, x) -> list[torch.Tensor]:
-    """One forward and backward: the outputs, final states and parameter gradients."""
-    out, final = model(x)
-    (out.sum() + sum((f * f).sum() for f in final)).backward()
-    return [t.detach() for t in (out, *final, *(p.grad for p in model.parameters()))]
-
-
-@cache
-def _probe(device: torch.device, dtype: torch.dtype) -> bool:
-    if importlib.util.find_spec("triton") is None:
-        return False
-    from nas.compile.modules import CellRNN
-
-    try:
-        with _probing_as(device, device):
-            rnn = CellRNN(CellSpec.from_dict(PROBE), 16, 16).to(device, dtype)
-            for layer in rnn.layers:
-                layer.cuda_graphs = False
-            _train(rnn, torch.randn(3, 2, 16, device=device, dtype=dtype))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    except Exception as err:  # noqa: BLE001 - any failure means: do not use them
-        warnings.warn(f"nas: the Triton kernels do not run on {device} in {dtype} ({type(err).__name__}: "
-                      f"{err}); using the torch kernels instead", RuntimeWarning, stacklevel=3)
-        return False
-    return True
-
-
-@cache
-def _c_probe(dtype: torch.dtype, loop: bool) -> bool:
-    error = _c_trial(dtype, loop)
-    if error is None:
-        return True
-    if not loop:
-        warnings.warn(f"nas: the C kernels do not work here in {dtype} ({error}); CPU cells run the torch "
-                      f"kernels instead (slower; NAS_C_KERNELS=0 silences this)", RuntimeWarning, stacklevel=3)
-    elif _c_probe(dtype, False):  # (else that probe's warning says it all)
-        warnings.warn(f"nas: the C time loop does not work here in {dtype} ({error}); the C kernels run from a "
-                      f"Python loop instead (slower; NAS_C_LOOP=0 silences this)", RuntimeWarning, stacklevel=3)
-    return False
-
-
-def _c_trial(dtype: torch.dtype, loop: bool) -> str | None:
-    """Train the probe cell one step with the C kernels (and `loop`) and with the torch code: None
-    when they agree, else what went wrong, in one line."""
-    from nas.compile.modules import CellRNN
-    from nas.compile.sequence.function import c_program, force
-
-    cpu = torch.device("cpu")
-    try:
-        with _probing_as(("c", dtype, threading.get_ident()), cpu), warnings.catch_warnings():
-            # c_program's warning that the compiler failed: here, the probe's failure.
-            warnings.filterwarnings("error", message="nas: could not compile", category=RuntimeWarning)
-            spec = CellSpec.from_dict(PROBE)
-            prog = c_program(spec, dtype, loop)
-            if prog is None:
-                raise RuntimeError("no C form of the probe cell")
-            rnn = CellRNN(spec, 16, 16, num_layers=2).to(cpu, dtype)
-            ref = copy.deepcopy(rnn)
-            for layer, ref_layer in zip(rnn.layers, ref.layers, strict=True):
-                force(layer, prog, dtype)  # this program, whatever NAS_C_LOOP or NAS_C_KERNELS say
-                ref_layer.c_kernels = False
-            x = torch.randn(5, 3, 16, dtype=dtype)
-            got, want = _train(rnn, x), _train(ref, x)
-        tol = 1e-4 if dtype == torch.float32 else 1e-10
-        worst = max(float((a - b).abs().max() / (b.abs().max() + 1)) for a, b in zip(got, want))
-        if not worst < tol:
-            raise RuntimeError(f"they differ from the torch code's results by {worst:.2g} (relative)")
-    except Exception as err:  # noqa: BLE001 - any failure means: do not use them
-        message = str(err).splitlines()[0] if str(err) else ""
-        return f"{type(err).__name__}: {message}"
-    return None
+def _plain_mode(device: torch.device):
+    """Ordinary tensors, no autocast, no autograd recording: whatever mode the caller is in."""
+    with torch.inference_mode(False), torch.no_grad(), torch.autocast(device.type, enabled=False):
+        yield

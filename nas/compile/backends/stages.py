@@ -1,6 +1,6 @@
-"""The stages of a GPU time step: which elementwise work one fused kernel does (nas.compile.backends.triton).
+"""The stages of a time step: which elementwise work one generated kernel does (Triton, C: stage_code).
 
-A step is matrix products (cuBLAS) and elementwise work between them. The elementwise work that
+A step is matrix products (cuBLAS, MKL) and elementwise work between them. The elementwise work that
 needs no product still to come is one *stage*, one kernel: stage 0 runs after the products of the
 state vectors; a product whose source is a node of stage s runs after stage s, and the nodes that
 read it belong to stage s + 1 or later. The LSTM is one stage; darts_v2, nine.
@@ -12,7 +12,7 @@ An elementwise node is *kept* (written to memory) when something outside its sta
 later stage, a product, or the next step (a new state: then it lives in the state's next slot).
 The backward recomputes each stage from what the stage read, so nothing else is saved (the C
 kernels load some activations instead, kept over the product columns they were computed from:
-nas.compile.backends.triton.activations).
+nas.compile.backends.driver.activations).
 
 The backward walks a step in reverse: stage S-1, the products of batch S-1, stage S-2, ..., stage
 0, the state products. Each gradient that crosses a stage boundary has one accumulator; its first

@@ -8,7 +8,7 @@ a plain alias costs nothing, and each further term is one fused call (add_, addc
 tensor the step owns, never on one it shares. After the loop, one GEMM per recurrent group gives
 its weight gradient over all steps: dW_k = dG_k^T @ S_k, with (T*B) as the inner dimension.
 The (T, B, .) gradient buffers live, where they can, in the forward's buffers, one row behind
-(seqlayout.Layout._hosts): the backward then writes into memory that is mapped and cached.
+(nas.compile.sequence.layout.Layout._hosts): the backward then writes into memory that is mapped and cached.
 """
 
 from __future__ import annotations

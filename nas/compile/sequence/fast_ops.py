@@ -60,7 +60,7 @@ class Kernel:
     inplace: bool = False
 
 
-# ATen derivative kernels the generated code calls by these names (nas.compile.sequence.function binds them):
+# ATen derivative kernels the generated code calls by these names (nas.compile.fast_path binds them):
 # `_<name>(g, y, ...)` and its out= form `_<name>_out(g, y, ..., grad_input=out)`.
 ATEN_BACKWARDS = ("sigmoid_backward", "tanh_backward", "threshold_backward", "leaky_relu_backward")
 

@@ -2,7 +2,7 @@
 
 The reference path runs `nas.compile.plan`'s step code under autograd, which records dozens of
 autograd nodes per time step. From the same Plan, this module generates two straight-line Python
-functions over a whole sequence, which one torch.autograd.Function runs (nas.compile.sequence.function):
+functions over a whole sequence, which one torch.autograd.Function runs (nas.compile.fast_path):
 
     forward(T, keep, X, base, xo, init, wt) -> (outputs (T, B, H), final states, saved buffers)
     backward(T, dout, dfin, X, xo, w, saved) -> (dX, dbase, dxo, dinit, dW)
@@ -61,7 +61,7 @@ def generate(plan: Plan) -> SeqCode:
                   for i in lay.xonly)
     fwd, bwd = forward_source(lay), backward_source(lay)
     if "<unsaved" in bwd:  # a gradient reads a value the forward did not keep: a generator bug
-        raise AssertionError(f"seqgen: backward of {plan.spec} reads an unsaved value:\n{bwd}")
+        raise AssertionError(f"nas.compile.sequence.forward: backward of {plan.spec} reads an unsaved value:\n{bwd}")
     return SeqCode(lay.bases(), xonly, plan.needs_raw_x, fwd, bwd)
 
 

@@ -270,7 +270,7 @@ class Layout:
 
     def val(self, e: Emitter, v: str, saved_only: bool = False) -> str:
         """Value v at step t. saved_only (the backward): a forward temporary renders as a marker
-        that `seqgen.generate` rejects, so a gradient can never read a value that was not saved."""
+        that `nas.compile.sequence.forward.generate` rejects, so a gradient can never read a value that was not saved."""
         if v == INPUT:
             return f"{e.use('x_', 'X.unbind(0)')}[t]"
         if v in self.state:
@@ -302,7 +302,7 @@ class Layout:
         return kind[1]
 
     def bases(self) -> tuple:
-        """Per recurrent group, what its product is added to (see seqgen.SeqCode.bases)."""
+        """Per recurrent group, what its product is added to (see nas.compile.sequence.forward.SeqCode.bases)."""
         # Once per layout: the generators ask for it per product, which made it quadratic.
         if self._bases is None:
             self._bases = self._make_bases()

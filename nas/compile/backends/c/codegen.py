@@ -3,8 +3,8 @@
 The torch code of nas.compile.sequence.forward makes one call per elementwise op: at search sizes each costs a
 few microseconds of dispatch for a fraction of that in arithmetic, and darts_v2 spends more time in
 them than in its products. Here the stages of a step (nas.compile.backends.stages) become C functions, as
-they become Triton kernels on a GPU (nas.compile.backends.triton, which generates both: the same driver, with
-CKernel in place of its Triton kernel class). A kernel loops over the (B, H) elements of a step once,
+they become Triton kernels on a GPU (nas.compile.backends.triton): the same stage driver
+(nas.compile.backends.stage_code), with CKernel as its kernel class. A kernel loops over the (B, H) elements of a step once,
 computing the stage's nodes in registers; its backward recomputes the stage from the same loads.
 It takes each view's data pointer and row stride (columns are contiguous: the driver makes X and
 dout so). Where MKL can be called from C, the whole time loop runs in C and calls the kernels itself
@@ -18,23 +18,21 @@ nas.compile.backends.probe) mean the torch code runs instead, with one warning.
 
 from __future__ import annotations
 
-import bisect
 import ctypes
 import functools
-import math
 import os
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
-import threading
 
 import torch
 
-from nas.compile.backends import triton as gpugen
+from nas.compile.backends import stage_code
 from nas.compile.backends.c import mkl
 from nas.compile.backends.c.ops import C_OPS, PRELUDE
+from nas.compile.backends.driver import StageDriver, StageKernel
+from nas.compile.backends.driver import supported as kernel_supported
 from nas.compile.plan import Plan
 from nas.compile.sequence.forward import SeqCode
 
@@ -61,11 +59,11 @@ class CompileError(RuntimeError):
     """The C compiler is missing or rejected the generated source."""
 
 
-class CKernel(gpugen.TritonKernel):
+class CKernel(StageKernel):
     """One C function over the B * H elements of a step (the products stay torch's)."""
 
     OPS = C_OPS
-    PRELUDE = ""  # C helpers of the driver's own, after cops.PRELUDE
+    PRELUDE = ""  # C helpers of the driver's own, after nas.compile.backends.c.ops.PRELUDE
     HOSTS = True
     ACTIVATIONS = True
     SETUP = ("    X = None if X is None else X.contiguous()",)
@@ -116,12 +114,12 @@ class CKernel(gpugen.TritonKernel):
     def strides(view: str) -> str:
         return f"_strides({view})"
 
-    def launch(self, d: gpugen._Driver) -> str:
+    def launch(self, d: StageDriver) -> str:
         args = "".join(f", {p}, {s}" for p, s in (d.pointers[v] for v in self.views))
         return f"{self.name}(B, H{args})"
 
     @staticmethod
-    def lists(d: gpugen._Driver) -> list[str]:
+    def lists(d: StageDriver) -> list[str]:
         """Per view list: its elements' data pointers, and a check that its columns are contiguous."""
         lines = [f"    pp_{n} = [v.data_ptr() for v in {n}]" for n in d.lists]
         if d.lists:
@@ -140,110 +138,20 @@ class PackedCKernel(CKernel):
                 f"    P_{name} = pk_{name}.data_ptr()"]
 
     @staticmethod
-    def product(d: gpugen._Driver, src: str, wt: str, out: str, base: str | None) -> list[str]:
+    def product(d: StageDriver, src: str, wt: str, out: str, base: str | None) -> list[str]:
         copy = [] if base is None else [f"{out}.copy_({base})"]  # then added to: beta 1
         return copy + [_packed_product(d, src, wt, out, add=base is not None)]
 
     @staticmethod
-    def grad_product(d: gpugen._Driver, dg: str, w: str, target: str, first: bool) -> list[str]:
+    def grad_product(d: StageDriver, dg: str, w: str, target: str, first: bool) -> list[str]:
         return [_packed_product(d, dg, w, target, add=not first)]
 
 
-def _packed_product(d: gpugen._Driver, a: str, w: str, c: str, add: bool) -> str:
+def _packed_product(d: StageDriver, a: str, w: str, c: str, add: bool) -> str:
     """The driver's line for view c (+)= view a @ packed weight w (nas.compile.backends.c.mkl.compute)."""
     (pa, lda), (pc, ldc) = d.pointers[a], d.pointers[c]
     return (f"_mm({mkl.ROW_MAJOR}, {mkl.NO_TRANS}, {mkl.PACKED}, B, N_{w}, K_{w}, {pa}, {lda}, P_{w}, 0, "
             f"{1.0 if add else 0.0}, {pc}, {ldc})")
-
-
-class Pool:
-    """Large buffers for the C code's intermediate values, kept for reuse. A fresh allocation of
-    this size comes from mmap, and touching it costs a page fault per 4 KiB: for darts_v2 at batch
-    128 x 256 steps x hidden 512, 865k faults and about a quarter of a training step.
-
-    A block is handed out again only when nothing else references its storage (no tensor, view,
-    storage object or autograd graph) and it was never shared with another process; a request takes
-    the smallest idle block of 1 to 2 times its size. Like torch's CUDA caching allocator, the pool
-    keeps what was in use together at the peak, so a training loop stops allocating after its first
-    steps. It cannot grow without bound: before allocating, it lets go of idle blocks (least
-    recently used first) until it holds at most twice what is in use, and a block nobody took for
-    `expiry` requests goes too. The outputs and states that a call returns never come from it."""
-
-    def __init__(self, expiry: int = 1024, minimum: int = 1 << 20) -> None:
-        self.expiry, self.minimum = expiry, minimum
-        self.blocks: list[list] = []  # [bytes, block, the request that last took it], by size
-        self.requests = 0
-        self.lock = threading.Lock()
-
-    def take(self, like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-        nbytes = math.prod(shape) * like.element_size()
-        if nbytes < self.minimum or not _USE_COUNT:  # malloc reuses small blocks without faults
-            return like.new_empty(shape)
-        with self.lock:  # (the view is made inside: from then on the block is not idle)
-            self.requests += 1
-            if self.requests % 64 == 0:
-                self._release(lambda e: e[2] < self.requests - self.expiry)
-            entry = next((e for e in self.blocks[bisect.bisect_left(self.blocks, nbytes, key=_size):]
-                          if e[0] < 2 * nbytes and _idle(e[1])), None)
-            if entry is None:
-                entry = self._allocate(nbytes)
-            entry[2] = self.requests
-            return entry[1][:nbytes].view(like.dtype).view(shape)
-
-    def _allocate(self, nbytes: int) -> list:
-        idle = [e for e in self.blocks if _idle(e[1])]
-        held = sum(e[0] for e in self.blocks)
-        busy = held - sum(e[0] for e in idle)
-        gone = set()
-        for e in sorted(idle, key=lambda e: e[2]):
-            if held + nbytes <= 2 * (busy + nbytes):
-                break
-            gone.add(id(e))
-            held -= e[0]
-        self.blocks[:] = [e for e in self.blocks if id(e) not in gone]
-        size = _rounded(nbytes)
-        entry = [size, torch.empty(size, dtype=torch.uint8), 0]
-        bisect.insort(self.blocks, entry, key=_size)
-        return entry
-
-    def _release(self, old) -> None:
-        # Shared blocks belong to the processes they were sent to now: never reused.
-        self.blocks[:] = [e for e in self.blocks if not e[1].is_shared() and not (old(e) and _idle(e[1]))]
-
-    def clear(self) -> None:
-        with self.lock:
-            self.blocks.clear()
-
-
-def _size(entry: list) -> int:
-    return entry[0]
-
-
-def _rounded(nbytes: int) -> int:
-    """Up to the next of 8 sizes per octave (at most 12.5% more): a longer sequence next time may
-    still fit."""
-    step = 1 << max(nbytes.bit_length() - 4, 0)
-    return -(-nbytes // step) * step
-
-
-# How many references a storage has (private to torch, present since 2.0; without it, no pool).
-_USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)
-
-
-def _references(block: torch.Tensor) -> tuple[int, int]:
-    """(C++ references to the block's storage, Python references to its storage object): a caller
-    holding only the storage object shows in the second."""
-    storage = block.untyped_storage()
-    return _USE_COUNT(storage._cdata), sys.getrefcount(storage)
-
-
-def _idle(block: torch.Tensor) -> bool:
-    """Only the pool references the block, and it was never shared with another process."""
-    return not block.is_shared() and _references(block) == _IDLE
-
-
-_IDLE = _references(torch.empty(1)) if _USE_COUNT else (0, 0)  # a tensor nothing else references
-POOL = Pool()
 
 
 def _strides(view: torch.Tensor) -> tuple[int, int]:
@@ -256,7 +164,7 @@ def _strides(view: torch.Tensor) -> tuple[int, int]:
 
 def _unit_columns(*strides: tuple[int, ...]) -> None:
     if any(s[1] != 1 for s in strides):
-        raise AssertionError(f"cgen: a (B, H) view with non-contiguous columns reached a C kernel: {strides}")
+        raise AssertionError(f"nas.compile.backends.c.codegen: a (B, H) view with non-contiguous columns reached a C kernel: {strides}")
 
 
 def generate(plan: Plan, kernel: type[CKernel] | None = None) -> tuple[SeqCode, str]:
@@ -264,12 +172,12 @@ def generate(plan: Plan, kernel: type[CKernel] | None = None) -> tuple[SeqCode, 
     for `kernel`: CKernel (the default), PackedCKernel (products by MKL's packed GEMM: float32) or
     nas.compile.backends.c.loop.LoopCKernel (the time loop in C)."""
     kernel = kernel or CKernel
-    code, kernels = gpugen.generate(plan, kernel)
+    code, kernels = stage_code.generate(plan, kernel)
     return code, PRELUDE + kernel.PRELUDE + "\n" + kernels
 
 
 def supported(plan: Plan) -> bool:
-    return gpugen.supported(plan, C_OPS)
+    return kernel_supported(plan, CKernel)
 
 
 def compiler() -> list[str] | None:

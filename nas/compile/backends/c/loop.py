@@ -9,7 +9,7 @@ first element's address, the distance between elements and a period (a state's t
 in turn), the accumulators are pointers that the C code swaps, and the products call MKL
 through a function pointer: float32 its packed GEMM (nas.compile.backends.c.mkl), float64 its DGEMM.
 
-The loop's statements come from the same driver (nas.compile.backends.triton) as the Python loop's, through
+The loop's statements come from the same stage driver (nas.compile.backends.stage_code) as the Python loop's, through
 the kernel class's hooks; the kernels it calls are the same C functions.
 """
 
@@ -21,11 +21,11 @@ import re
 import torch
 from torch import Tensor
 
-from nas.compile.backends import triton as gpugen
 from nas.compile.backends.c import mkl
 from nas.compile.backends.c.codegen import CKernel, _unit_columns
+from nas.compile.backends.driver import StageDriver
 
-# C helpers of the loop (appended to the kernels' source, after cops.PRELUDE).
+# C helpers of the loop (appended to the kernels' source, after nas.compile.backends.c.ops.PRELUDE).
 LOOP_PRELUDE = r"""
 #define AT(n, i) (P_##n + ((i) % M_##n) * D_##n)
 
@@ -76,11 +76,11 @@ class LoopCKernel(CKernel):
     def plain_pointer(name: str) -> tuple[str, str]:
         return name, "H"  # a C variable: the carries are swapped in C
 
-    def launch(self, d: gpugen._Driver) -> str:
+    def launch(self, d: StageDriver) -> str:
         return super().launch(d) + ";"
 
     @staticmethod
-    def head(d: gpugen._Driver) -> list[str]:
+    def head(d: StageDriver) -> list[str]:
         """Per view list, (address, distance, row stride, period) instead of T views."""
         lines = []
         for n, e in d.lists.items():
@@ -89,7 +89,7 @@ class LoopCKernel(CKernel):
             elif e.startswith(("_steps(", "_hist(")):
                 call = e.replace("_steps(", "_steps_at(", 1).replace("_hist(", "_hist_at(", 1)
             else:
-                raise AssertionError(f"cloop: no C form for the view list {e}")
+                raise AssertionError(f"nas.compile.backends.c.loop: no C form for the view list {e}")
             lines.append(f"    L_{n} = {call}")
         return lines
 
@@ -98,7 +98,7 @@ class LoopCKernel(CKernel):
         return [f"    pk_{name}, P_{name}, K_{name}, N_{name} = _weight({name}, B)"]
 
     @staticmethod
-    def product(d: gpugen._Driver, src: str, wt: str, out: str, base: str | None) -> list[str]:
+    def product(d: StageDriver, src: str, wt: str, out: str, base: str | None) -> list[str]:
         if base is None:
             return [_product(d, src, wt, out, add=False)]
         if base in d.pointers:  # a per-step view
@@ -111,26 +111,26 @@ class LoopCKernel(CKernel):
         return [f"nas_copy_rows({po}, {ldo}, {pb}, {ldb}, B, N_{wt});", _product(d, src, wt, out, add=True)]
 
     @staticmethod
-    def grad_product(d: gpugen._Driver, dg: str, w: str, target: str, first: bool) -> list[str]:
+    def grad_product(d: StageDriver, dg: str, w: str, target: str, first: bool) -> list[str]:
         return [_product(d, dg, w, target, add=not first)]
 
     @staticmethod
-    def copy(d: gpugen._Driver, dst: str, src: str) -> list[str]:
+    def copy(d: StageDriver, dst: str, src: str) -> list[str]:
         (pd, ldd), (ps, lds) = d.pointers[dst], d.pointers[src]
         return [f"nas_copy_rows({pd}, {ldd}, {ps}, {lds}, B, H);"]
 
     @staticmethod
-    def swap(d: gpugen._Driver, a: str, b: str) -> list[str]:
+    def swap(d: StageDriver, a: str, b: str) -> list[str]:
         d.extra.setdefault("swapped", []).append((a, b))
         return [f"{{ intptr_t tmp_ = {a}; {a} = {b}; {b} = tmp_; }}"]
 
     @staticmethod
-    def zero(d: gpugen._Driver, a: str) -> list[str]:
+    def zero(d: StageDriver, a: str) -> list[str]:
         d.extra.setdefault("zeroed", []).append(a)
         return [f"{a} = Z;"]
 
     @staticmethod
-    def loop(d: gpugen._Driver, body: list[str], kernels: list, reverse: bool) -> list[str]:
+    def loop(d: StageDriver, body: list[str], kernels: list, reverse: bool) -> list[str]:
         """The C function running `body` (appended to `kernels`) and the driver's call of it. Its
         arguments come as one array of int64 (pointers as integers)."""
         name = "_loop_b" if reverse else "_loop_f"
@@ -157,19 +157,19 @@ class LoopCKernel(CKernel):
         return lines
 
 
-def _vectors(d: gpugen._Driver) -> dict[str, str]:
+def _vectors(d: StageDriver) -> dict[str, str]:
     """The loop's bias vectors: variable -> expression (kept alive by the driver during the call)."""
     return d.extra.setdefault("vectors", {})
 
 
-def _product(d: gpugen._Driver, a: str, w: str, c: str, add: bool) -> str:
+def _product(d: StageDriver, a: str, w: str, c: str, add: bool) -> str:
     d.extra.setdefault("weights", {})[w] = None
     (pa, lda), (pc, ldc) = d.pointers[a], d.pointers[c]
     return f"nas_product(gemm, B, N_{w}, K_{w}, {pa}, {lda}, P_{w}, {1.0 if add else 0.0}, {pc}, {ldc});"
 
 
 class _Source:
-    """A piece of C source among the kernels (gpugen.generate joins their `source()`)."""
+    """A piece of C source among the kernels (stage_code.generate joins their `source()`)."""
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -193,18 +193,18 @@ def _fits_int32(*values: int) -> None:
     """MKL's LP64 interface takes dimensions and leading dimensions as 32-bit ints: a larger one
     would wrap (wrong numbers, silently), so it is an error here."""
     if max(values) >= 2**31:
-        raise ValueError(f"cloop: a dimension or row stride of {max(values)} elements does not fit MKL's "
-                         f"32-bit ints; set NAS_C_LOOP=0 (or cell.c_loop = False) for this model")
+        raise ValueError(f"C time loop: a dimension or row stride of {max(values)} elements does not fit MKL's "
+                         f"32-bit ints; set Policy(c_loop=False) (or NAS_C_LOOP=0) for this model")
 
 
 def _steps_at(buf: Tensor, T: int, lo: int | None = None, hi: int | None = None) -> tuple[int, int, int, int]:
-    """As fused._steps: the first T rows of a (T or T + 1, B, .) buffer, or a (1, B, .) scratch T times."""
+    """As nas.compile.sequence.program._steps: the first T rows of a (T or T + 1, B, .) buffer, or a (1, B, .) scratch T times."""
     view = buf if lo is None else buf[:, :, lo:hi]
     return _seq(view, view.stride(0) if view.shape[0] > 1 else 0, T + 1)
 
 
 def _hist_at(S: Tensor, T: int) -> tuple[int, int, int, int]:
-    """As fused._hist: a state's T + 1 slots, or its two slots used in turn."""
+    """As nas.compile.sequence.program._hist: a state's T + 1 slots, or its two slots used in turn."""
     return _seq(S, S.stride(0), T + 1 if S.shape[0] == T + 1 else 2)
 
 
@@ -219,6 +219,7 @@ def _call(fn, *args: int) -> None:
 
 
 def available(dtype: torch.dtype) -> bool:
+    """Whether MKL's products can be called from C here in `dtype`."""
     return mkl.gemm(dtype) is not None
 
 

@@ -19,6 +19,8 @@ from functools import cache
 import torch
 from torch import Tensor
 
+from nas.compile.backends.policy import mkl_packed
+
 ROW_MAJOR, NO_TRANS, TRANS, PACKED, B_MATRIX = 101, 111, 112, 151, 162  # cblas enum values
 # The unsuffixed functions are MKL's LP64 interface: MKL_INT is a 32-bit int (the ILP64 ones end in _64).
 _INT = ctypes.c_int
@@ -46,7 +48,8 @@ def _library() -> ctypes.CDLL | None:
 
 
 def available() -> bool:
-    return os.environ.get("NAS_MKL_PACKED", "1") != "0" and _library() is not None
+    """Whether MKL's functions can be called here (and the setting's alias NAS_MKL_PACKED=0 does not hide them)."""
+    return mkl_packed() and _library() is not None
 
 
 def pack(b: Tensor, rows: int) -> Tensor:
@@ -76,7 +79,7 @@ def gemm(dtype: torch.dtype) -> int | None:
 
 @cache
 def _address(name: str | None) -> int | None:
-    # (cached: fused.select asks for every call, through cloop.available)
+    # (cached: the C backend asks for every call, through loop.available)
     lib = _library()
     if lib is None or name is None or not hasattr(lib, name):
         return None

@@ -57,7 +57,8 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 from torch.nn import functional as F
 
-from nas.search.controllers import (
+from nas.search import optuna_adapter
+from nas.search.samplers.base import (
     FINISHED,
     DefineByRunSampler,
     fresh_seed,
@@ -210,9 +211,9 @@ class ReinforceSampler(DefineByRunSampler):
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
         with self._lock, torch.no_grad():
-            state = self._trials.get(trial._trial_id)
+            state = self._trials.get(optuna_adapter.trial_id(trial))
             if state is None:
-                state = self._trials[trial._trial_id] = _TrialState(
+                state = self._trials[optuna_adapter.trial_id(trial)] = _TrialState(
                     trial_rng(self._seed, trial.number), self._policy.begin())
             self._feed_given(state, trial)
             choices = decision_choices(param_name, param_distribution)
@@ -223,12 +224,12 @@ class ReinforceSampler(DefineByRunSampler):
             index = int(state.rng.choice(len(choices), p=p / p.sum()))
             self._policy.take(state.cursor, head, index)
             state.order.append(param_name)
-            study._storage.set_trial_system_attr(trial._trial_id, ORDER_ATTR, state.order)
+            optuna_adapter.set_system_attr(study, trial, ORDER_ATTR, state.order)
             return choices[index]
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
-        self._trials.pop(trial._trial_id, None)
+        self._trials.pop(optuna_adapter.trial_id(trial), None)
 
     def learn(self, study: optuna.Study) -> int:
         """Learn from the study's finished trials not learned from yet (see the module docstring).
@@ -240,7 +241,7 @@ class ReinforceSampler(DefineByRunSampler):
             raise ValueError(f"ReinforceSampler: learns from study {self._study_name!r}, got "
                              f"{study.study_name!r}; use one sampler per study")
         self._study_name = study.study_name
-        trials = sorted(study._storage.get_all_trials(study._study_id, deepcopy=False),
+        trials = sorted(optuna_adapter.all_trials(study),
                         key=lambda t: t.number)
         steps = 0
         with self._lock:

@@ -15,7 +15,7 @@ trial number (birth order), so the population is a function of the study alone, 
 asks. Departure from the paper: the population holds failed trials too (as the worst), so that a run
 of invalid cells ages out of the population like any other instead of being silently skipped.
 
-Ranking (`_rank`), best first: by score (nas.search.controllers.score), ties to the COMPLETE trial.
+Ranking (`_rank`), best first: by score (nas.search.samplers.base.score), ties to the COMPLETE trial.
 A PRUNED trial's score is its last intermediate value: the val bpc it had when stopped, an upper
 bound on what it would have reached, so a pruned cell beats a complete one only when it was already
 strictly better early than the other at the end. FAIL trials score inf and rank last.
@@ -41,10 +41,12 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.search.controllers import (
+from nas.search import optuna_adapter
+from nas.search.samplers.base import (
     DefineByRunSampler,
     contains,
     fresh_seed,
+    is_duplicate,
     is_informative,
     random_value,
     require_single_objective_minimise,
@@ -93,11 +95,11 @@ class AgingEvolutionSampler(DefineByRunSampler):
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         require_single_objective_minimise(study, "AgingEvolutionSampler")
-        self._plans[trial._trial_id] = self._plan(study, trial)
+        self._plans[optuna_adapter.trial_id(trial)] = self._plan(study, trial)
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
-        plan = self._plans.setdefault(trial._trial_id, _Plan(trial_rng(self._seed, trial.number)))
+        plan = self._plans.setdefault(optuna_adapter.trial_id(trial), _Plan(trial_rng(self._seed, trial.number)))
         value = plan.template.get(param_name)
         if param_name in plan.template and contains(param_distribution, value):
             if param_name == plan.mutated:
@@ -107,7 +109,7 @@ class AgingEvolutionSampler(DefineByRunSampler):
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
-        self._plans.pop(trial._trial_id, None)
+        self._plans.pop(optuna_adapter.trial_id(trial), None)
 
     def population(self, study: optuna.Study) -> list[FrozenTrial]:
         """The P most recent informative trials (fewer while the study is young), oldest first.
@@ -118,17 +120,17 @@ class AgingEvolutionSampler(DefineByRunSampler):
         (measured on the default search: 780 trials, 511 of them duplicates, for 100 cells trained;
         without them in the population: 144 trials, 7 duplicates)."""
         trials = [t for t in study.get_trials(deepcopy=False)
-                  if is_informative(t) and "duplicate_of" not in t.user_attrs]
+                  if is_informative(t) and not is_duplicate(t)]
         return sorted(trials, key=lambda t: t.number)[-self._population_size:]
 
     def _plan(self, study: optuna.Study, trial: FrozenTrial) -> _Plan:
         rng = trial_rng(self._seed, trial.number)
-        if trial.system_attrs.get("fixed_params"):
+        if optuna_adapter.enqueued_params(trial):
             # an enqueued trial with decisions of its own (a lost trial's retry); the budget's
             # empty placeholders (nas.search.storage.top_up) are ordinary trials
             return _Plan(rng)
         if trial.number < len(self._seed_params):
-            study._storage.set_trial_system_attr(trial._trial_id, SEED_ATTR, trial.number)
+            optuna_adapter.set_system_attr(study, trial, SEED_ATTR, trial.number)
             return _Plan(rng, dict(self._seed_params[trial.number]))
         population = self.population(study)
         if len(population) < self._population_size:
@@ -139,8 +141,8 @@ class AgingEvolutionSampler(DefineByRunSampler):
         if not mutable:
             return _Plan(rng)
         mutated = mutable[rng.integers(len(mutable))]
-        study._storage.set_trial_system_attr(trial._trial_id, PARENT_ATTR, parent.number)
-        study._storage.set_trial_system_attr(trial._trial_id, MUTATED_ATTR, mutated)
+        optuna_adapter.set_system_attr(study, trial, PARENT_ATTR, parent.number)
+        optuna_adapter.set_system_attr(study, trial, MUTATED_ATTR, mutated)
         return _Plan(rng, dict(parent.params), mutated)
 
 
