@@ -42,7 +42,7 @@ from torch import nn
 
 from nas.cell import CellSpec
 from nas.config import TrainConfig
-from nas.data import Corpus, batchify, iterate_chunks
+from nas.data import Corpus, batchify, iterate_chunks, load_corpus
 from nas.lm import LN2, CharLM, eval_segments, match_hidden_size, sample, save_vocab, split_bpc
 from nas.schedule import Budget, lr_factor, make_optimizer, reset_masks
 
@@ -186,7 +186,6 @@ def evaluate(spec: CellSpec, cfg: TrainConfig, seed: int = 0, corpus: Corpus | N
     check_config(cfg)
     start = time.perf_counter()
     if corpus is None:
-        from nas.data import load_corpus
 
         corpus = load_corpus()
     device = resolve_device(cfg.device)

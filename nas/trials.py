@@ -1,7 +1,11 @@
-"""The trial record: the only code that reads or writes the attributes nas stores in an Optuna study.
+"""The trial record: the only code that reads or writes the user attributes nas stores in an Optuna
+study (what each trial was and how it ended) and the study's own attributes (its settings, baselines
+and final results).
 
 Every key below is spelled here and nowhere else; the rest of nas reads a frozen `TrialRecord` and
 writes through these functions. Values are stored unchanged from earlier versions, so old studies load.
+(Bookkeeping that describes no result is kept as system attributes by the module that owns it: the
+workers' heartbeats in nas.search.storage, the samplers' parents and orders in nas.search.samplers.)
 
 Reading
     Outcome                          how a trial ended, as stored in the trial's "nas_state" attr

@@ -1,4 +1,4 @@
-"""Search spaces: each a pure function `trial -> CellSpec` (STYLE.md lesson 7).
+"""Search spaces: each a pure function `trial -> CellSpec`.
 
 A space module exposes
     sample(trial, **options) -> CellSpec   only `trial.suggest_categorical` / `suggest_int`, with

@@ -1,6 +1,6 @@
 """The canonical form of a cell and its hash: one hash per function, stable across processes.
 
-Canonical form (`simplify`, read by `CellSpec.canonical` and by the validator). The initial state
+Canonical form (`simplify`, read by `CellSpec.canonical` and by CellSpec's recurrence check). The initial state
 is zero (CellRNN's default, and how every evaluation starts), so some spellings compute the same
 function; the canonical form keeps one of them:
 

@@ -16,7 +16,6 @@ from typing import Any
 
 from nas.cli import check_study_exists, check_writable, hydra_cli, load_cell
 from nas.config import ExportApp
-from nas.search.results import export_bundle
 
 
 def check(app: ExportApp) -> None:
@@ -34,6 +33,7 @@ def check(app: ExportApp) -> None:
 
 def resolve(cfg: ExportApp) -> dict[str, Any]:
     from nas.export.lm import find_trained_lm, trial_lm
+    from nas.search.results import export_bundle
 
     if cfg.cell:
         spec, run = cell_and_run(cfg.cell)

@@ -17,7 +17,7 @@ from typing import Any
 
 from nas.cli import check_study_exists, check_trainer, hydra_cli
 from nas.cli.search import check_storage
-from nas.config import ReportApp
+from nas.config import ReportApp, plain, search_app
 
 
 def check(app: ReportApp) -> None:
@@ -59,7 +59,6 @@ def report_config(stored: dict[str, Any], given: dict[str, Any], overrides: list
 def run(app: ReportApp) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from nas.config import plain, search_app
     from nas.search.run import compare
     from nas.search.study import join_study
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from nas.cli import Failure, check_study_exists, check_trainer, hydra_cli
 from nas.cli.search import check_storage
-from nas.config import WorkerApp
+from nas.config import WorkerApp, search_app
 
 
 def check(app: WorkerApp) -> None:
@@ -23,7 +23,6 @@ def check(app: WorkerApp) -> None:
 
 
 def run(app: WorkerApp) -> None:
-    from nas.config import search_app
     from nas.search.launch import work
     from nas.search.study import join_study
     from nas.search.worker import WorkerFailed

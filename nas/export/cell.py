@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from nas.cell.ops import OPS
+from nas.cell.ops import OPS, is_user_op
 from nas.cell.spec import INPUT, CellSpec
 from nas.compile.plan import Plan, lower
 from nas.export.codegen import ExportError, class_names, equations, generate_module, module_name
@@ -47,7 +47,6 @@ __all__ = ["ExportError", "export_cell", "generate_module"]
 
 def _user_op_modules(spec: CellSpec) -> str:
     """The modules that register the user ops `spec` uses ("" when it uses built-in ops only)."""
-    from nas.cell.ops import OPS, is_user_op
 
     mods = sorted({OPS[n.op].fn.__module__ for n in spec.nodes if is_user_op(n.op)})
     return ", ".join(mods)

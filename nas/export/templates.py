@@ -1,7 +1,7 @@
 """The text templates of an export folder: the skeleton of the generated module and the model card.
 
-Kept apart from nas/export/cell.py (the generator) so that each reads top to bottom; `MODULE` is filled by
-`nas.export.generate_module` with names and code it has already checked.
+Kept apart from nas/export/codegen.py (the generator) so that each reads top to bottom; `MODULE` is filled
+by `nas.export.codegen.generate_module` with names and code it has already checked.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import optuna
 
 from nas import trials
 from nas.config import SearchApp
+from nas.search.objective import budget_key
 from nas.search.results import scored_trials
 from nas.search.retrain import TrainJob, run_jobs, scores
 from nas.trials import TrialRecord
@@ -26,7 +27,6 @@ def run_baselines(study: optuna.Study, app: SearchApp, tracker=None,
     EvalResult dict) by name. A baseline that a trial already trained is that trial's result."""
     from nas.cell import known_cell
     from nas.data import load_corpus
-    from nas.search.objective import budget_key
 
     corpus = load_corpus(app.data.path, app.data.cache_dir, app.data.format)
     key = budget_key(app.trainer, app.seed, corpus.source_hash)

@@ -34,7 +34,7 @@ import optuna
 from optuna.trial import TrialState
 
 from nas import trials
-from nas.cell import CellError, CellSpec
+from nas.cell import CellError, CellSpec, identify
 from nas.config import TrainConfig
 from nas.trials import CellFacts, Outcome, TrialRecord
 
@@ -104,7 +104,6 @@ class Objective:
             spec = self.space(trial)
         except CellError as e:
             raise TrialFailed(Outcome.INVALID, str(e)) from None
-        from nas.cell import identify
         from nas.provenance import short
 
         # The canonical form is what is trained, recorded and exported: the same function in its one

@@ -40,6 +40,8 @@ from optuna.trial import TrialState
 
 from nas import trials
 from nas.config import SearchApp, search_app
+from nas.search.objective import budget_key
+from nas.search.results import label
 from nas.search.retrain import TrainJob, run_jobs, scores
 from nas.search.summary import ComparisonRow, best_new_trials
 from nas.trials import TrialRecord
@@ -158,7 +160,6 @@ def final_comparison(study: optuna.Study, app: SearchApp | Mapping[str, Any], tr
     """Retrain the top cells and the baselines with S seeds on the test split; write the table and
     plots to <out_dir>/report/ (the caller logs them: tracker.log_comparison)."""
     from nas.data import load_corpus
-    from nas.search.objective import budget_key
 
     app = search_app(app)
     corpus = load_corpus(app.data.path, app.data.cache_dir, app.data.format)
@@ -219,7 +220,6 @@ def paired_difference(cell: str, baseline: str, mine: list[dict[str, Any]],
 def top_cells(study: optuna.Study, k: int) -> list[_Subject]:
     """The k best distinct *new* cells of the study (COMPLETE, not duplicates, not reference cells),
     best first."""
-    from nas.search.results import label
 
     return [_Subject(label(t), "trial", TrialRecord.of(t).cell_json, t.number) for t in best_new_trials(study, k)]
 
@@ -327,13 +327,13 @@ def label_groups(points: list[tuple[float, float, str]], near_x: float = 0.15, n
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     dx, dy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
     groups: list[tuple[tuple[float, float], list[str]]] = []
-    for x, y, label in sorted(points, key=lambda p: (p[1], p[0])):
+    for x, y, text in sorted(points, key=lambda p: (p[1], p[0])):
         for (gx, gy), labels in groups:
             if abs(x - gx) <= near_x * dx and abs(y - gy) <= near_y * dy:
-                labels.append(label)
+                labels.append(text)
                 break
         else:
-            groups.append(((x, y), [label]))
+            groups.append(((x, y), [text]))
     return groups
 
 

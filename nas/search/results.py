@@ -13,7 +13,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.cell import CellSpec
+from nas.cell import CellError, CellSpec, identify
+from nas.search.objective import cell_label
 from nas.trials import TrialRecord, records, stored_config
 from nas.trials import baselines as stored_baselines
 
@@ -39,7 +40,6 @@ def reference_of(t: FrozenTrial) -> str | None:
         return record.reference
     if record.cell_json is None:
         return None
-    from nas.cell import CellError, identify
 
     try:
         return identify(trial_cell(t))
@@ -49,7 +49,6 @@ def reference_of(t: FrozenTrial) -> str | None:
 
 def label(t: FrozenTrial) -> str:
     """'trial 5 = mut3' or 'trial 7 (new)'."""
-    from nas.search.objective import cell_label
 
     return cell_label(t.number, reference_of(t))
 
@@ -79,7 +78,6 @@ def new_cells(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """The trials whose cell is not a reference cell: what a search discovered. A cell recorded by an
     older version that today's rules refuse (e.g. one with no trainable weight) is left out, with a
     warning: it cannot be retrained or exported."""
-    from nas.cell import CellError
 
     out = []
     for t in trials:

@@ -31,6 +31,7 @@ from nas.config import SearchApp, search_app
 from nas.search.baselines import run_baselines
 from nas.search.launch import run_study
 from nas.search.report import Comparison, final_comparison
+from nas.search.results import ResultError, export_bundle
 from nas.search.study import open_study
 from nas.search.summary import SearchOutcome, summarise
 from nas.search.worker import local_workers
@@ -114,7 +115,6 @@ def export_best(study: optuna.Study, app: SearchApp, number: int | None = None) 
     the search budget. The line that says where, or why nothing was exported."""
     from nas.export import export_cell
     from nas.export.lm import trial_lm
-    from nas.search.results import ResultError, export_bundle
 
     try:
         found = export_bundle(study, number)

@@ -48,6 +48,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nas import trials
 from nas.search import optuna_adapter
 from nas.search.errors import StudyError
+from nas.search.journal import SafeJournalBackend
 from nas.trials import Outcome, TrialRecord
 from nas.urls import redact
 
@@ -98,7 +99,6 @@ def make_storage(url: str | None, study_dir: Path):
             raise ValueError(f"cannot open storage {redact(url)}: {redact(first)}") from None
     from optuna.storages.journal import JournalStorage
 
-    from nas.search.journal import SafeJournalBackend
 
     path = study_dir / "journal.log"
     try:

@@ -41,6 +41,7 @@ from optuna.trial import TrialState
 from nas.config import SearchApp, StorageConfig, search_app
 from nas.search import optuna_adapter as adapter
 from nas.search.objective import Objective, TrialFailed
+from nas.search.results import best_so_far, trial_line
 from nas.search.storage import (
     Heartbeat,
     check_storage,
@@ -50,6 +51,7 @@ from nas.search.storage import (
     replace_if_free,
     this_worker,
 )
+from nas.search.study import join_study, make_pruner
 from nas.trials import Outcome, TrialRecord, mark
 
 log = logging.getLogger("nas.search")
@@ -143,7 +145,6 @@ def sampler_options(app: SearchApp, space: Any) -> dict[str, Any]:
 
 def pruner_of(app: SearchApp) -> optuna.pruners.BasePruner:
     """The search's pruner (pruner.*), on the trainer's evaluation steps."""
-    from nas.search.study import make_pruner
 
     return make_pruner(app.pruner, app.trainer.eval_every, app.trainer.steps)
 
@@ -152,7 +153,6 @@ def trial_logger(study: optuna.Study, app: SearchApp, announce: bool = True):
     """The on_trial hook that logs each finished trial to MLflow (a no-op when tracking is off) and,
     with `announce`, its progress line (results.trial_line) on logger nas.search. A launcher that
     announces the trials itself (nas-search, by polling the study) passes announce=False."""
-    from nas.search.results import best_so_far, trial_line
     from nas.tracking import Tracker
 
     tracker = Tracker.from_config(app)
@@ -318,7 +318,6 @@ class LocalWorker:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from nas.search.study import join_study
 
     p = argparse.ArgumentParser(description="run trials of an existing nas-search study")
     p.add_argument("--study", required=True)

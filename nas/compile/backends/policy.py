@@ -28,7 +28,6 @@ from dataclasses import dataclass, replace
 
 BACKENDS = ("auto", "torch", "c", "triton")
 CUDA_GRAPHS = ("auto", "on", "off")
-KERNEL_BACKENDS = ("triton", "c")  # the generated-kernel backends "auto" may pick, by device
 
 # The alias that takes each kernel backend out of "auto".
 _OFF_SWITCH = {"triton": "NAS_TRITON", "c": "NAS_C_KERNELS"}

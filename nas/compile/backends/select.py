@@ -18,8 +18,9 @@ from nas.cell.spec import CellSpec
 from nas.compile.backends import policy as settings
 from nas.compile.backends.c.backend import C
 from nas.compile.backends.cudagraphs import CUDA_GRAPHS, GraphCache
+from nas.compile.backends.torch import TORCH
 from nas.compile.backends.triton import TRITON
-from nas.compile.sequence.program import Program, program
+from nas.compile.sequence.program import Program
 
 # The generated-kernel backends, in the order they are tried (each runs on one kind of device).
 KERNEL_BACKENDS = (TRITON, C)
@@ -28,17 +29,16 @@ KERNEL_BACKENDS = (TRITON, C)
 def select(cell, xs: Tensor, dtype: torch.dtype) -> Program:
     """The program for this call of `cell` (a CompiledCell) on xs in `dtype`: a kernel backend's
     where the cell's policy allows one that works here, else the torch code."""
-    if xs.numel() == 0:  # (an empty batch: autograd's expanded gradient of it has stride 0 everywhere)
-        return program(cell.spec)
-    if too_large(cell.spec):
-        return program(cell.spec)
     policy, device = cell.policy, xs.device
+    # (an empty batch: autograd's expanded gradient of it has stride 0 everywhere)
+    if xs.numel() == 0 or too_large(cell.spec):
+        return TORCH.build(cell.spec, dtype, policy)
     for backend in KERNEL_BACKENDS:
         if policy.allows(backend.name) and backend.available(device, dtype) and backend.works(device, dtype, policy):
             prog = backend.build(cell.spec, dtype, policy)
             if prog is not None:
                 return prog
-    return program(cell.spec)
+    return TORCH.build(cell.spec, dtype, policy)
 
 
 def graphs_for(cell, xs: Tensor) -> GraphCache | None:

@@ -16,8 +16,8 @@ nas.compile.backends.driver.activations).
 
 The backward walks a step in reverse: stage S-1, the products of batch S-1, stage S-2, ..., stage
 0, the state products. Each gradient that crosses a stage boundary has one accumulator; its first
-contribution in that order writes it and the others add to it (`Grads.first`), so nothing is
-zeroed per step.
+contribution in that order writes it and the others add to it (the `first` flag that
+stage_code passes to StageKernel.grad_product), so nothing is zeroed per step.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Per op: the value and, per operand (one shared entry for n-ary ops), its gradien
 templates over the operands {a} {b} {c} ({sum}, {inv_n} for n-ary ops), the result {y}, the
 incoming gradient {g} and the op's options, exactly like nas.cell.ops (which stays the reference:
 tests/compile/test_triton.py checks these against it). Everything is computed in float32 registers.
-An op missing here makes its cells run the torch kernels on the GPU instead (nas.compile.fast_path).
+An op missing here makes its cells run the torch kernels on the GPU instead (nas.compile.backends.select).
 
 tanh is 2 sigmoid(2a) - 1: tl has no tanh that also runs in Triton's CPU interpreter (the tests').
 """

@@ -6,7 +6,7 @@ the fewest torch calls, each able to write into a preallocated buffer (`{out}` r
 `, out=<buffer>` or as nothing), and their gradients as *terms* that the backward generator can fold
 into an accumulating gradient with one fused call each (`addcmul_`, `addmm_`, `add_(alpha=)`).
 An op missing here still works: the generator falls back to its registry templates.
-tests/compile/test_fast_path.py checks every kernel against the registry templates.
+tests/compile/test_sequence.py checks every kernel against the registry templates.
 
 Gradient terms (strings are `str.format` templates over {a} {b} {c} {y} {g} {s} and the options):
     Alias(src, alpha)  alpha * src                 (alpha "1": src itself, no call at all)

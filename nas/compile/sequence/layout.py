@@ -7,7 +7,7 @@ The analysis that the generated forward and backward share, from a Plan, without
   F<i> (the sum of its groups' columns, when it reads several), or of the input xo<j> (the x
   products of a family that reads only x);
 - a *run*: consecutive members of a family, each read only by one activation of the same kind
-  whose gradient needs only its output (kernels.Kernel.inplace), are activated in place;
+  whose gradient needs only its output (fast_ops.Kernel.inplace), are activated in place;
 - an elementwise node lives in its state's next slot S<k>[t + 1] when it is a new state, in a
   buffer V<n> when the backward reads it, or in a temporary;
 - the backward reads only saved values: operands and outputs named by the gradients, and the

@@ -5,7 +5,7 @@ gradient, as `str.format` templates over the operands {a} {b} {c} ({sum}, {inv_n
 the result {y}, the incoming gradient {g} and the op's options. nas.cell.ops stays the reference:
 tests/compile/test_c_codegen.py checks these against it, NaN and infinities included. The kernels compute in the
 tensors' own type T (float or double: the float build makes unsuffixed constants float).
-An op missing here makes its cells run the torch kernels on the CPU instead (nas.compile.fast_path).
+An op missing here makes its cells run the torch kernels on the CPU instead (nas.compile.backends.select).
 """
 
 from __future__ import annotations
