@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import warnings
 from pathlib import Path
 
@@ -65,25 +64,16 @@ def calls(uri: str) -> float:
 @contextlib.contextmanager
 def server(folder: Path):
     """A real `mlflow server` on a free localhost port; yields (uri, process), killed on exit."""
-    from nas.tracking import server_command, server_env
+    from nas.tracking.server import start_server, wait_until_up
 
     port = free_port()
-    store = f"sqlite:///{folder / 'server.db'}"
-    with open(folder / "server.log", "a") as log:
-        proc = subprocess.Popen(server_command(store, port, artifacts=str(folder / "artifacts")),
-                                env=server_env(store), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(f"sqlite:///{folder / 'server.db'}", port, folder / "server.log", str(folder / "artifacts"))
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and proc.poll() is None:
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/health",
-                                                                      timeout=1) as r:
-                if r.status == 200:
-                    break
-            time.sleep(0.2)
-        else:
-            raise RuntimeError(f"mlflow server did not start (see {folder / 'server.log'})")
-        yield f"http://127.0.0.1:{port}", proc
+        why = wait_until_up(proc, url)
+        if why is not None:
+            raise RuntimeError(f"mlflow server {why} (see {folder / 'server.log'})")
+        yield url, proc
     finally:
         kill(proc)
 

@@ -44,6 +44,14 @@ class DataConfig:
             raise ValueError(f"data.format: expected one of {', '.join(formats)}, got {self.format!r}")
 
 
+# The trainer's settings that change speed or display, never a score: left out of a budget's identity
+# (nas.search.objective.budget_key), and free to change when a study resumes (nas.search.study).
+SPEED_ONLY = frozenset({"device", "threads", "progress", "tf32", "bf16", "eval_batch_size", "backend",
+                        "cuda_graphs"})
+BACKENDS = ("auto", "torch", "c", "triton")  # TrainConfig.backend, nas.compile.backends.policy
+CUDA_GRAPHS = ("auto", "on", "off")
+
+
 @dataclass
 class TrainConfig:
     """How one cell is trained and scored. Every cell of a search gets the same TrainConfig.
@@ -151,7 +159,7 @@ class TrainConfig:
                         if high is not None else f"{'>=' if low_in else '>'} {low}")
                 fail(name, f"a finite number {span}" + (" or None" if name == "seconds" else ""))
         choices = {"optimizer": ("adam", "sgd"), "lr_schedule": ("constant", "cosine", "linear"),
-                   "backend": ("auto", "torch", "c", "triton"), "cuda_graphs": ("auto", "on", "off")}
+                   "backend": BACKENDS, "cuda_graphs": CUDA_GRAPHS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 fail(name, "one of " + ", ".join(allowed))

@@ -186,7 +186,6 @@ def evaluate(spec: CellSpec, cfg: TrainConfig, seed: int = 0, corpus: Corpus | N
     check_config(cfg)
     start = time.perf_counter()
     if corpus is None:
-
         corpus = load_corpus()
     device = resolve_device(cfg.device)
     if cfg.threads:

@@ -27,7 +27,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from nas.cli import hide_password
@@ -165,20 +164,15 @@ def check_port(host: str, port: int) -> None:
 
 
 def wait_until_up(proc: subprocess.Popen, url: str, log: Path, uri: str) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-            raise DashboardError(f"mlflow server exited with status {proc.returncode}: "
-                                 f"{hide_password(tail[0], uri)} (log: {log})")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise DashboardError(f"mlflow server did not answer within {STARTUP_TIMEOUT:.0f} s (log: {log})")
+    from nas.tracking.server import wait_until_up as up
+
+    why = up(proc, url, STARTUP_TIMEOUT)
+    if why is None:
+        return
+    if proc.poll() is not None:  # its last line says why
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+        why += f": {hide_password(tail[0], uri)}"
+    raise DashboardError(f"mlflow server {why} (log: {log})")
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -129,6 +129,7 @@ class CompiledCell(nn.Module):
 
     backend = _PolicyField()
     cuda_graphs = _PolicyField()
+    c_loop = _PolicyField()
 
     def _make_bias_index(self, biased: list[str]) -> list[Tensor | None]:
         """Per group, the gather index of its bias vector into cat(bias, zeros(H))."""
@@ -286,6 +287,7 @@ class CellRNN(nn.Module):
 
     backend = _PolicyField()
     cuda_graphs = _PolicyField()
+    c_loop = _PolicyField()
 
     # These read attributes CellRNN never had (plan, _biased, bias) and raised AttributeError;
     # the parameters live in the per-layer cells.

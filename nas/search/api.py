@@ -188,10 +188,8 @@ def check_search(app: schema.SearchApp) -> None:
     from nas.search.samplers import make_sampler
     from nas.search.worker import sampler_options
     from nas.search_spaces import open_space
-    from nas.train import check_config
 
     check_baselines(app.baselines, KNOWN_CELLS)
-    check_config(app.trainer)
     space = open_space(app.search_space)
     options = sampler_options(app, space)  # as the search will build it
     if app.seed_cells:

@@ -35,11 +35,10 @@ from optuna.trial import TrialState
 
 from nas import trials
 from nas.cell import CellError, CellSpec, identify
-from nas.config import TrainConfig
+from nas.config import SPEED_ONLY, TrainConfig
 from nas.trials import CellFacts, Outcome, TrialRecord
 
 # TrainConfig fields that change where or how visibly a cell trains, not its score.
-_NOT_BUDGET = {"device", "threads", "progress", "tf32", "bf16", "eval_batch_size", "backend", "cuda_graphs"}
 # How often a trial polls for the same cell being trained by another worker.
 WAIT_POLL = 2.0
 
@@ -74,7 +73,7 @@ class TrialFailed(Exception):
 
 def budget_key(cfg: TrainConfig, seed: int, corpus_hash: str) -> str:
     """Identity of 'the same budget': everything that can change a cell's score."""
-    fields = {k: v for k, v in asdict(cfg).items() if k not in _NOT_BUDGET}
+    fields = {k: v for k, v in asdict(cfg).items() if k not in SPEED_ONLY}
     blob = json.dumps({"trainer": fields, "seed": seed, "corpus": corpus_hash}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

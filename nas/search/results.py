@@ -155,11 +155,6 @@ def rnn_state_dict(path: Path) -> dict[str, Any]:
     return {k[len("rnn."):]: v for k, v in full.items() if k.startswith("rnn.")}
 
 
-def baselines(study: optuna.Study, budget: str | None = None) -> dict[str, dict[str, Any]]:
-    """Baseline results stored in the study ({name: EvalResult dict}), for one budget key or all."""
-    return stored_baselines(study, budget)
-
-
 def export_bundle(study: optuna.Study, number: int | None = None, cell_hash: str | None = None) -> dict[str, Any]:
     """What nas-export needs of a study's trial (best by default): spec, weights, metrics, origin, name."""
     if number is not None:
@@ -170,7 +165,7 @@ def export_bundle(study: optuna.Study, number: int | None = None, cell_hash: str
         t = best_trial(study)
     cfg, record = stored_config(study) or {}, TrialRecord.of(t)
     metrics = {label(t): _metrics(record.metrics())}
-    for name, r in baselines(study, record.budget).items():
+    for name, r in stored_baselines(study, record.budget).items():
         metrics[name] = _metrics(r)
     origin = {"study": study.study_name, "trial": t.number,
               "search space": cfg.get("search_space", {}).get("name"),

@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 
 from nas import trials
-from nas.config import PrunerConfig, SearchApp, plain, search_app
+from nas.config import SPEED_ONLY, PrunerConfig, SearchApp, plain, search_app
 from nas.search.errors import StudyError
 from nas.search.storage import check_storage, make_storage, top_up
 
@@ -24,7 +24,6 @@ METRIC_NAMES = ["val_bpc", "params"]  # what the objective returns (params: mult
 # Settings that may differ between runs of one study (budget, parallelism, where and how it runs).
 _FREE = {"n_trials", "workers", "workers_per_device", "device", "threads", "storage", "pruner", "out_dir",
          "baselines", "tracking", "report", "export"}
-_FREE_TRAINER = {"device", "threads", "progress", "tf32", "bf16", "eval_batch_size", "backend", "cuda_graphs"}
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -51,7 +50,7 @@ def make_pruner(pruner: PrunerConfig | Mapping[str, Any], eval_every: int,
 def _comparable(app: SearchApp) -> dict[str, Any]:
     """The settings that must not change on resume, as a plain dict (for messages naming each key)."""
     out = {k: v for k, v in plain(app).items() if k not in _FREE and k != "study"}
-    out["trainer"] = {k: v for k, v in plain(app.trainer).items() if k not in _FREE_TRAINER}
+    out["trainer"] = {k: v for k, v in plain(app.trainer).items() if k not in SPEED_ONLY}
     return out
 
 

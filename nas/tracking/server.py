@@ -7,7 +7,10 @@ import contextlib
 import logging
 import os
 import re
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 log = logging.getLogger("nas.tracking")
@@ -38,6 +41,29 @@ def server_env(uri: str | None = None) -> dict[str, str]:
     if uri is not None:
         env["MLFLOW_BACKEND_STORE_URI"] = uri
     return env
+
+
+def start_server(uri: str, port: int, log: Path, artifacts: str | None = None) -> subprocess.Popen:
+    """`mlflow server` (server_command, server_env) for the store `uri` on localhost:`port`, in a process
+    group of its own (stop it with os.killpg), its output appended to `log`."""
+    with open(log, "a") as out:
+        return subprocess.Popen(server_command(uri, port, artifacts=artifacts), env=server_env(uri),
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+
+
+def wait_until_up(proc: subprocess.Popen, url: str, timeout: float = 90.0) -> str | None:
+    """Poll `url`/health until the server `proc` answers 200: None then, else why it is not up
+    ("exited with status N" or "did not answer within T s")."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"exited with status {proc.returncode}"
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=1) as r:
+            if r.status == 200:
+                return None
+        time.sleep(0.25)
+    return f"did not answer within {timeout:.0f} s"
 
 
 def safe_name(text: str, keep: str = "") -> str:

@@ -60,6 +60,8 @@ def test_setting_a_built_model_sets_every_layer():
     with pytest.raises(ValueError, match="backend: expected"):
         rnn.backend = "fast"
     assert rnn.backend == "torch"  # (a refused value changes nothing)
+    rnn.c_loop = False  # the C backend's sub-option, the same way
+    assert rnn.c_loop is False and all(layer.policy == Policy("torch", "off", False) for layer in rnn.layers)
 
 
 def test_the_aliases_apply_to_auto_only(monkeypatch):

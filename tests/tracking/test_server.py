@@ -59,3 +59,20 @@ def test_a_moved_store_finds_its_artifacts(tmp_path, monkeypatch):
     assert {a.path for a in client.list_artifacts(run_id)} >= {"cell.json", "cell.png", "sample.txt"}
     assert nas.tracking.relocate_artifacts(f"sqlite:///{tmp_path / 'none.db'}") == 0
     assert nas.tracking.relocate_artifacts("http://127.0.0.1:1") == 0
+
+
+def test_wait_until_up_says_why_a_server_is_not_up():
+    from nas.tracking.server import wait_until_up
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    exited = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    exited.wait()
+    assert wait_until_up(exited, url, timeout=5) == "exited with status 3"
+    silent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert wait_until_up(silent, url, timeout=1) == "did not answer within 1 s"
+    finally:
+        silent.kill()
+        silent.wait()

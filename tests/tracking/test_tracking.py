@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -26,7 +25,8 @@ import nas.tracking
 from nas.cli import CONF_DIR
 from nas.search.run import search
 from nas.search.study import join_study
-from nas.tracking import PARENT_ATTR, Tracker, TrackingWarning, server_command, server_env, trial_of_run
+from nas.tracking import PARENT_ATTR, Tracker, TrackingWarning, trial_of_run
+from nas.tracking.server import start_server, wait_until_up
 
 for _key, _value in nas.tracking.QUIET_ENV.items():  # no telemetry from the test's own MLflow client
     os.environ.setdefault(_key, _value)
@@ -61,30 +61,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the server exited with {proc.returncode}"
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
-            if r.status == 200:
-                return
-        time.sleep(0.2)
-    pytest.fail(f"{url} did not answer within {timeout} s")
-
-
 @contextlib.contextmanager
 def mlflow_server(folder: Path, port: int | None = None):
     """A real `mlflow server` (light settings) on a free localhost port; yields (uri, process)."""
     folder.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    with open(folder / "server.log", "a") as log:
-        store = f"sqlite:///{folder / 'server.db'}"
-        proc = subprocess.Popen(server_command(store, port, artifacts=str(folder / "artifacts")),
-                                env=server_env(store), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(f"sqlite:///{folder / 'server.db'}", port, folder / "server.log", str(folder / "artifacts"))
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", proc)
-        yield f"http://127.0.0.1:{port}", proc
+        why = wait_until_up(proc, url)
+        if why is not None:
+            pytest.fail(f"mlflow server {why} (see {folder / 'server.log'})")
+        yield url, proc
     finally:
         kill(proc)
 

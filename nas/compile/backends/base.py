@@ -13,8 +13,8 @@ of device and dtype:
 Implementations: nas.compile.backends.torch.TORCH (always works: the fallback),
 nas.compile.backends.c.backend.C, nas.compile.backends.triton.TRITON. None subclasses another; what
 the C and Triton backends share (the stage driver) is in nas.compile.backends.driver and
-stage_code. CUDA graphs (nas.compile.backends.cudagraphs.CUDA_GRAPHS) are not a program of their own
-but a wrapper that replays another backend's: they implement `available` and `works` only.
+stage_code. CUDA graphs (nas.compile.backends.cudagraphs) are not a program of their own but a wrapper
+that replays another backend's program on a GPU, where the setting allows (select.graphs_for).
 nas.compile.backends.select picks a backend per call from the cell's Policy.
 """
 

@@ -38,29 +38,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from nas.compile.backends.policy import DEFAULT, Policy
 from nas.compile.sequence.program import ONE_BACKWARD
 
 # How many shapes one cell keeps graphs for (training T, validation T, sampling ...): each holds
 # static buffers about the size of the activations of one sequence.
 MAX_SHAPES = 4
-
-
-class CudaGraphs:
-    """CUDA graphs as a backend (nas.compile.backends.base): not a program of their own but a wrapper
-    that replays another backend's program; a shape whose capture fails runs eagerly (GraphCache)."""
-
-    name = "cuda_graphs"
-
-    def available(self, device: torch.device, dtype: torch.dtype) -> bool:
-        return device.type == "cuda"
-
-    def works(self, device: torch.device, dtype: torch.dtype, policy: Policy = DEFAULT) -> bool:
-        """Whether a call may replay: the setting allows graphs (Policy.cuda_graphs)."""
-        return policy.graphs()
-
-
-CUDA_GRAPHS = CudaGraphs()
 
 
 class EmulatedStream:

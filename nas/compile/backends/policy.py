@@ -26,8 +26,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 
-BACKENDS = ("auto", "torch", "c", "triton")
-CUDA_GRAPHS = ("auto", "on", "off")
+from nas.config import BACKENDS, CUDA_GRAPHS  # (beside TrainConfig, which checks them torch-free)
 
 # The alias that takes each kernel backend out of "auto".
 _OFF_SWITCH = {"triton": "NAS_TRITON", "c": "NAS_C_KERNELS"}

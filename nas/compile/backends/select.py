@@ -17,7 +17,7 @@ from torch import Tensor
 from nas.cell.spec import CellSpec
 from nas.compile.backends import policy as settings
 from nas.compile.backends.c.backend import C
-from nas.compile.backends.cudagraphs import CUDA_GRAPHS, GraphCache
+from nas.compile.backends.cudagraphs import GraphCache
 from nas.compile.backends.torch import TORCH
 from nas.compile.backends.triton import TRITON
 from nas.compile.sequence.program import Program
@@ -34,7 +34,7 @@ def select(cell, xs: Tensor, dtype: torch.dtype) -> Program:
     if xs.numel() == 0 or too_large(cell.spec):
         return TORCH.build(cell.spec, dtype, policy)
     for backend in KERNEL_BACKENDS:
-        if policy.allows(backend.name) and backend.available(device, dtype) and backend.works(device, dtype, policy):
+        if backend.available(device, dtype) and policy.allows(backend.name) and backend.works(device, dtype, policy):
             prog = backend.build(cell.spec, dtype, policy)
             if prog is not None:
                 return prog
@@ -44,10 +44,8 @@ def select(cell, xs: Tensor, dtype: torch.dtype) -> Program:
 def graphs_for(cell, xs: Tensor) -> GraphCache | None:
     """The cell's CUDA graphs for this call, or None: run eagerly (graphs off, or not a GPU; the
     tests' emulated graphs run on any device)."""
-    if not CUDA_GRAPHS.works(xs.device, xs.dtype, cell.policy):
-        return None
     graphs = cell._graphs
-    return graphs if graphs.emulated or CUDA_GRAPHS.available(xs.device, xs.dtype) else None
+    return graphs if (xs.is_cuda or graphs.emulated) and cell.policy.graphs() else None
 
 
 @lru_cache(maxsize=1024)

@@ -24,7 +24,6 @@ from optuna.distributions import BaseDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.search import optuna_adapter
 from nas.trials import TrialRecord
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -43,18 +42,10 @@ class DefineByRunSampler(optuna.samplers.BaseSampler):
         return {}
 
 
-def is_lost(trial: FrozenTrial) -> bool:
-    return TrialRecord.of(trial).is_lost
-
-
-def is_informative(trial: FrozenTrial) -> bool:
-    """A finished trial that says something about its cell: COMPLETE, PRUNED, or FAIL but not lost."""
-    return trial.state in FINISHED and not is_lost(trial)
-
-
-def is_duplicate(trial: FrozenTrial) -> bool:
-    """A trial that reused an earlier trial's result for the same cell (see nas.search.objective)."""
-    return TrialRecord.of(trial).is_duplicate
+def is_informative(trial: FrozenTrial, record: TrialRecord | None = None) -> bool:
+    """A finished trial that says something about its cell: COMPLETE, PRUNED, or FAIL but not lost
+    (`record`: the trial's TrialRecord, where the caller has it)."""
+    return trial.state in FINISHED and not (record or TrialRecord.of(trial)).is_lost
 
 
 def score(trial: FrozenTrial) -> float:
@@ -87,13 +78,3 @@ def trial_rng(seed: int, trial_number: int) -> np.random.Generator:
     """The random stream of one trial: a function of (seed, trial number) only, so that a trial's draws do
     not depend on which worker runs it or on what the worker did before."""
     return np.random.default_rng([seed, trial_number])
-
-
-def random_value(distribution: BaseDistribution, rng: np.random.Generator) -> Any:
-    """A draw from `distribution` as RandomSampler makes it (uniform; log-uniform where log=True)."""
-    return optuna_adapter.uniform_draw(distribution, rng)
-
-
-def contains(distribution: BaseDistribution, value: Any) -> bool:
-    """Whether `value` is one of the distribution's values."""
-    return optuna_adapter.contains(distribution, value)

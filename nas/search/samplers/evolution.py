@@ -42,17 +42,16 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from nas.search import optuna_adapter
+from nas.search.optuna_adapter import contains, uniform_draw
 from nas.search.samplers.base import (
     DefineByRunSampler,
-    contains,
     fresh_seed,
-    is_duplicate,
     is_informative,
-    random_value,
     require_single_objective_minimise,
     score,
     trial_rng,
 )
+from nas.trials import TrialRecord
 
 PARENT_ATTR = "evolution:parent"
 MUTATED_ATTR = "evolution:mutated"
@@ -105,7 +104,7 @@ class AgingEvolutionSampler(DefineByRunSampler):
             if param_name == plan.mutated:
                 return _mutate(param_distribution, value, plan.rng)
             return value
-        return random_value(param_distribution, plan.rng)
+        return uniform_draw(param_distribution, plan.rng)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
@@ -119,8 +118,8 @@ class AgingEvolutionSampler(DefineByRunSampler):
         such copies would fill the population with the best cell and make most children copies too
         (measured on the default search: 780 trials, 511 of them duplicates, for 100 cells trained;
         without them in the population: 144 trials, 7 duplicates)."""
-        trials = [t for t in study.get_trials(deepcopy=False)
-                  if is_informative(t) and not is_duplicate(t)]
+        trials = [t for t, r in ((t, TrialRecord.of(t)) for t in study.get_trials(deepcopy=False))
+                  if is_informative(t, r) and not r.is_duplicate]
         return sorted(trials, key=lambda t: t.number)[-self._population_size:]
 
     def _plan(self, study: optuna.Study, trial: FrozenTrial) -> _Plan:
@@ -158,6 +157,6 @@ def _mutate(distribution: BaseDistribution, value: Any, rng: np.random.Generator
     """
     old = distribution.to_internal_repr(value)
     while True:
-        new = random_value(distribution, rng)
+        new = uniform_draw(distribution, rng)
         if distribution.to_internal_repr(new) != old:
             return new

@@ -58,16 +58,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from nas.search import optuna_adapter
+from nas.search.optuna_adapter import uniform_draw
 from nas.search.samplers.base import (
     FINISHED,
     DefineByRunSampler,
     fresh_seed,
-    is_lost,
-    random_value,
     require_single_objective_minimise,
     score,
     trial_rng,
 )
+from nas.trials import TrialRecord
 
 ORDER_ATTR = "reinforce:order"
 MAX_CHOICES = 256
@@ -218,7 +218,7 @@ class ReinforceSampler(DefineByRunSampler):
             self._feed_given(state, trial)
             choices = decision_choices(param_name, param_distribution)
             if choices is None:
-                return random_value(param_distribution, state.rng)
+                return uniform_draw(param_distribution, state.rng)
             head = self._head(param_name, choices)
             p = self._policy.log_probs(state.cursor, head).exp().double().numpy()
             index = int(state.rng.choice(len(choices), p=p / p.sum()))
@@ -249,7 +249,7 @@ class ReinforceSampler(DefineByRunSampler):
                 if trial.state not in FINISHED:
                     break
                 self._learned_through = trial.number + 1
-                decisions = [] if is_lost(trial) else _decisions(trial)
+                decisions = [] if TrialRecord.of(trial).is_lost else _decisions(trial)
                 if decisions:
                     self._step(decisions, -min(score(trial), self._fail_value))
                     steps += 1
